@@ -1,0 +1,20 @@
+//! creditgate's local stack and drivers.
+//!
+//! - [`pg`]: an embedded, Supabase-compatible PostgreSQL cluster.
+//! - [`gateway`]: a PostgREST-compatible HTTP gateway (PostgREST v12 behaviour).
+//! - [`stack`]: `cargo dev up`, everything `supabase start` serves on :54321.
+//! - [`testrun`]: `cargo dev test`, every test the project has.
+//! - [`setup`]: installs what a fresh machine is missing.
+
+pub mod checks;
+pub mod gateway;
+pub mod pg;
+pub mod setup;
+pub mod stack;
+pub mod testrun;
+
+/// The project's root folder (the workspace holding `supabase/`).
+pub fn project_root() -> std::path::PathBuf {
+    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.parent().unwrap_or(here).to_path_buf()
+}

@@ -1,0 +1,963 @@
+//! Validated request values and the results the RPCs return.
+//!
+//! Every value a request carries is a newtype that cannot be built invalid:
+//! a [`Cost`] is never 0, an [`IdempotencyKey`] is never longer than the SQL
+//! accepts. Requests are parsed from JSON (what JS passes, through
+//! serde-wasm-bindgen) by [`ChargeRequest::from_json`] and friends, which
+//! check every field before anything reaches the network and report the
+//! first problem as `invalid_argument` naming the field.
+
+use crate::error::CreditError;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+/// The largest credit amount: SQL's `integer`.
+pub const CREDITS_MAX: u32 = i32::MAX as u32;
+/// Operation names are short labels (`"image_generation"`); longer ones are
+/// rejected: the SQL's limit, and an index bound.
+pub const OPERATION_CHARS_MAX: usize = 64;
+/// Keys longer than 255 chars are rejected: Stripe's limit, and an index bound.
+pub const IDEMPOTENCY_KEY_CHARS_MAX: usize = 255;
+/// A rate-limit key (`"user:<uuid>:generate"`) shares the idempotency key's bound.
+pub const LIMIT_KEY_CHARS_MAX: usize = 255;
+/// Reasons are for people reading the ledger, not for documents.
+pub const REASON_CHARS_MAX: usize = 500;
+/// A result URL is a URL: 2048 chars is the de facto limit browsers share.
+pub const RESULT_URL_CHARS_MAX: usize = 2048;
+/// Metadata is a small JSON object stored with the job and the ledger row.
+pub const METADATA_BYTES_MAX: usize = 16 * 1024;
+/// A hold lasts at most a day: past that, a job is lost, not slow.
+pub const HOLD_SECONDS_MAX: u32 = 86_400;
+/// Rate-limit windows go from 1 s to a day (DESIGN.md).
+pub const WINDOW_SECONDS_MAX: u32 = 86_400;
+
+// -----------------------------------------------------------------------------
+// Values
+// -----------------------------------------------------------------------------
+
+macro_rules! uuid_newtype {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub struct $name(Uuid);
+
+        impl $name {
+            /// Parses a UUID in any of its textual forms; `field` names it in the error.
+            pub fn parse(field: &str, text: &str) -> Result<Self, CreditError> {
+                if text.is_empty() {
+                    return Err(CreditError::invalid_argument(field, format!("{field} must not be empty")));
+                }
+                Uuid::try_parse(text).map($name).map_err(|_| {
+                    CreditError::invalid_argument(field, format!("{field} must be a UUID, got {}", quote(text)))
+                })
+            }
+
+            pub fn as_uuid(&self) -> Uuid {
+                self.0
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            /// The lowercase hyphenated form PostgreSQL prints.
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                self.0.hyphenated().fmt(f)
+            }
+        }
+    };
+}
+
+uuid_newtype!(
+    /// A user's id: `auth.users.id`.
+    UserId
+);
+uuid_newtype!(
+    /// A job's id, as `charge` returned it.
+    JobId
+);
+
+/// What a piece of text may contain.
+#[derive(Clone, Copy)]
+enum TextRule {
+    /// A name or key: no control characters, not blank.
+    Name,
+    /// Prose: anything PostgreSQL's `text` can hold (no NUL), not blank.
+    Prose,
+}
+
+fn check_text(field: &str, text: &str, chars_max: usize, rule: TextRule) -> Result<(), CreditError> {
+    if text.trim().is_empty() {
+        return Err(CreditError::invalid_argument(field, format!("{field} must not be empty")));
+    }
+    let chars = text.chars().count();
+    if chars > chars_max {
+        return Err(CreditError::invalid_argument(
+            field,
+            format!("{field} must be at most {chars_max} characters, got {chars}"),
+        )
+        .with_detail("max", chars_max as u64));
+    }
+    let bad = match rule {
+        TextRule::Name => text.chars().any(char::is_control),
+        TextRule::Prose => text.contains('\0'),
+    };
+    if bad {
+        return Err(CreditError::invalid_argument(
+            field,
+            match rule {
+                TextRule::Name => format!("{field} must not contain control characters"),
+                TextRule::Prose => format!("{field} must not contain NUL characters"),
+            },
+        ));
+    }
+    Ok(())
+}
+
+macro_rules! text_newtype {
+    ($(#[$doc:meta])* $name:ident, $field:literal, $max:expr, $rule:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+        pub struct $name(String);
+
+        impl $name {
+            /// The wire name of the field, used in error messages.
+            pub const FIELD: &'static str = $field;
+
+            pub fn new(text: impl Into<String>) -> Result<Self, CreditError> {
+                let text = text.into();
+                check_text($field, &text, $max, $rule)?;
+                Ok($name(text))
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+    };
+}
+
+text_newtype!(
+    /// What the credits pay for (`"image_generation"`): 1 to 64 chars, no control characters.
+    Operation, "operation", OPERATION_CHARS_MAX, TextRule::Name
+);
+text_newtype!(
+    /// A client-chosen key making a request safe to retry: 1 to 255 chars.
+    ///
+    /// ```
+    /// use creditgate::IdempotencyKey;
+    /// assert!(IdempotencyKey::new("k".repeat(255)).is_ok());
+    /// assert!(IdempotencyKey::new("k".repeat(256)).is_err());
+    /// ```
+    IdempotencyKey, "idempotencyKey", IDEMPOTENCY_KEY_CHARS_MAX, TextRule::Name
+);
+text_newtype!(
+    /// What a rate limit counts (`"user:<id>:generate"`): 1 to 255 chars.
+    LimitKey, "key", LIMIT_KEY_CHARS_MAX, TextRule::Name
+);
+text_newtype!(
+    /// Why credits moved, for the ledger: 1 to 500 chars.
+    Reason, "reason", REASON_CHARS_MAX, TextRule::Prose
+);
+text_newtype!(
+    /// Where a completed job's result lives: 1 to 2048 chars.
+    ResultUrl, "resultUrl", RESULT_URL_CHARS_MAX, TextRule::Name
+);
+
+fn check_int(field: &str, value: i64, min: u32, max: u32) -> Result<u32, CreditError> {
+    if value < i64::from(min) || value > i64::from(max) {
+        return Err(CreditError::invalid_argument(
+            field,
+            format!("{field} must be an integer from {min} to {max}, got {value}"),
+        )
+        .with_detail("min", min)
+        .with_detail("max", max));
+    }
+    // In range, so it fits.
+    Ok(value as u32)
+}
+
+macro_rules! int_newtype {
+    ($(#[$doc:meta])* $name:ident, $field:literal, $min:expr, $max:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(u32);
+
+        impl $name {
+            pub const FIELD: &'static str = $field;
+            pub const MIN: u32 = $min;
+            pub const MAX: u32 = $max;
+
+            pub fn new(value: i64) -> Result<Self, CreditError> {
+                check_int($field, value, $min, $max).map($name)
+            }
+
+            pub fn get(self) -> u32 {
+                self.0
+            }
+        }
+    };
+}
+
+int_newtype!(
+    /// Credits a charge holds: 1 to 2147483647. Zero and negative costs are
+    /// rejected: a negative cost would mint credits.
+    ///
+    /// ```
+    /// use creditgate::Cost;
+    /// assert!(Cost::new(0).is_err());
+    /// assert_eq!(Cost::new(1).map(Cost::get), Ok(1));
+    /// assert!(Cost::new(i64::from(i32::MAX) + 1).is_err());
+    /// ```
+    Cost, "cost", 1, CREDITS_MAX
+);
+int_newtype!(
+    /// Credits a grant adds: 1 to 2147483647.
+    Amount, "amount", 1, CREDITS_MAX
+);
+int_newtype!(
+    /// What a completed job really cost: 0 up to the hold (the SQL checks the hold).
+    ActualCost, "actualCost", 0, CREDITS_MAX
+);
+int_newtype!(
+    /// How long a charge's hold lasts before the sweeper refunds it: 1 s to a day.
+    HoldSeconds, "holdSeconds", 1, HOLD_SECONDS_MAX
+);
+int_newtype!(
+    /// How much a rate limit allows per window: at least 1.
+    Limit, "limit", 1, CREDITS_MAX
+);
+int_newtype!(
+    /// A rate-limit window: 1 s to a day.
+    WindowSeconds, "windowSeconds", 1, WINDOW_SECONDS_MAX
+);
+int_newtype!(
+    /// How much one request weighs against a limit: at least 1 (and at most
+    /// the limit, checked by [`LimitRequest`]).
+    LimitCost, "cost", 1, CREDITS_MAX
+);
+
+/// A small JSON object stored with a job or ledger row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Metadata(Map<String, Value>);
+
+impl Metadata {
+    pub const FIELD: &'static str = "metadata";
+
+    pub fn new(value: Value) -> Result<Self, CreditError> {
+        let Value::Object(map) = value else {
+            return Err(CreditError::invalid_argument(
+                Self::FIELD,
+                format!("metadata must be a JSON object, got {}", type_name(&value)),
+            ));
+        };
+        let bytes = serde_json::to_string(&map).map(|text| text.len()).unwrap_or(usize::MAX);
+        if bytes > METADATA_BYTES_MAX {
+            return Err(CreditError::invalid_argument(
+                Self::FIELD,
+                format!("metadata must be at most {METADATA_BYTES_MAX} bytes of JSON, got {bytes}"),
+            )
+            .with_detail("max", METADATA_BYTES_MAX as u64));
+        }
+        if contains_nul(&Value::Object(map.clone())) {
+            return Err(CreditError::invalid_argument(
+                Self::FIELD,
+                "metadata must not contain NUL characters (PostgreSQL's jsonb cannot hold them)",
+            ));
+        }
+        Ok(Metadata(map))
+    }
+
+    pub fn as_map(&self) -> &Map<String, Value> {
+        &self.0
+    }
+}
+
+fn contains_nul(value: &Value) -> bool {
+    match value {
+        Value::String(text) => text.contains('\0'),
+        Value::Array(items) => items.iter().any(contains_nul),
+        Value::Object(map) => map.iter().any(|(key, item)| key.contains('\0') || contains_nul(item)),
+        _ => false,
+    }
+}
+
+// -----------------------------------------------------------------------------
+// Reading JSON input (what JS passes) field by field
+// -----------------------------------------------------------------------------
+
+/// One request object being read. Unknown fields are refused, so a typo
+/// (`idempotencykey`) fails loudly instead of silently dropping the key.
+struct Fields<'a> {
+    map: &'a Map<String, Value>,
+}
+
+impl<'a> Fields<'a> {
+    fn new(what: &str, value: &'a Value, known: &[&str]) -> Result<Self, CreditError> {
+        let Value::Object(map) = value else {
+            return Err(CreditError::invalid_argument(
+                "request",
+                format!("{what} expects an object, got {}", type_name(value)),
+            ));
+        };
+        if let Some(unknown) = map.keys().find(|key| !known.contains(&key.as_str())) {
+            return Err(CreditError::invalid_argument(
+                unknown,
+                format!("{what} got an unknown field {}; expected {}", quote(unknown), known.join(", ")),
+            ));
+        }
+        Ok(Fields { map })
+    }
+
+    /// A present, non-null value. JS `undefined` arrives as null.
+    fn get(&self, name: &str) -> Option<&'a Value> {
+        self.map.get(name).filter(|value| !value.is_null())
+    }
+
+    fn required(&self, name: &str) -> Result<&'a Value, CreditError> {
+        self.get(name)
+            .ok_or_else(|| CreditError::invalid_argument(name, format!("{name} is required")))
+    }
+
+    fn string(&self, name: &str) -> Result<&'a str, CreditError> {
+        as_str(name, self.required(name)?)
+    }
+
+    fn optional_string(&self, name: &str) -> Result<Option<&'a str>, CreditError> {
+        self.get(name).map(|value| as_str(name, value)).transpose()
+    }
+
+    fn integer(&self, name: &str) -> Result<i64, CreditError> {
+        as_integer(name, self.required(name)?)
+    }
+
+    fn optional_integer(&self, name: &str) -> Result<Option<i64>, CreditError> {
+        self.get(name).map(|value| as_integer(name, value)).transpose()
+    }
+}
+
+fn as_str<'v>(name: &str, value: &'v Value) -> Result<&'v str, CreditError> {
+    value.as_str().ok_or_else(|| {
+        CreditError::invalid_argument(name, format!("{name} must be a string, got {}", type_name(value)))
+    })
+}
+
+/// An integer from a JSON number. JS numbers are doubles, so `5.0` is 5;
+/// `5.5`, `NaN` (which arrives as null) and `1e300` are refused.
+fn as_integer(name: &str, value: &Value) -> Result<i64, CreditError> {
+    let not_integer =
+        || CreditError::invalid_argument(name, format!("{name} must be an integer, got {}", describe(value)));
+    let Value::Number(number) = value else {
+        return Err(CreditError::invalid_argument(
+            name,
+            format!("{name} must be a number, got {}", type_name(value)),
+        ));
+    };
+    if let Some(int) = number.as_i64() {
+        return Ok(int);
+    }
+    if number.as_u64().is_some() {
+        // Above i64::MAX: out of every range we accept; report it as such.
+        return Ok(i64::MAX);
+    }
+    match number.as_f64() {
+        Some(float) if float.fract() == 0.0 && float.abs() < 9.0e15 => Ok(float as i64),
+        Some(float) if float.fract() == 0.0 && float.is_finite() => {
+            Ok(if float > 0.0 { i64::MAX } else { i64::MIN })
+        }
+        _ => Err(not_integer()),
+    }
+}
+
+fn type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn describe(value: &Value) -> String {
+    let text = value.to_string();
+    if text.chars().count() > 40 {
+        format!("{}…", text.chars().take(40).collect::<String>())
+    } else {
+        text
+    }
+}
+
+/// Quotes user text for a message, cut short and with controls escaped.
+fn quote(text: &str) -> String {
+    let short: String = text.chars().take(60).collect();
+    let mut out = format!("{short:?}");
+    if short.len() < text.len() {
+        out.push('…');
+    }
+    out
+}
+
+// -----------------------------------------------------------------------------
+// Requests
+// -----------------------------------------------------------------------------
+
+/// `charge`: hold `cost` credits for a new job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChargeRequest {
+    pub user_id: UserId,
+    pub operation: Operation,
+    pub cost: Cost,
+    pub idempotency_key: Option<IdempotencyKey>,
+    pub metadata: Option<Metadata>,
+    pub hold_seconds: Option<HoldSeconds>,
+}
+
+const CHARGE_FIELDS: [&str; 6] = ["userId", "operation", "cost", "idempotencyKey", "metadata", "holdSeconds"];
+
+impl ChargeRequest {
+    /// Parses `{ userId, operation, cost, idempotencyKey?, metadata?, holdSeconds? }`.
+    ///
+    /// ```
+    /// use creditgate::ChargeRequest;
+    /// use serde_json::json;
+    /// let ok = json!({"userId": "9b2d1c0e-8f1a-4c2b-9d3e-5f6a7b8c9d0e", "operation": "image", "cost": 5});
+    /// assert!(ChargeRequest::from_json(&ok).is_ok());
+    /// let zero = json!({"userId": "9b2d1c0e-8f1a-4c2b-9d3e-5f6a7b8c9d0e", "operation": "image", "cost": 0});
+    /// assert_eq!(ChargeRequest::from_json(&zero).unwrap_err().details()["field"], "cost");
+    /// ```
+    pub fn from_json(value: &Value) -> Result<Self, CreditError> {
+        let fields = Fields::new("charge", value, &CHARGE_FIELDS)?;
+        Self::from_fields(&fields)
+    }
+
+    fn from_fields(fields: &Fields<'_>) -> Result<Self, CreditError> {
+        Ok(ChargeRequest {
+            user_id: UserId::parse("userId", fields.string("userId")?)?,
+            operation: Operation::new(fields.string("operation")?)?,
+            cost: Cost::new(fields.integer("cost")?)?,
+            idempotency_key: fields.optional_string("idempotencyKey")?.map(IdempotencyKey::new).transpose()?,
+            metadata: fields.get("metadata").map(|value| Metadata::new(value.clone())).transpose()?,
+            hold_seconds: fields.optional_integer("holdSeconds")?.map(HoldSeconds::new).transpose()?,
+        })
+    }
+}
+
+/// `complete`: capture a job's hold, optionally at a lower actual cost.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompleteRequest {
+    pub job_id: JobId,
+    pub result_url: Option<ResultUrl>,
+    pub actual_cost: Option<ActualCost>,
+}
+
+impl CompleteRequest {
+    /// Parses `{ jobId, resultUrl?, actualCost? }`.
+    pub fn from_json(value: &Value) -> Result<Self, CreditError> {
+        let fields = Fields::new("complete", value, &["jobId", "resultUrl", "actualCost"])?;
+        Ok(CompleteRequest {
+            job_id: JobId::parse("jobId", fields.string("jobId")?)?,
+            result_url: fields.optional_string("resultUrl")?.map(ResultUrl::new).transpose()?,
+            actual_cost: fields.optional_integer("actualCost")?.map(ActualCost::new).transpose()?,
+        })
+    }
+}
+
+/// `refund`: void a job's whole hold.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefundRequest {
+    pub user_id: UserId,
+    pub job_id: JobId,
+    pub reason: Reason,
+}
+
+impl RefundRequest {
+    /// Parses `{ userId, jobId, reason }`.
+    pub fn from_json(value: &Value) -> Result<Self, CreditError> {
+        let fields = Fields::new("refund", value, &["userId", "jobId", "reason"])?;
+        Ok(RefundRequest {
+            user_id: UserId::parse("userId", fields.string("userId")?)?,
+            job_id: JobId::parse("jobId", fields.string("jobId")?)?,
+            reason: Reason::new(fields.string("reason")?)?,
+        })
+    }
+}
+
+/// `grant`: add credits (a purchase, a gift), idempotent by key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GrantRequest {
+    pub user_id: UserId,
+    pub amount: Amount,
+    pub reason: Reason,
+    pub idempotency_key: Option<IdempotencyKey>,
+    pub metadata: Option<Metadata>,
+}
+
+impl GrantRequest {
+    /// Parses `{ userId, amount, reason, idempotencyKey?, metadata? }`.
+    pub fn from_json(value: &Value) -> Result<Self, CreditError> {
+        let fields =
+            Fields::new("grant", value, &["userId", "amount", "reason", "idempotencyKey", "metadata"])?;
+        Ok(GrantRequest {
+            user_id: UserId::parse("userId", fields.string("userId")?)?,
+            amount: Amount::new(fields.integer("amount")?)?,
+            reason: Reason::new(fields.string("reason")?)?,
+            idempotency_key: fields.optional_string("idempotencyKey")?.map(IdempotencyKey::new).transpose()?,
+            metadata: fields.get("metadata").map(|value| Metadata::new(value.clone())).transpose()?,
+        })
+    }
+}
+
+/// `limit`: count `cost` against `limit` per `windowSeconds` for `key`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimitRequest {
+    pub key: LimitKey,
+    pub limit: Limit,
+    pub window_seconds: WindowSeconds,
+    pub cost: LimitCost,
+}
+
+impl LimitRequest {
+    /// Parses `{ key, limit, windowSeconds, cost? }` (`cost` defaults to 1).
+    pub fn from_json(value: &Value) -> Result<Self, CreditError> {
+        let fields = Fields::new("limit", value, &["key", "limit", "windowSeconds", "cost"])?;
+        Self::from_fields(&fields, "cost")
+    }
+
+    fn from_fields(fields: &Fields<'_>, cost_field: &str) -> Result<Self, CreditError> {
+        let key = LimitKey::new(fields.string("key")?)?;
+        let limit = Limit::new(fields.integer("limit")?)?;
+        let window_seconds = WindowSeconds::new(fields.integer("windowSeconds")?)?;
+        let cost = match fields.optional_integer(cost_field)? {
+            None => LimitCost(1),
+            Some(value) => check_int(cost_field, value, 1, CREDITS_MAX).map(LimitCost)?,
+        };
+        // A request heavier than the whole limit could never be allowed:
+        // that is a mistake in the caller, not a rate-limit denial.
+        if cost.get() > limit.get() {
+            return Err(CreditError::invalid_argument(
+                cost_field,
+                format!("{cost_field} ({}) must not exceed limit ({})", cost.get(), limit.get()),
+            ));
+        }
+        Ok(LimitRequest { key, limit, window_seconds, cost })
+    }
+}
+
+/// `chargeWithLimit`: a limit and a charge in one transaction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChargeWithLimitRequest {
+    pub charge: ChargeRequest,
+    pub limit: LimitRequest,
+}
+
+impl ChargeWithLimitRequest {
+    /// Parses a charge's fields plus `key, limit, windowSeconds, limitCost?`
+    /// (`cost` is the charge's credits here; the request's weight against
+    /// the limit is `limitCost`, default 1).
+    pub fn from_json(value: &Value) -> Result<Self, CreditError> {
+        let mut known: Vec<&str> = CHARGE_FIELDS.to_vec();
+        known.extend(["key", "limit", "windowSeconds", "limitCost"]);
+        let fields = Fields::new("chargeWithLimit", value, &known)?;
+        Ok(ChargeWithLimitRequest {
+            charge: ChargeRequest::from_fields(&fields)?,
+            limit: LimitRequest::from_fields(&fields, "limitCost")?,
+        })
+    }
+}
+
+/// The value `run`'s callback may return: what `complete` should record.
+/// Any other fields of the value are the caller's own and are ignored.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RunOutput {
+    pub result_url: Option<ResultUrl>,
+    pub actual_cost: Option<ActualCost>,
+}
+
+impl RunOutput {
+    /// Reads `resultUrl` and `actualCost` from whatever the callback
+    /// returned; anything that is not an object (including nothing)
+    /// completes at the full cost with no URL.
+    pub fn from_json(value: &Value) -> Result<Self, CreditError> {
+        let Value::Object(map) = value else {
+            return Ok(RunOutput::default());
+        };
+        let fields = Fields { map };
+        Ok(RunOutput {
+            result_url: fields.optional_string("resultUrl")?.map(ResultUrl::new).transpose()?,
+            actual_cost: fields.optional_integer("actualCost")?.map(ActualCost::new).transpose()?,
+        })
+    }
+}
+
+/// A user id given alone (`balance(userId)`).
+pub fn user_id_from_json(value: &Value) -> Result<UserId, CreditError> {
+    UserId::parse("userId", as_str("userId", value)?)
+}
+
+// -----------------------------------------------------------------------------
+// Results (what JS receives; camelCase)
+// -----------------------------------------------------------------------------
+
+/// `charge`'s result.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChargeResult {
+    pub job_id: String,
+    /// The balance after the hold, in credits.
+    pub balance: i64,
+    /// True when this is a retry with a known key: nothing was charged again.
+    pub replayed: bool,
+    /// When the hold is released if the job is not settled (ISO 8601), if known.
+    pub expires_at: Option<String>,
+}
+
+/// `complete`'s result.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CompleteResult {
+    pub job_id: String,
+    /// The job's status after completion (`"completed"`).
+    pub status: String,
+    pub balance: i64,
+    /// Credits returned because the actual cost was below the hold.
+    pub refunded: i64,
+}
+
+/// `refund`'s and `grant`'s result.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BalanceResult {
+    pub balance: i64,
+}
+
+/// `limit`'s result: being over a limit is a value, not an error.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimitResult {
+    /// Whether the request was allowed (and counted).
+    pub success: bool,
+    /// The limit per window.
+    pub limit: u32,
+    /// What is left in the current window, after this request.
+    pub remaining: u32,
+    /// Seconds until the window has room again (IETF `t`).
+    pub reset: u32,
+    /// Seconds to wait before retrying; 0 when allowed.
+    pub retry_after: u32,
+    /// The window, in seconds (IETF `w`); absent if unknown.
+    #[serde(default)]
+    pub window_seconds: Option<u32>,
+}
+
+/// `chargeWithLimit`'s result: the limit's fields, plus the charge's when allowed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChargeWithLimitResult {
+    #[serde(flatten)]
+    pub rate_limit: RateLimitResult,
+    pub job_id: Option<String>,
+    pub balance: Option<i64>,
+    pub replayed: Option<bool>,
+    pub expires_at: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorCode;
+    use serde_json::json;
+
+    const USER: &str = "9b2d1c0e-8f1a-4c2b-9d3e-5f6a7b8c9d0e";
+    const JOB: &str = "0f0e0d0c-0b0a-4908-8706-050403020100";
+
+    fn field_of(result: Result<impl std::fmt::Debug, CreditError>) -> String {
+        let error = result.expect_err("should be refused");
+        assert_eq!(error.code(), ErrorCode::InvalidArgument, "{error}");
+        error.details()["field"].as_str().unwrap_or_default().to_owned()
+    }
+
+    fn charge(overrides: Value) -> Value {
+        let mut base = json!({"userId": USER, "operation": "image_generation", "cost": 5});
+        if let (Value::Object(base_map), Value::Object(extra)) = (&mut base, overrides) {
+            base_map.extend(extra);
+        }
+        base
+    }
+
+    #[test]
+    fn a_minimal_charge_parses() {
+        let request = ChargeRequest::from_json(&charge(json!({}))).expect("valid");
+        assert_eq!(request.user_id.to_string(), USER);
+        assert_eq!(request.operation.as_str(), "image_generation");
+        assert_eq!(request.cost.get(), 5);
+        assert_eq!(request.idempotency_key, None);
+        assert_eq!(request.metadata, None);
+        assert_eq!(request.hold_seconds, None);
+    }
+
+    #[test]
+    fn a_full_charge_parses() {
+        let request = ChargeRequest::from_json(&charge(json!({
+            "idempotencyKey": "req-1", "metadata": {"model": "x"}, "holdSeconds": 60
+        })))
+        .expect("valid");
+        assert_eq!(request.idempotency_key.as_ref().map(IdempotencyKey::as_str), Some("req-1"));
+        assert_eq!(request.metadata.as_ref().map(|m| m.as_map()["model"].clone()), Some(json!("x")));
+        assert_eq!(request.hold_seconds.map(HoldSeconds::get), Some(60));
+    }
+
+    #[test]
+    fn undefined_optionals_count_as_absent() {
+        let request = ChargeRequest::from_json(&charge(json!({
+            "idempotencyKey": null, "metadata": null, "holdSeconds": null
+        })))
+        .expect("valid");
+        assert_eq!(request.idempotency_key, None);
+        assert_eq!(request.metadata, None);
+    }
+
+    #[test]
+    fn uuids_are_normalized_to_lowercase() {
+        let request = ChargeRequest::from_json(&charge(json!({"userId": USER.to_uppercase()}))).expect("valid");
+        assert_eq!(request.user_id.to_string(), USER);
+    }
+
+    #[test]
+    fn cost_bounds() {
+        assert_eq!(field_of(ChargeRequest::from_json(&charge(json!({"cost": 0})))), "cost");
+        assert_eq!(field_of(ChargeRequest::from_json(&charge(json!({"cost": -1})))), "cost");
+        assert!(ChargeRequest::from_json(&charge(json!({"cost": 1}))).is_ok());
+        assert!(ChargeRequest::from_json(&charge(json!({"cost": 2147483647}))).is_ok());
+        assert_eq!(field_of(ChargeRequest::from_json(&charge(json!({"cost": 2147483648_i64})))), "cost");
+        assert_eq!(field_of(ChargeRequest::from_json(&charge(json!({"cost": u64::MAX})))), "cost");
+        assert_eq!(field_of(ChargeRequest::from_json(&charge(json!({"cost": 1e300})))), "cost");
+        assert_eq!(field_of(ChargeRequest::from_json(&charge(json!({"cost": -1e300})))), "cost");
+    }
+
+    #[test]
+    fn cost_must_be_an_integer_number() {
+        assert!(ChargeRequest::from_json(&charge(json!({"cost": 5.0}))).is_ok());
+        for bad in [json!(5.5), json!("5"), json!(true), json!([5]), json!({"n": 5}), json!(null)] {
+            assert_eq!(field_of(ChargeRequest::from_json(&charge(json!({ "cost": bad })))), "cost");
+        }
+        let error = ChargeRequest::from_json(&charge(json!({"cost": 5.5}))).expect_err("fractional");
+        assert_eq!(error.message(), "cost must be an integer, got 5.5");
+        let error = ChargeRequest::from_json(&charge(json!({"cost": "5"}))).expect_err("string");
+        assert_eq!(error.message(), "cost must be a number, got a string");
+        let error = ChargeRequest::from_json(&charge(json!({"cost": null}))).expect_err("null");
+        assert_eq!(error.message(), "cost is required");
+    }
+
+    #[test]
+    fn operation_bounds() {
+        let at_max = "o".repeat(OPERATION_CHARS_MAX);
+        let past_max = "o".repeat(OPERATION_CHARS_MAX + 1);
+        assert!(ChargeRequest::from_json(&charge(json!({"operation": at_max}))).is_ok());
+        assert_eq!(field_of(ChargeRequest::from_json(&charge(json!({"operation": past_max})))), "operation");
+        assert_eq!(field_of(ChargeRequest::from_json(&charge(json!({"operation": ""})))), "operation");
+        assert_eq!(field_of(ChargeRequest::from_json(&charge(json!({"operation": "   "})))), "operation");
+        assert_eq!(field_of(ChargeRequest::from_json(&charge(json!({"operation": "a\nb"})))), "operation");
+        assert_eq!(field_of(ChargeRequest::from_json(&charge(json!({"operation": "a\u{0}b"})))), "operation");
+        // Chars, not bytes: 64 two-byte chars are fine.
+        assert!(ChargeRequest::from_json(&charge(json!({"operation": "é".repeat(64)}))).is_ok());
+        assert!(ChargeRequest::from_json(&charge(json!({"operation": "é".repeat(65)}))).is_err());
+    }
+
+    #[test]
+    fn idempotency_key_bounds() {
+        let at_max = "k".repeat(IDEMPOTENCY_KEY_CHARS_MAX);
+        let past_max = "k".repeat(IDEMPOTENCY_KEY_CHARS_MAX + 1);
+        assert!(ChargeRequest::from_json(&charge(json!({"idempotencyKey": at_max}))).is_ok());
+        let error = ChargeRequest::from_json(&charge(json!({"idempotencyKey": past_max}))).expect_err("too long");
+        assert_eq!(error.details()["field"], "idempotencyKey");
+        assert_eq!(error.details()["max"], 255);
+        assert_eq!(error.message(), "idempotencyKey must be at most 255 characters, got 256");
+        assert_eq!(field_of(ChargeRequest::from_json(&charge(json!({"idempotencyKey": ""})))), "idempotencyKey");
+        assert_eq!(field_of(ChargeRequest::from_json(&charge(json!({"idempotencyKey": 7})))), "idempotencyKey");
+    }
+
+    #[test]
+    fn hold_seconds_bounds() {
+        assert_eq!(field_of(ChargeRequest::from_json(&charge(json!({"holdSeconds": 0})))), "holdSeconds");
+        assert!(ChargeRequest::from_json(&charge(json!({"holdSeconds": 1}))).is_ok());
+        assert!(ChargeRequest::from_json(&charge(json!({"holdSeconds": HOLD_SECONDS_MAX}))).is_ok());
+        assert_eq!(
+            field_of(ChargeRequest::from_json(&charge(json!({"holdSeconds": HOLD_SECONDS_MAX + 1})))),
+            "holdSeconds"
+        );
+    }
+
+    #[test]
+    fn metadata_must_be_a_small_object() {
+        for bad in [json!([1]), json!("x"), json!(3), json!(true)] {
+            assert_eq!(field_of(ChargeRequest::from_json(&charge(json!({ "metadata": bad })))), "metadata");
+        }
+        // {"a":"..."} is 8 bytes of JSON around the string.
+        let fits = "x".repeat(METADATA_BYTES_MAX - 8);
+        assert!(ChargeRequest::from_json(&charge(json!({"metadata": {"a": fits}}))).is_ok());
+        let too_big = "x".repeat(METADATA_BYTES_MAX - 7);
+        assert_eq!(field_of(ChargeRequest::from_json(&charge(json!({"metadata": {"a": too_big}})))), "metadata");
+        assert_eq!(
+            field_of(ChargeRequest::from_json(&charge(json!({"metadata": {"a": ["ok", {"b": "\u{0}"}]}})))),
+            "metadata"
+        );
+    }
+
+    #[test]
+    fn user_ids_must_be_uuids() {
+        for bad in ["", "not-a-uuid", "9b2d1c0e-8f1a-4c2b-9d3e-5f6a7b8c9d0", "' OR 1=1 --"] {
+            assert_eq!(field_of(ChargeRequest::from_json(&charge(json!({ "userId": bad })))), "userId", "{bad}");
+        }
+        assert_eq!(field_of(ChargeRequest::from_json(&charge(json!({"userId": 42})))), "userId");
+        let error = ChargeRequest::from_json(&charge(json!({"userId": ""}))).expect_err("empty");
+        assert_eq!(error.message(), "userId must not be empty");
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let error = ChargeRequest::from_json(&charge(json!({"idempotencykey": "k"}))).expect_err("typo");
+        assert_eq!(error.details()["field"], "idempotencykey");
+        assert!(error.message().contains("unknown field"), "{}", error.message());
+    }
+
+    #[test]
+    fn requests_must_be_objects() {
+        for bad in [json!(null), json!("x"), json!([]), json!(1)] {
+            assert_eq!(field_of(ChargeRequest::from_json(&bad)), "request");
+            assert_eq!(field_of(CompleteRequest::from_json(&bad)), "request");
+            assert_eq!(field_of(RefundRequest::from_json(&bad)), "request");
+            assert_eq!(field_of(GrantRequest::from_json(&bad)), "request");
+            assert_eq!(field_of(LimitRequest::from_json(&bad)), "request");
+            assert_eq!(field_of(ChargeWithLimitRequest::from_json(&bad)), "request");
+        }
+    }
+
+    #[test]
+    fn complete_parses_and_checks_its_fields() {
+        let request = CompleteRequest::from_json(&json!({"jobId": JOB})).expect("valid");
+        assert_eq!(request.job_id.to_string(), JOB);
+        assert_eq!(request.actual_cost, None);
+        let request =
+            CompleteRequest::from_json(&json!({"jobId": JOB, "resultUrl": "https://x/y.png", "actualCost": 0}))
+                .expect("valid");
+        assert_eq!(request.actual_cost.map(ActualCost::get), Some(0));
+        assert_eq!(request.result_url.as_ref().map(ResultUrl::as_str), Some("https://x/y.png"));
+        assert_eq!(field_of(CompleteRequest::from_json(&json!({"jobId": JOB, "actualCost": -1}))), "actualCost");
+        assert_eq!(field_of(CompleteRequest::from_json(&json!({"jobId": "x"}))), "jobId");
+        assert_eq!(field_of(CompleteRequest::from_json(&json!({}))), "jobId");
+        let url_at_max = "u".repeat(RESULT_URL_CHARS_MAX);
+        let url_past_max = "u".repeat(RESULT_URL_CHARS_MAX + 1);
+        assert!(CompleteRequest::from_json(&json!({"jobId": JOB, "resultUrl": url_at_max})).is_ok());
+        assert_eq!(field_of(CompleteRequest::from_json(&json!({"jobId": JOB, "resultUrl": url_past_max}))), "resultUrl");
+    }
+
+    #[test]
+    fn refund_needs_user_job_and_reason() {
+        let request =
+            RefundRequest::from_json(&json!({"userId": USER, "jobId": JOB, "reason": "generation failed"}))
+                .expect("valid");
+        assert_eq!(request.reason.as_str(), "generation failed");
+        assert_eq!(field_of(RefundRequest::from_json(&json!({"userId": USER, "jobId": JOB}))), "reason");
+        assert_eq!(field_of(RefundRequest::from_json(&json!({"userId": USER, "jobId": JOB, "reason": ""}))), "reason");
+        // Prose may span lines, but not hold NUL.
+        assert!(RefundRequest::from_json(&json!({"userId": USER, "jobId": JOB, "reason": "a\nb"})).is_ok());
+        assert_eq!(
+            field_of(RefundRequest::from_json(&json!({"userId": USER, "jobId": JOB, "reason": "a\u{0}b"}))),
+            "reason"
+        );
+        let at_max = "r".repeat(REASON_CHARS_MAX);
+        let past_max = "r".repeat(REASON_CHARS_MAX + 1);
+        assert!(RefundRequest::from_json(&json!({"userId": USER, "jobId": JOB, "reason": at_max})).is_ok());
+        assert_eq!(
+            field_of(RefundRequest::from_json(&json!({"userId": USER, "jobId": JOB, "reason": past_max}))),
+            "reason"
+        );
+    }
+
+    #[test]
+    fn grant_amount_bounds() {
+        let grant = |amount: Value| json!({"userId": USER, "amount": amount, "reason": "purchase"});
+        assert_eq!(field_of(GrantRequest::from_json(&grant(json!(0)))), "amount");
+        assert!(GrantRequest::from_json(&grant(json!(1))).is_ok());
+        assert!(GrantRequest::from_json(&grant(json!(2147483647))).is_ok());
+        assert_eq!(field_of(GrantRequest::from_json(&grant(json!(2147483648_i64)))), "amount");
+    }
+
+    #[test]
+    fn limit_bounds() {
+        let limit = |extra: Value| {
+            let mut base = json!({"key": "user:1", "limit": 10, "windowSeconds": 60});
+            if let (Value::Object(base_map), Value::Object(extra)) = (&mut base, extra) {
+                base_map.extend(extra);
+            }
+            base
+        };
+        let request = LimitRequest::from_json(&limit(json!({}))).expect("valid");
+        assert_eq!(request.cost.get(), 1);
+        assert_eq!(field_of(LimitRequest::from_json(&limit(json!({"limit": 0})))), "limit");
+        assert!(LimitRequest::from_json(&limit(json!({"limit": 1}))).is_ok());
+        assert_eq!(field_of(LimitRequest::from_json(&limit(json!({"windowSeconds": 0})))), "windowSeconds");
+        assert!(LimitRequest::from_json(&limit(json!({"windowSeconds": 1}))).is_ok());
+        assert!(LimitRequest::from_json(&limit(json!({"windowSeconds": 86400}))).is_ok());
+        assert_eq!(field_of(LimitRequest::from_json(&limit(json!({"windowSeconds": 86401})))), "windowSeconds");
+        assert_eq!(field_of(LimitRequest::from_json(&limit(json!({"cost": 0})))), "cost");
+        assert!(LimitRequest::from_json(&limit(json!({"cost": 10}))).is_ok());
+        assert_eq!(field_of(LimitRequest::from_json(&limit(json!({"cost": 11})))), "cost");
+        assert_eq!(field_of(LimitRequest::from_json(&limit(json!({"key": ""})))), "key");
+        assert!(LimitRequest::from_json(&limit(json!({"key": "k".repeat(255)}))).is_ok());
+        assert_eq!(field_of(LimitRequest::from_json(&limit(json!({"key": "k".repeat(256)})))), "key");
+    }
+
+    #[test]
+    fn charge_with_limit_takes_both_and_names_the_limit_weight_limit_cost() {
+        let value = json!({
+            "userId": USER, "operation": "image", "cost": 5, "idempotencyKey": "k",
+            "key": "user:1", "limit": 3, "windowSeconds": 60, "limitCost": 2
+        });
+        let request = ChargeWithLimitRequest::from_json(&value).expect("valid");
+        assert_eq!(request.charge.cost.get(), 5);
+        assert_eq!(request.limit.cost.get(), 2);
+        assert_eq!(request.limit.limit.get(), 3);
+        let mut heavy = value.clone();
+        heavy["limitCost"] = json!(4);
+        assert_eq!(field_of(ChargeWithLimitRequest::from_json(&heavy)), "limitCost");
+        let mut no_window = value;
+        no_window.as_object_mut().map(|map| map.remove("windowSeconds"));
+        assert_eq!(field_of(ChargeWithLimitRequest::from_json(&no_window)), "windowSeconds");
+    }
+
+    #[test]
+    fn run_output_reads_only_its_two_fields() {
+        assert_eq!(RunOutput::from_json(&json!(null)).expect("ok"), RunOutput::default());
+        assert_eq!(RunOutput::from_json(&json!("a string result")).expect("ok"), RunOutput::default());
+        let output = RunOutput::from_json(&json!({"resultUrl": "https://x", "actualCost": 2, "image": [1, 2]}))
+            .expect("ok");
+        assert_eq!(output.actual_cost.map(ActualCost::get), Some(2));
+        assert_eq!(field_of(RunOutput::from_json(&json!({"actualCost": -2}))), "actualCost");
+        assert_eq!(field_of(RunOutput::from_json(&json!({"resultUrl": 5}))), "resultUrl");
+    }
+
+    #[test]
+    fn results_serialize_in_camel_case() {
+        let result = ChargeWithLimitResult {
+            rate_limit: RateLimitResult {
+                success: true,
+                limit: 10,
+                remaining: 9,
+                reset: 60,
+                retry_after: 0,
+                window_seconds: Some(60),
+            },
+            job_id: Some(JOB.into()),
+            balance: Some(95),
+            replayed: Some(false),
+            expires_at: None,
+        };
+        assert_eq!(
+            serde_json::to_value(&result).expect("serializes"),
+            json!({"success": true, "limit": 10, "remaining": 9, "reset": 60, "retryAfter": 0,
+                   "windowSeconds": 60, "jobId": JOB, "balance": 95, "replayed": false, "expiresAt": null})
+        );
+    }
+}
