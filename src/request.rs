@@ -54,10 +54,6 @@ impl Config {
         &self.rest_url
     }
 
-    pub(crate) fn service_role_key(&self) -> &str {
-        &self.service_role_key
-    }
-
     /// The headers every request carries. `apikey` is what Supabase's API
     /// gateway checks; `Authorization` is what PostgREST takes the role from.
     pub fn headers(&self) -> Vec<(&'static str, String)> {

@@ -1,0 +1,331 @@
+//! Decoding each RPC's answer: a result on 2xx, a [`CreditError`] otherwise.
+//!
+//! PostgREST returns a `RETURNS TABLE` function as a JSON array of rows and
+//! a scalar function as a bare JSON value. Anything else on a 2xx is an
+//! `upstream` error (the schema and this client disagree), never a panic.
+
+use crate::error::{CreditError, ErrorCode};
+use crate::types::{
+    BalanceResult, ChargeResult, ChargeWithLimitResult, CompleteResult, LimitRequest, RateLimitResult,
+};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::Value;
+
+/// A raw answer: status and body text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RpcResponse {
+    pub status: u16,
+    pub body: String,
+}
+
+impl RpcResponse {
+    pub fn new(status: u16, body: impl Into<String>) -> Self {
+        RpcResponse { status, body: body.into() }
+    }
+
+    fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    /// The single row of a `RETURNS TABLE` function (an array of one row;
+    /// a bare object is accepted too, as `Accept: ...object+json` gives).
+    fn row<T: DeserializeOwned>(&self, function: &str) -> Result<T, CreditError> {
+        let value = self.json(function)?;
+        let row = match value {
+            Value::Array(mut rows) if rows.len() == 1 => rows.swap_remove(0),
+            Value::Array(rows) => {
+                return Err(unexpected(function, &format!("{} rows instead of 1", rows.len())));
+            }
+            other => other,
+        };
+        serde_json::from_value(row).map_err(|error| unexpected(function, &error.to_string()))
+    }
+
+    /// The value of a scalar function.
+    fn scalar<T: DeserializeOwned>(&self, function: &str) -> Result<T, CreditError> {
+        let value = self.json(function)?;
+        serde_json::from_value(value).map_err(|error| unexpected(function, &error.to_string()))
+    }
+
+    fn json(&self, function: &str) -> Result<Value, CreditError> {
+        if !self.is_success() {
+            return Err(CreditError::from_postgrest(self.status, &self.body));
+        }
+        serde_json::from_str(&self.body).map_err(|error| unexpected(function, &error.to_string()))
+    }
+}
+
+fn unexpected(function: &str, why: &str) -> CreditError {
+    CreditError::upstream(format!("unexpected answer from {function}: {why}"))
+        .with_detail("function", function)
+        .with_retryable(false)
+}
+
+#[derive(Deserialize)]
+struct ChargeRow {
+    job_id: String,
+    new_balance: i64,
+    #[serde(default)]
+    replayed: Option<bool>,
+    #[serde(default)]
+    expires_at: Option<String>,
+}
+
+/// `charge_credits`.
+pub fn charge(response: &RpcResponse) -> Result<ChargeResult, CreditError> {
+    let row: ChargeRow = response.row("charge_credits")?;
+    Ok(ChargeResult {
+        job_id: row.job_id,
+        balance: row.new_balance,
+        replayed: row.replayed.unwrap_or(false),
+        expires_at: row.expires_at,
+    })
+}
+
+#[derive(Deserialize)]
+struct CompleteRow {
+    job_id: String,
+    status: String,
+    new_balance: i64,
+    #[serde(default)]
+    refunded: Option<i64>,
+}
+
+/// `complete_generation_job`.
+pub fn complete(response: &RpcResponse) -> Result<CompleteResult, CreditError> {
+    let row: CompleteRow = response.row("complete_generation_job")?;
+    Ok(CompleteResult {
+        job_id: row.job_id,
+        status: row.status,
+        balance: row.new_balance,
+        refunded: row.refunded.unwrap_or(0),
+    })
+}
+
+/// `refund_credits`, `grant_credits`: the new balance.
+pub fn balance_result(function: &str, response: &RpcResponse) -> Result<BalanceResult, CreditError> {
+    Ok(BalanceResult { balance: balance(function, response)? })
+}
+
+/// A scalar balance. A NULL balance can only mean there is no such user.
+pub fn balance(function: &str, response: &RpcResponse) -> Result<i64, CreditError> {
+    let balance: Option<i64> = response.scalar(function)?;
+    balance.ok_or_else(|| CreditError::new(ErrorCode::UserNotFound, "User not found"))
+}
+
+#[derive(Deserialize)]
+struct LimitRow {
+    allowed: bool,
+    limit: i64,
+    remaining: i64,
+    reset_seconds: i64,
+    retry_after_seconds: i64,
+}
+
+impl LimitRow {
+    fn into_result(self, request: &LimitRequest) -> RateLimitResult {
+        let clamp = |value: i64| value.clamp(0, i64::from(u32::MAX)) as u32;
+        RateLimitResult {
+            success: self.allowed,
+            limit: clamp(self.limit),
+            remaining: clamp(self.remaining),
+            reset: clamp(self.reset_seconds),
+            // Allowed means no waiting, whatever the row says.
+            retry_after: if self.allowed { 0 } else { clamp(self.retry_after_seconds).max(1) },
+            window_seconds: Some(request.window_seconds.get()),
+        }
+    }
+}
+
+/// `apply_rate_limit`.
+pub fn limit(request: &LimitRequest, response: &RpcResponse) -> Result<RateLimitResult, CreditError> {
+    let row: LimitRow = response.row("apply_rate_limit")?;
+    Ok(row.into_result(request))
+}
+
+#[derive(Deserialize)]
+struct ChargeWithLimitRow {
+    #[serde(flatten)]
+    limit: LimitRow,
+    job_id: Option<String>,
+    new_balance: Option<i64>,
+    replayed: Option<bool>,
+    expires_at: Option<String>,
+}
+
+/// `charge_credits_with_limit`.
+pub fn charge_with_limit(
+    request: &LimitRequest,
+    response: &RpcResponse,
+) -> Result<ChargeWithLimitResult, CreditError> {
+    let function = "charge_credits_with_limit";
+    let row: ChargeWithLimitRow = response.row(function)?;
+    let rate_limit = row.limit.into_result(request);
+    if rate_limit.success && (row.job_id.is_none() || row.new_balance.is_none()) {
+        return Err(unexpected(function, "allowed but no job_id or new_balance"));
+    }
+    let allowed = rate_limit.success;
+    Ok(ChargeWithLimitResult {
+        rate_limit,
+        job_id: row.job_id.filter(|_| allowed),
+        balance: row.new_balance.filter(|_| allowed),
+        replayed: if allowed { Some(row.replayed.unwrap_or(false)) } else { None },
+        expires_at: row.expires_at.filter(|_| allowed),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const JOB: &str = "0f0e0d0c-0b0a-4908-8706-050403020100";
+
+    fn ok(body: Value) -> RpcResponse {
+        RpcResponse::new(200, body.to_string())
+    }
+
+    fn limit_request() -> LimitRequest {
+        LimitRequest::from_json(&json!({"key": "k", "limit": 10, "windowSeconds": 60})).expect("valid")
+    }
+
+    #[test]
+    fn charge_decodes_its_row() {
+        let result = charge(&ok(json!([{"job_id": JOB, "new_balance": 95, "replayed": true,
+                                         "expires_at": "2030-01-01T00:15:00+00:00"}])))
+        .expect("decodes");
+        assert_eq!(
+            result,
+            ChargeResult {
+                job_id: JOB.into(),
+                balance: 95,
+                replayed: true,
+                expires_at: Some("2030-01-01T00:15:00+00:00".into())
+            }
+        );
+        // The seed's shape (no replayed, no expires_at) still decodes.
+        let seed = charge(&ok(json!([{"job_id": JOB, "new_balance": 7}]))).expect("decodes");
+        assert!(!seed.replayed);
+        // An object rather than a one-row array, too.
+        assert_eq!(charge(&ok(json!({"job_id": JOB, "new_balance": 7}))).expect("decodes").balance, 7);
+    }
+
+    #[test]
+    fn charge_errors_pass_through_the_error_decoder() {
+        let body = json!({"code": "PT402", "message": "Insufficient credits: has 1 needs 5",
+                          "details": "{\"balance\":1,\"needed\":5}", "hint": "insufficient_credits"});
+        let error = charge(&RpcResponse::new(402, body.to_string())).expect_err("402");
+        assert_eq!(error.code(), ErrorCode::InsufficientCredits);
+        assert_eq!(error.details()["balance"], 1);
+    }
+
+    #[test]
+    fn wrong_shapes_are_upstream_errors() {
+        let cases = [
+            json!([]),
+            json!([{"job_id": JOB, "new_balance": 1}, {"job_id": JOB, "new_balance": 2}]),
+            json!([{"job_id": JOB}]),
+            json!([{"job_id": 5, "new_balance": 1}]),
+            json!("text"),
+            json!(null),
+        ];
+        for body in cases {
+            let error = charge(&ok(body.clone())).expect_err("bad shape");
+            assert_eq!(error.code(), ErrorCode::Upstream, "{body}");
+            assert_eq!(error.details()["function"], "charge_credits");
+            assert!(!error.retryable());
+        }
+        let error = charge(&RpcResponse::new(200, "<html>")).expect_err("not json");
+        assert_eq!(error.code(), ErrorCode::Upstream);
+    }
+
+    #[test]
+    fn complete_decodes_status_and_refunded() {
+        let result = complete(&ok(json!([{"job_id": JOB, "status": "completed", "new_balance": 98, "refunded": 2}])))
+            .expect("decodes");
+        assert_eq!(result.status, "completed");
+        assert_eq!(result.balance, 98);
+        assert_eq!(result.refunded, 2);
+        let error = complete(&RpcResponse::new(
+            409,
+            json!({"code": "PT409", "message": "Job already settled", "details": null, "hint": "job_already_settled"})
+                .to_string(),
+        ))
+        .expect_err("409");
+        assert_eq!(error.code(), ErrorCode::JobAlreadySettled);
+    }
+
+    #[test]
+    fn scalar_balances_decode() {
+        assert_eq!(balance("get_credit_balance", &ok(json!(42))).expect("decodes"), 42);
+        assert_eq!(balance_result("refund_credits", &ok(json!(0))).expect("decodes").balance, 0);
+        assert_eq!(
+            balance("get_credit_balance", &ok(json!(null))).expect_err("null").code(),
+            ErrorCode::UserNotFound
+        );
+        assert_eq!(balance("get_credit_balance", &ok(json!("42"))).expect_err("string").code(), ErrorCode::Upstream);
+        assert_eq!(balance("get_credit_balance", &ok(json!(1.5))).expect_err("float").code(), ErrorCode::Upstream);
+    }
+
+    #[test]
+    fn an_allowed_limit_has_no_retry_after() {
+        let result = limit(
+            &limit_request(),
+            &ok(json!([{"allowed": true, "limit": 10, "remaining": 9, "reset_seconds": 60, "retry_after_seconds": 0}])),
+        )
+        .expect("decodes");
+        assert_eq!(
+            result,
+            RateLimitResult { success: true, limit: 10, remaining: 9, reset: 60, retry_after: 0, window_seconds: Some(60) }
+        );
+    }
+
+    #[test]
+    fn a_denied_limit_always_says_when_to_retry() {
+        let row = |retry: i64| json!([{"allowed": false, "limit": 10, "remaining": 0, "reset_seconds": 30, "retry_after_seconds": retry}]);
+        assert_eq!(limit(&limit_request(), &ok(row(30))).expect("decodes").retry_after, 30);
+        // A denial with retry 0 would invite a hot loop: at least 1 s.
+        assert_eq!(limit(&limit_request(), &ok(row(0))).expect("decodes").retry_after, 1);
+        // Negative values from a confused server do not wrap around.
+        let negative = limit(
+            &limit_request(),
+            &ok(json!([{"allowed": false, "limit": 10, "remaining": -3, "reset_seconds": -1, "retry_after_seconds": -5}])),
+        )
+        .expect("decodes");
+        assert_eq!((negative.remaining, negative.reset, negative.retry_after), (0, 0, 1));
+    }
+
+    #[test]
+    fn charge_with_limit_decodes_both_outcomes() {
+        let allowed = charge_with_limit(
+            &limit_request(),
+            &ok(json!([{"allowed": true, "job_id": JOB, "new_balance": 90, "replayed": false,
+                        "expires_at": "2030-01-01T00:00:00Z", "limit": 10, "remaining": 4,
+                        "reset_seconds": 50, "retry_after_seconds": 0}])),
+        )
+        .expect("decodes");
+        assert!(allowed.rate_limit.success);
+        assert_eq!(allowed.job_id.as_deref(), Some(JOB));
+        assert_eq!(allowed.balance, Some(90));
+        assert_eq!(allowed.replayed, Some(false));
+
+        let denied = charge_with_limit(
+            &limit_request(),
+            &ok(json!([{"allowed": false, "job_id": null, "new_balance": null, "replayed": null,
+                        "expires_at": null, "limit": 10, "remaining": 0,
+                        "reset_seconds": 12, "retry_after_seconds": 12}])),
+        )
+        .expect("decodes");
+        assert!(!denied.rate_limit.success);
+        assert_eq!(denied.rate_limit.retry_after, 12);
+        assert_eq!((denied.job_id, denied.balance, denied.replayed), (None, None, None));
+
+        let broken = charge_with_limit(
+            &limit_request(),
+            &ok(json!([{"allowed": true, "job_id": null, "new_balance": null, "replayed": null,
+                        "expires_at": null, "limit": 10, "remaining": 0, "reset_seconds": 1, "retry_after_seconds": 0}])),
+        );
+        assert_eq!(broken.expect_err("inconsistent").code(), ErrorCode::Upstream);
+    }
+}
