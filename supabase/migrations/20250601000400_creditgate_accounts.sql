@@ -1,0 +1,151 @@
+-- =============================================================================
+-- creditgate 4/4: accounts and housekeeping.
+--   * every auth user has a public.users row (a trigger, and a backfill);
+--   * deleting an auth user closes the account (below), it never deletes
+--     history and never fails;
+--   * a legacy balance the ledger does not explain gets an opening-balance
+--     entry, so verify_credit_ledger() is empty from the first minute;
+--   * where pg_cron is installed (Supabase: Database -> Extensions), the
+--     sweeper and the rate-limit cleanup are scheduled.
+-- =============================================================================
+
+-- -----------------------------------------------------------------------------
+-- Account lifecycle, driven by auth.users
+-- -----------------------------------------------------------------------------
+
+/**
+ * A new auth user gets an account with a zero balance. A closed account of the
+ * same id (an auth user restored from a backup) is reopened, still at zero.
+ * Named to fire after a project's own `on_auth_user_created` trigger, which
+ * often inserts the same row; whichever comes first wins, the other does nothing.
+ */
+CREATE OR REPLACE FUNCTION creditgate.on_auth_user_created()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = ''
+AS $$
+BEGIN
+  INSERT INTO public.users AS u (id) VALUES (NEW.id)
+  ON CONFLICT (id) DO UPDATE SET closed_at = NULL WHERE u.closed_at IS NOT NULL;
+  RETURN NEW;
+END;
+$$;
+REVOKE ALL ON FUNCTION creditgate.on_auth_user_created() FROM PUBLIC;
+
+DROP TRIGGER IF EXISTS on_auth_user_created_creditgate ON auth.users;
+CREATE TRIGGER on_auth_user_created_creditgate
+  AFTER INSERT ON auth.users
+  FOR EACH ROW EXECUTE FUNCTION creditgate.on_auth_user_created();
+
+/**
+ * Closes an account, once: every open hold is refunded, then a closing ledger
+ * entry takes the balance to zero, and the row is marked closed_at. The row
+ * and its ledger stay: history is never rewritten, the ledger still adds up,
+ * and the user's jobs and entries keep their subject. A closed account can
+ * be neither charged nor granted (PT404 user_not_found).
+ * Locks: the users row, then its open jobs.
+ */
+CREATE OR REPLACE FUNCTION creditgate.close_account(p_user_id uuid, p_now timestamptz)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = ''
+AS $$
+DECLARE
+  v_job public.generation_jobs;
+  v_balance integer;
+BEGIN
+  PERFORM FROM public.users u WHERE u.id = p_user_id AND u.closed_at IS NULL FOR UPDATE;
+  IF NOT FOUND THEN
+    RETURN;
+  END IF;
+  FOR v_job IN
+    SELECT * FROM public.generation_jobs j
+    WHERE j.user_id = p_user_id AND j.status IN ('pending', 'processing')
+    ORDER BY j.expires_at, j.id
+    FOR UPDATE
+  LOOP
+    PERFORM creditgate.settle_job(v_job, 'failed', 0, 'refund', 'Refund: account closed',
+      'Refunded: account closed', NULL, p_now);
+  END LOOP;
+
+  SELECT u.credits INTO v_balance FROM public.users u WHERE u.id = p_user_id;
+  IF v_balance <> 0 THEN
+    PERFORM creditgate.apply_delta(p_user_id, -v_balance, 'account_closure', 'account_closure',
+      'Account closed: the auth user was deleted', '{}'::jsonb, NULL);
+  END IF;
+  UPDATE public.users u SET closed_at = p_now WHERE u.id = p_user_id;
+END;
+$$;
+REVOKE ALL ON FUNCTION creditgate.close_account(uuid, timestamptz) FROM PUBLIC;
+
+/** Deleting an auth user closes its account (creditgate.close_account); the deletion always proceeds. */
+CREATE OR REPLACE FUNCTION creditgate.on_auth_user_deleted()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = ''
+AS $$
+BEGIN
+  PERFORM creditgate.close_account(OLD.id, pg_catalog.clock_timestamp());
+  RETURN OLD;
+END;
+$$;
+REVOKE ALL ON FUNCTION creditgate.on_auth_user_deleted() FROM PUBLIC;
+
+DROP TRIGGER IF EXISTS on_auth_user_deleted_creditgate ON auth.users;
+CREATE TRIGGER on_auth_user_deleted_creditgate
+  AFTER DELETE ON auth.users
+  FOR EACH ROW EXECUTE FUNCTION creditgate.on_auth_user_deleted();
+
+-- Auth users from before this migration.
+INSERT INTO public.users (id)
+SELECT a.id FROM auth.users a
+ON CONFLICT (id) DO NOTHING;
+
+-- -----------------------------------------------------------------------------
+-- Opening balances: reconciliation holds from the first minute
+-- -----------------------------------------------------------------------------
+
+-- No balance may change between the sums below and the entries they produce.
+LOCK TABLE public.users IN SHARE ROW EXCLUSIVE MODE;
+
+-- Appended after the user's existing rows, so its balance_after (the
+-- balance) chains from the running sum before it.
+INSERT INTO public.credit_ledger
+  (user_id, delta, balance_after, operation_type, description, metadata, entry_type)
+SELECT u.id, (u.credits - coalesce(s.delta_sum, 0))::integer, u.credits, 'opening_balance',
+       'Opening balance: the part of the balance that earlier ledger rows do not explain',
+       pg_catalog.jsonb_build_object('ledger_sum_before', coalesce(s.delta_sum, 0)), 'opening_balance'
+FROM public.users u
+LEFT JOIN (SELECT l.user_id, sum(l.delta) AS delta_sum FROM public.credit_ledger l GROUP BY l.user_id) s
+  ON s.user_id = u.id
+WHERE u.credits <> coalesce(s.delta_sum, 0)
+ORDER BY u.id;
+
+-- -----------------------------------------------------------------------------
+-- Schedules (pg_cron, where installed; without it, expired holds are still
+-- released at each user's next balance check)
+-- -----------------------------------------------------------------------------
+DO $$
+DECLARE
+  v_job record;
+BEGIN
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'pg_cron') THEN
+    RETURN;
+  END IF;
+  FOR v_job IN
+    SELECT * FROM (VALUES
+      ('creditgate-expire-holds', '* * * * *', 'SELECT public.expire_stale_generation_jobs()'),
+      ('creditgate-cleanup-rate-limits', '*/10 * * * *', 'SELECT public.cleanup_expired_rate_limits()')
+    ) AS wanted (job_name, schedule, command)
+  LOOP
+    -- Scheduling again would take a new job id: leave an identical job alone.
+    IF NOT EXISTS (SELECT FROM cron.job c WHERE c.jobname = v_job.job_name
+                   AND c.schedule = v_job.schedule AND c.command = v_job.command) THEN
+      PERFORM cron.schedule(v_job.job_name, v_job.schedule, v_job.command);
+    END IF;
+  END LOOP;
+END
+$$;
