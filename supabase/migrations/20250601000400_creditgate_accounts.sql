@@ -14,10 +14,47 @@
 -- -----------------------------------------------------------------------------
 
 /**
+ * Appends an opening_balance entry for the part of the user's balance that
+ * the ledger does not explain (a balance from before creditgate), so that the
+ * ledger adds up. Does nothing when it already does, or for an unknown user.
+ * The entry follows the user's existing rows, so its balance_after (the
+ * balance) chains from their running sum.
+ * Locks: the users row.
+ */
+CREATE OR REPLACE FUNCTION creditgate.record_opening_balance(p_user_id uuid)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = ''
+AS $$
+DECLARE
+  v_balance integer;
+  v_ledger_sum bigint;
+BEGIN
+  SELECT u.credits INTO v_balance FROM public.users u WHERE u.id = p_user_id FOR UPDATE;
+  IF NOT FOUND THEN
+    RETURN;
+  END IF;
+  SELECT coalesce(sum(l.delta), 0) INTO v_ledger_sum FROM public.credit_ledger l WHERE l.user_id = p_user_id;
+  IF v_balance <> v_ledger_sum THEN
+    INSERT INTO public.credit_ledger
+      (user_id, delta, balance_after, operation_type, description, metadata, entry_type)
+    VALUES
+      (p_user_id, (v_balance - v_ledger_sum)::integer, v_balance, 'opening_balance',
+       'Opening balance: the part of the balance that earlier ledger rows do not explain',
+       pg_catalog.jsonb_build_object('ledger_sum_before', v_ledger_sum), 'opening_balance');
+  END IF;
+END;
+$$;
+REVOKE ALL ON FUNCTION creditgate.record_opening_balance(uuid) FROM PUBLIC;
+
+/**
  * A new auth user gets an account with a zero balance. A closed account of the
  * same id (an auth user restored from a backup) is reopened, still at zero.
  * Named to fire after a project's own `on_auth_user_created` trigger, which
- * often inserts the same row; whichever comes first wins, the other does nothing.
+ * often inserts the same row (with ON CONFLICT, ours then does nothing), and
+ * perhaps a starting balance, which gets its opening-balance entry here.
+ * Locks: the users row.
  */
 CREATE OR REPLACE FUNCTION creditgate.on_auth_user_created()
 RETURNS trigger
@@ -28,6 +65,8 @@ AS $$
 BEGIN
   INSERT INTO public.users AS u (id) VALUES (NEW.id)
   ON CONFLICT (id) DO UPDATE SET closed_at = NULL WHERE u.closed_at IS NOT NULL;
+  -- A legacy signup trigger may have given a starting balance without a ledger row.
+  PERFORM creditgate.record_opening_balance(NEW.id);
   RETURN NEW;
 END;
 $$;
@@ -108,21 +147,16 @@ ON CONFLICT (id) DO NOTHING;
 -- Opening balances: reconciliation holds from the first minute
 -- -----------------------------------------------------------------------------
 
--- No balance may change between the sums below and the entries they produce.
-LOCK TABLE public.users IN SHARE ROW EXCLUSIVE MODE;
-
--- Appended after the user's existing rows, so its balance_after (the
--- balance) chains from the running sum before it.
-INSERT INTO public.credit_ledger
-  (user_id, delta, balance_after, operation_type, description, metadata, entry_type)
-SELECT u.id, (u.credits - coalesce(s.delta_sum, 0))::integer, u.credits, 'opening_balance',
-       'Opening balance: the part of the balance that earlier ledger rows do not explain',
-       pg_catalog.jsonb_build_object('ledger_sum_before', coalesce(s.delta_sum, 0)), 'opening_balance'
-FROM public.users u
-LEFT JOIN (SELECT l.user_id, sum(l.delta) AS delta_sum FROM public.credit_ledger l GROUP BY l.user_id) s
-  ON s.user_id = u.id
-WHERE u.credits <> coalesce(s.delta_sum, 0)
-ORDER BY u.id;
+DO $$
+BEGIN
+  PERFORM creditgate.record_opening_balance(u.id)
+  FROM public.users u
+  LEFT JOIN (SELECT l.user_id, sum(l.delta) AS delta_sum FROM public.credit_ledger l GROUP BY l.user_id) s
+    ON s.user_id = u.id
+  WHERE u.credits <> coalesce(s.delta_sum, 0)
+  ORDER BY u.id;
+END
+$$;
 
 -- -----------------------------------------------------------------------------
 -- Schedules (pg_cron, where installed; without it, expired holds are still
