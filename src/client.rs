@@ -50,7 +50,11 @@ impl CreditClient {
     /// failure is an error here; statuses are for `response` to judge.
     pub async fn send(&self, rpc: &RpcRequest) -> Result<RpcResponse, CreditError> {
         let network = |error: &dyn std::fmt::Display| {
-            CreditError::network(format!("{} request failed: {error}", rpc.function))
+            // On wasm32 the text embeds the JS error and its stack: keep
+            // only the first line.
+            let text = error.to_string();
+            let first_line = text.lines().next().unwrap_or_default().replace("JsValue(", "");
+            CreditError::network(format!("{} request failed: {first_line}", rpc.function))
                 .with_detail("function", rpc.function)
         };
         let answer = self.prepare(rpc).execute().await.map_err(|e| network(&e))?;

@@ -1,0 +1,2 @@
+export * from "./creditgate.js";
+export { default } from "./creditgate.js";

@@ -1,0 +1,505 @@
+//! The JS surface: the only `#[wasm_bindgen]` code in the crate.
+//!
+//! Thin by design: each method turns its JS argument into JSON, lets the
+//! plain-Rust layers validate and send, and turns the result (or the
+//! [`CreditError`]) back into JS. Every failure, including a validation
+//! failure, rejects the returned promise with a JS `CreditError`; nothing
+//! here panics on any input (a panic would kill the module instance for
+//! every later request).
+//!
+//! Room is left for an HTTP handler (`src/api/`, exported from there): it
+//! can reuse [`to_js_error`], [`to_js`] and [`from_js`].
+
+use crate::client::{CreditClient, RunError, RunOutcome};
+use crate::error::CreditError;
+use crate::request::Config;
+use crate::types::{
+    user_id_from_json, ChargeRequest, ChargeWithLimitRequest, CompleteRequest, GrantRequest,
+    LimitRequest, RateLimitResult, RefundRequest, RunOutput,
+};
+use js_sys::{Function, Object, Promise, Reflect, JSON};
+use serde::Serialize;
+use serde_json::Value;
+use std::rc::Rc;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::{future_to_promise, JsFuture};
+
+#[wasm_bindgen(typescript_custom_section)]
+const TYPES: &'static str = r#"
+/** Any JSON value. */
+export type JsonValue = null | boolean | number | string | JsonValue[] | { [key: string]: JsonValue };
+
+/** Every `CreditError.code`. Codes are only ever added, never renamed. */
+export type CreditErrorCode =
+  | "invalid_argument"        // 400: a request failed validation (details.field names it)
+  | "unauthorized"            // 401: no or a bad key
+  | "forbidden"               // 403: the key's role may not call the function
+  | "insufficient_credits"    // 402: details { balance, needed }
+  | "user_not_found"          // 404
+  | "job_not_found"           // 404
+  | "idempotency_in_flight"   // 409: the same key is still being processed (retryable)
+  | "job_already_settled"     // 409: completed, refunded or expired already
+  | "idempotency_key_reused"  // 422: same key, different request
+  | "rate_limited"            // 429 (limit() returns denials as values; the HTTP API raises this)
+  | "upstream"                // 502: PostgREST/the database answered something unexpected
+  | "network";                // 503: no answer at all
+
+/** What every creditgate failure is thrown (or rejected) as. */
+export declare class CreditError extends Error {
+  constructor(init: {
+    code: CreditErrorCode;
+    message: string;
+    status: number;
+    details?: { [key: string]: JsonValue };
+    retryable?: boolean;
+    cause?: unknown;
+  });
+  readonly name: "CreditError";
+  /** Stable: branch on this, never on `message`. */
+  readonly code: CreditErrorCode;
+  /** The HTTP status of `code` (402 for insufficient_credits, ...). */
+  readonly status: number;
+  /** Machine-readable context: `{ balance, needed }`, `{ field }`, `{ sqlstate }`, ... */
+  readonly details: { [key: string]: JsonValue };
+  /** Whether the same request may succeed later, unchanged. */
+  readonly retryable: boolean;
+  toJSON(): { code: CreditErrorCode; message: string; status: number; details: { [key: string]: JsonValue }; retryable: boolean };
+}
+
+export interface CreditClientOptions {
+  /** The project URL: `https://<ref>.supabase.co`, `http://127.0.0.1:54321`; with or without `/rest/v1`. */
+  url: string;
+  /** The service-role key. Server side only: it bypasses row-level security. */
+  serviceRoleKey: string;
+}
+
+export interface ChargeRequest {
+  /** `auth.users.id` (a UUID). */
+  userId: string;
+  /** What the credits pay for, 1 to 64 chars: `"image_generation"`. */
+  operation: string;
+  /** Credits to hold: an integer from 1 to 2147483647. */
+  cost: number;
+  /** Makes the charge safe to retry: 1 to 255 chars, scoped to the user. */
+  idempotencyKey?: string;
+  /** A JSON object (at most 16 KiB) stored with the job. */
+  metadata?: { [key: string]: JsonValue };
+  /** Seconds before an unsettled hold is refunded by the sweeper (1 to 86400; the SQL default is 900). */
+  holdSeconds?: number;
+}
+
+export interface ChargeResult {
+  jobId: string;
+  /** The balance after the hold, in credits. */
+  balance: number;
+  /** True for a retry with a known idempotency key: nothing was charged again. */
+  replayed: boolean;
+  /** When the hold expires if not settled (ISO 8601), if the server says. */
+  expiresAt: string | null;
+}
+
+export interface CompleteRequest {
+  jobId: string;
+  /** Where the result lives (at most 2048 chars). */
+  resultUrl?: string;
+  /** What the job really cost, 0 up to the hold; the difference is refunded. */
+  actualCost?: number;
+}
+
+export interface CompleteResult {
+  jobId: string;
+  /** `"completed"`. */
+  status: string;
+  balance: number;
+  /** Credits returned because `actualCost` was below the hold. */
+  refunded: number;
+}
+
+export interface RefundRequest {
+  userId: string;
+  jobId: string;
+  /** Why, for the ledger: 1 to 500 chars. */
+  reason: string;
+}
+
+export interface GrantRequest {
+  userId: string;
+  /** Credits to add: an integer from 1 to 2147483647. */
+  amount: number;
+  /** Why, for the ledger: `"stripe:evt_123"`. */
+  reason: string;
+  /** A webhook's event id, so a redelivery grants once. */
+  idempotencyKey?: string;
+  metadata?: { [key: string]: JsonValue };
+}
+
+export interface BalanceResult {
+  balance: number;
+}
+
+export interface LimitRequest {
+  /** What is counted: `"user:<id>:generate"`, `"ip:203.0.113.7"` (1 to 255 chars). */
+  key: string;
+  /** Allowed per window (at least 1). */
+  limit: number;
+  /** The window, 1 to 86400 seconds. Part of the counter's identity with `limit`. */
+  windowSeconds: number;
+  /** This request's weight, 1 to `limit` (default 1). */
+  cost?: number;
+}
+
+/** Being over a limit is a value, not an exception. All times in seconds. */
+export interface RateLimitResult {
+  /** Whether the request was allowed (and counted; a denial consumes nothing). */
+  success: boolean;
+  limit: number;
+  /** What is left in the window after this request. */
+  remaining: number;
+  /** Seconds until the window has room again. */
+  reset: number;
+  /** Seconds to wait before retrying; 0 when allowed. */
+  retryAfter: number;
+  /** The window, in seconds. */
+  windowSeconds?: number | null;
+}
+
+/** A charge plus a limit, in one transaction. `cost` is the charge's credits; `limitCost` the weight against the limit. */
+export interface ChargeWithLimitRequest extends ChargeRequest {
+  key: string;
+  limit: number;
+  windowSeconds: number;
+  /** This request's weight against the limit, 1 to `limit` (default 1). */
+  limitCost?: number;
+}
+
+/** Allowed: the limit was counted and the charge made. Denied: nothing happened. */
+export type ChargeWithLimitResult =
+  | (RateLimitResult & { success: true; jobId: string; balance: number; replayed: boolean; expiresAt: string | null })
+  | (RateLimitResult & { success: false; jobId: null; balance: null; replayed: null; expiresAt: null });
+
+/** What `run`'s callback may return for `complete` to record; other fields are yours. */
+export interface RunOutput {
+  resultUrl?: string;
+  actualCost?: number;
+}
+
+export interface RunResult<T> {
+  /** What the callback returned. */
+  value: T;
+  charge: ChargeResult;
+  completion: CompleteResult;
+}
+
+/** IETF RateLimit header fields, ready for `new Headers(...)`. */
+export interface RateLimitHeaders {
+  "RateLimit-Policy": string;
+  "RateLimit": string;
+  /** Only when the request was denied. */
+  "Retry-After"?: string;
+}
+
+export interface CreditClient {
+  /**
+   * Charges, calls `work(job)`, then completes the job with the `resultUrl` /
+   * `actualCost` of what `work` returned. If `work` throws (or rejects), or
+   * completing fails, the hold is refunded and the error rethrown unchanged.
+   */
+  run<T>(request: ChargeRequest, work: (job: ChargeResult) => T | PromiseLike<T>): Promise<RunResult<Awaited<T>>>;
+}
+"#;
+
+#[wasm_bindgen(module = "/src/js/credit_error.js")]
+extern "C" {
+    #[wasm_bindgen(js_name = CreditError)]
+    type JsCreditError;
+
+    #[wasm_bindgen(constructor, js_class = "CreditError")]
+    fn new(init: &JsValue) -> JsCreditError;
+}
+
+/// The one serializer configuration every export uses: plain objects for
+/// maps, `null` for `None`, numbers (not BigInts) for integers.
+const SERIALIZER: serde_wasm_bindgen::Serializer = serde_wasm_bindgen::Serializer::json_compatible();
+
+/// JS input beyond this is refused before it is parsed: requests are small.
+const INPUT_BYTES_MAX: usize = 256 * 1024;
+
+#[derive(Serialize)]
+struct ErrorInit<'a> {
+    code: &'a str,
+    message: &'a str,
+    status: u16,
+    details: &'a serde_json::Map<String, Value>,
+    retryable: bool,
+}
+
+/// A [`CreditError`] as the JS `CreditError` it is thrown as.
+pub(crate) fn to_js_error(error: CreditError) -> JsValue {
+    let init = ErrorInit {
+        code: error.code().as_str(),
+        message: error.message(),
+        status: error.status(),
+        details: error.details(),
+        retryable: error.retryable(),
+    };
+    match init.serialize(&SERIALIZER) {
+        Ok(init) => JsCreditError::new(&init).into(),
+        // Serializing strings and JSON cannot fail; if it ever did, a plain
+        // Error still carries the message.
+        Err(_) => js_sys::Error::new(error.message()).into(),
+    }
+}
+
+/// A Rust value as a plain JS object.
+pub(crate) fn to_js<T: Serialize>(value: &T) -> Result<JsValue, JsValue> {
+    value
+        .serialize(&SERIALIZER)
+        .map_err(|error| to_js_error(CreditError::upstream(format!("could not build the JS result: {error}"))))
+}
+
+/// A JS argument as JSON, through `JSON.stringify`: so `toJSON` (a `Date`)
+/// is honoured, `undefined` fields vanish, and a cycle, a BigInt or a
+/// throwing getter becomes an `invalid_argument` instead of a crash.
+pub(crate) fn from_js(value: &JsValue, what: &str) -> Result<Value, CreditError> {
+    let unusable = |why: &str| CreditError::invalid_argument("request", format!("{what}: {why}"));
+    if value.is_undefined() {
+        return Ok(Value::Null);
+    }
+    let text = JSON::stringify(value)
+        .map_err(|_| unusable("the argument cannot be converted to JSON (a cycle, a BigInt, or a throwing getter)"))?;
+    let Some(text) = JsValue::from(text).as_string() else {
+        return Err(unusable("the argument is not a JSON value (a function or a symbol)"));
+    };
+    if text.len() > INPUT_BYTES_MAX {
+        return Err(unusable(&format!("the argument is larger than {INPUT_BYTES_MAX} bytes of JSON")));
+    }
+    serde_json::from_str(&text).map_err(|error| unusable(&format!("the argument is not valid JSON ({error})")))
+}
+
+/// Runs `body` as a JS promise, rejecting with a `CreditError` on failure.
+fn promise<F>(body: F) -> Promise
+where
+    F: std::future::Future<Output = Result<JsValue, JsValue>> + 'static,
+{
+    future_to_promise(body)
+}
+
+/// A client for one Supabase project: credits and rate limits through
+/// creditgate's SQL functions. Build it once (at module level) and reuse it.
+#[wasm_bindgen(js_name = CreditClient)]
+pub struct JsCreditClient {
+    inner: Rc<CreditClient>,
+}
+
+#[wasm_bindgen(js_class = CreditClient)]
+impl JsCreditClient {
+    /// Throws a `CreditError` (`invalid_argument`) if `url` or
+    /// `serviceRoleKey` is missing or malformed.
+    #[wasm_bindgen(constructor)]
+    pub fn new(
+        #[wasm_bindgen(unchecked_param_type = "CreditClientOptions")] options: JsValue,
+    ) -> Result<JsCreditClient, JsValue> {
+        let config = client_config(&options).map_err(to_js_error)?;
+        Ok(JsCreditClient { inner: Rc::new(CreditClient::new(config)) })
+    }
+
+    /// The PostgREST root this client calls (`.../rest/v1`).
+    #[wasm_bindgen(getter, js_name = restUrl)]
+    pub fn rest_url(&self) -> String {
+        self.inner.config().rest_url().to_owned()
+    }
+
+    /// Holds `cost` credits for a new job. Rejects with
+    /// `insufficient_credits` (details `{balance, needed}`), `user_not_found`,
+    /// `idempotency_key_reused`, `idempotency_in_flight`, `invalid_argument`.
+    #[wasm_bindgen(unchecked_return_type = "Promise<ChargeResult>")]
+    pub fn charge(&self, #[wasm_bindgen(unchecked_param_type = "ChargeRequest")] request: JsValue) -> Promise {
+        let client = Rc::clone(&self.inner);
+        let parsed = from_js(&request, "charge").and_then(|value| ChargeRequest::from_json(&value));
+        promise(async move {
+            let request = parsed.map_err(to_js_error)?;
+            to_js(&client.charge(&request).await.map_err(to_js_error)?)
+        })
+    }
+
+    /// Captures a job's hold; with `actualCost` below it, returns the rest.
+    /// Rejects with `job_already_settled`, `job_not_found`.
+    #[wasm_bindgen(unchecked_return_type = "Promise<CompleteResult>")]
+    pub fn complete(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "CompleteRequest")] request: JsValue,
+    ) -> Promise {
+        let client = Rc::clone(&self.inner);
+        let parsed = from_js(&request, "complete").and_then(|value| CompleteRequest::from_json(&value));
+        promise(async move {
+            let request = parsed.map_err(to_js_error)?;
+            to_js(&client.complete(&request).await.map_err(to_js_error)?)
+        })
+    }
+
+    /// Returns a job's whole hold to the user. A second refund (or a refund
+    /// after completion) rejects with `job_already_settled`.
+    #[wasm_bindgen(unchecked_return_type = "Promise<BalanceResult>")]
+    pub fn refund(&self, #[wasm_bindgen(unchecked_param_type = "RefundRequest")] request: JsValue) -> Promise {
+        let client = Rc::clone(&self.inner);
+        let parsed = from_js(&request, "refund").and_then(|value| RefundRequest::from_json(&value));
+        promise(async move {
+            let request = parsed.map_err(to_js_error)?;
+            to_js(&client.refund(&request).await.map_err(to_js_error)?)
+        })
+    }
+
+    /// Adds credits; with an `idempotencyKey`, a redelivery grants once.
+    #[wasm_bindgen(unchecked_return_type = "Promise<BalanceResult>")]
+    pub fn grant(&self, #[wasm_bindgen(unchecked_param_type = "GrantRequest")] request: JsValue) -> Promise {
+        let client = Rc::clone(&self.inner);
+        let parsed = from_js(&request, "grant").and_then(|value| GrantRequest::from_json(&value));
+        promise(async move {
+            let request = parsed.map_err(to_js_error)?;
+            to_js(&client.grant(&request).await.map_err(to_js_error)?)
+        })
+    }
+
+    /// The user's balance in credits (expired holds already returned).
+    #[wasm_bindgen(unchecked_return_type = "Promise<number>")]
+    #[allow(non_snake_case)]
+    pub fn balance(&self, #[wasm_bindgen(unchecked_param_type = "string")] userId: JsValue) -> Promise {
+        let client = Rc::clone(&self.inner);
+        let parsed = from_js(&userId, "balance").and_then(|value| user_id_from_json(&value));
+        promise(async move {
+            let user_id = parsed.map_err(to_js_error)?;
+            to_js(&client.balance(&user_id).await.map_err(to_js_error)?)
+        })
+    }
+
+    /// Counts `cost` against `limit` per `windowSeconds` for `key`. Over the
+    /// limit is a value (`success: false`), not an error.
+    #[wasm_bindgen(unchecked_return_type = "Promise<RateLimitResult>")]
+    pub fn limit(&self, #[wasm_bindgen(unchecked_param_type = "LimitRequest")] request: JsValue) -> Promise {
+        let client = Rc::clone(&self.inner);
+        let parsed = from_js(&request, "limit").and_then(|value| LimitRequest::from_json(&value));
+        promise(async move {
+            let request = parsed.map_err(to_js_error)?;
+            to_js(&client.limit(&request).await.map_err(to_js_error)?)
+        })
+    }
+
+    /// A limit and a charge in one transaction, all or nothing: a denial
+    /// charges nothing; insufficient credits rejects and counts nothing.
+    #[wasm_bindgen(js_name = chargeWithLimit, unchecked_return_type = "Promise<ChargeWithLimitResult>")]
+    pub fn charge_with_limit(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "ChargeWithLimitRequest")] request: JsValue,
+    ) -> Promise {
+        let client = Rc::clone(&self.inner);
+        let parsed =
+            from_js(&request, "chargeWithLimit").and_then(|value| ChargeWithLimitRequest::from_json(&value));
+        promise(async move {
+            let request = parsed.map_err(to_js_error)?;
+            to_js(&client.charge_with_limit(&request).await.map_err(to_js_error)?)
+        })
+    }
+
+    /// See the `CreditClient.run` declaration in the TypeScript section.
+    #[wasm_bindgen(skip_typescript)]
+    pub fn run(&self, request: JsValue, work: JsValue) -> Promise {
+        let client = Rc::clone(&self.inner);
+        let parsed = from_js(&request, "run").and_then(|value| ChargeRequest::from_json(&value));
+        let work = work.dyn_into::<Function>().map_err(|_| {
+            CreditError::invalid_argument("work", "run expects a function as its second argument")
+        });
+        promise(async move {
+            // Both arguments are checked before anything is charged.
+            let request = parsed.map_err(to_js_error)?;
+            let work = work.map_err(to_js_error)?;
+            let outcome = client
+                .run(&request, |job| async move {
+                    let returned = work.call1(&JsValue::UNDEFINED, &to_js(&job)?)?;
+                    let value = JsFuture::from(Promise::resolve(&returned)).await?;
+                    let output = run_output(&value).map_err(to_js_error)?;
+                    Ok((value, output))
+                })
+                .await;
+            match outcome {
+                Ok(RunOutcome { value, charge, completion }) => {
+                    let result = Object::new();
+                    Reflect::set(&result, &"value".into(), &value)?;
+                    Reflect::set(&result, &"charge".into(), &to_js(&charge)?)?;
+                    Reflect::set(&result, &"completion".into(), &to_js(&completion)?)?;
+                    Ok(result.into())
+                }
+                Err(RunError::Credit(error)) => Err(to_js_error(error)),
+                // The callback's own error, rethrown as it was.
+                Err(RunError::Work(error)) => Err(error),
+            }
+        })
+    }
+}
+
+/// `resultUrl` and `actualCost` of whatever `run`'s callback returned, read
+/// as two properties (the value itself may be anything: huge, cyclic).
+fn run_output(value: &JsValue) -> Result<RunOutput, CreditError> {
+    if !value.is_object() {
+        return Ok(RunOutput::default());
+    }
+    let mut fields = serde_json::Map::new();
+    for name in ["resultUrl", "actualCost"] {
+        let property = Reflect::get(value, &name.into()).map_err(|_| {
+            CreditError::invalid_argument(name, format!("reading {name} from run's result threw"))
+        })?;
+        if !property.is_undefined() {
+            fields.insert(name.to_owned(), from_js(&property, "run's result")?);
+        }
+    }
+    RunOutput::from_json(&Value::Object(fields))
+}
+
+fn client_config(options: &JsValue) -> Result<Config, CreditError> {
+    let value = from_js(options, "new CreditClient")?;
+    let Value::Object(map) = &value else {
+        return Err(CreditError::invalid_argument(
+            "options",
+            "new CreditClient expects { url, serviceRoleKey }",
+        ));
+    };
+    let text = |name: &str| match map.get(name) {
+        Some(Value::String(text)) => Ok(text.as_str()),
+        None | Some(Value::Null) => Err(CreditError::invalid_argument(name, format!("{name} is required"))),
+        Some(_) => Err(CreditError::invalid_argument(name, format!("{name} must be a string"))),
+    };
+    if let Some(unknown) = map.keys().find(|key| !matches!(key.as_str(), "url" | "serviceRoleKey")) {
+        return Err(CreditError::invalid_argument(
+            unknown,
+            format!("new CreditClient got an unknown option {unknown:?}; expected url, serviceRoleKey"),
+        ));
+    }
+    Config::new(text("url")?, text("serviceRoleKey")?)
+}
+
+/// The IETF `RateLimit-Policy`, `RateLimit` and (when denied) `Retry-After`
+/// header values for a `limit()` or `chargeWithLimit()` result. `policy`
+/// names the policy in both fields (default `"default"`).
+#[wasm_bindgen(js_name = rateLimitHeaders, unchecked_return_type = "RateLimitHeaders")]
+pub fn rate_limit_headers(
+    #[wasm_bindgen(unchecked_param_type = "RateLimitResult")] result: JsValue,
+    #[wasm_bindgen(unchecked_optional_param_type = "string")] policy: JsValue,
+) -> Result<JsValue, JsValue> {
+    let headers = header_values(&result, &policy).map_err(to_js_error)?;
+    let object = Object::new();
+    for (name, value) in headers {
+        Reflect::set(&object, &name.into(), &value.into())?;
+    }
+    Ok(object.into())
+}
+
+fn header_values(result: &JsValue, policy: &JsValue) -> Result<Vec<(&'static str, String)>, CreditError> {
+    let result = RateLimitResult::from_json(&from_js(result, "rateLimitHeaders")?)?;
+    let policy = if policy.is_undefined() || policy.is_null() {
+        crate::ratelimit::DEFAULT_POLICY.to_owned()
+    } else {
+        policy
+            .as_string()
+            .ok_or_else(|| CreditError::invalid_argument("policy", "policy must be a string"))?
+    };
+    crate::ratelimit::rate_limit_headers(&result, &policy)
+}
