@@ -145,9 +145,11 @@ BEGIN
   IF EXISTS (SELECT FROM pg_available_extensions WHERE name = 'plpgsql_check') THEN
     CREATE EXTENSION IF NOT EXISTS plpgsql_check WITH SCHEMA extensions;
   END IF;
-  -- pg_cron loads only when preloaded (the embedded cluster preloads it).
+  -- pg_cron loads only when preloaded (the embedded cluster preloads it), and
+  -- only into the one database its scheduler reads (as on Supabase: postgres).
   IF EXISTS (SELECT FROM pg_available_extensions WHERE name = 'pg_cron')
-     AND current_setting('shared_preload_libraries') LIKE '%pg_cron%' THEN
+     AND current_setting('shared_preload_libraries') LIKE '%pg_cron%'
+     AND current_database() = current_setting('cron.database_name', true) THEN
     CREATE EXTENSION IF NOT EXISTS pg_cron;
     GRANT USAGE ON SCHEMA cron TO postgres;
   END IF;

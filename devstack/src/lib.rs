@@ -8,6 +8,7 @@
 
 pub mod checks;
 pub mod gateway;
+pub mod keys;
 pub mod pg;
 pub mod setup;
 pub mod stack;

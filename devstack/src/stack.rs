@@ -1,3 +1,644 @@
-pub fn main(_args: &[String]) -> anyhow::Result<()> {
-    anyhow::bail!("not built yet")
+//! `cargo dev up`: what `supabase start` serves, without Docker.
+//!
+//! - 127.0.0.1:54322: the embedded PostgreSQL ([`crate::pg`]), migrated, with a
+//!   demo user.
+//! - 127.0.0.1:54321: the API, through a small front proxy that does what
+//!   Supabase's API gateway (Kong) and edge runtime do: `/rest/v1/*` ->
+//!   the PostgREST-compatible gateway (after the `apikey` check),
+//!   `/functions/v1/<name>/*` -> the function under Deno (after the JWT check
+//!   when `verify_jwt` is on), CORS, and a page at `/`.
+//! - A sweeper that releases expired holds every few seconds.
+//!
+//! Ctrl-C (or SIGTERM) stops every process it started.
+
+use crate::keys;
+use crate::pg::Cluster;
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::json;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The demo user `up` creates (and its opening grant, once).
+pub const DEMO_USER_ID: &str = "de000000-0000-4000-8000-000000000001";
+pub const DEMO_EMAIL: &str = "demo@creditgate.local";
+const DEMO_CREDITS: i32 = 100;
+/// Largest request body the front proxy forwards (PostgREST's own bound is
+/// the gateway's; this one protects the proxy).
+const BODY_LIMIT_BYTES: usize = 1 << 20;
+/// How often the sweeper releases expired holds and old rate-limit state.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Where the stack listens and keeps its data; the test runner starts a
+/// second stack beside a developer's with other values.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub api_port: u16,
+    pub db_port: u16,
+    pub gateway_port: u16,
+    pub functions_port: u16,
+    pub data_dir: PathBuf,
+    pub fresh: bool,
+}
+
+impl Options {
+    /// `supabase start`'s ports, overridable by environment (for tests).
+    pub fn from_env(fresh: bool) -> Options {
+        let port = |name: &str, default: u16| {
+            std::env::var(name).ok().and_then(|value| value.parse().ok()).unwrap_or(default)
+        };
+        let api_port = port("CREDITGATE_API_PORT", 54321);
+        Options {
+            api_port,
+            db_port: port("CREDITGATE_DB_PORT", crate::pg::DEFAULT_PORT),
+            gateway_port: port("CREDITGATE_GATEWAY_PORT", api_port + 9),
+            functions_port: port("CREDITGATE_FUNCTIONS_PORT", api_port + 10),
+            data_dir: std::env::var_os("CREDITGATE_DATA_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| crate::project_root().join("target/devstack/local")),
+            fresh,
+        }
+    }
+
+    pub fn api_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.api_port)
+    }
+}
+
+pub fn main(args: &[String]) -> Result<()> {
+    let fresh = args.iter().any(|arg| arg == "--fresh");
+    if let Some(unknown) = args.iter().find(|arg| *arg != "--fresh") {
+        bail!("unknown option {unknown} (usage: cargo dev up [--fresh])");
+    }
+    crate::setup::ensure(crate::setup::Need::Stack)?;
+    build_package()?;
+    let options = Options::from_env(fresh);
+    let stack = Stack::start(&options)?;
+    print_banner(&options);
+    let runtime = tokio::runtime::Runtime::new()?;
+    let result = runtime.block_on(stack.serve_until_signal());
+    drop(stack);
+    result
+}
+
+/// Builds the wasm package the Edge Function imports, if the project has one.
+pub fn build_package() -> Result<()> {
+    let script = crate::project_root().join("scripts/build-pkg.sh");
+    if script.exists() {
+        crate::setup::run(Command::new("bash").arg(&script).env("PATH", crate::setup::tool_path()))?;
+    }
+    Ok(())
+}
+
+/// The running stack's processes; dropping it stops them.
+pub struct Stack {
+    options: Options,
+    cluster: Cluster,
+    gateway: Option<Child>,
+    functions: Option<Child>,
+}
+
+impl Stack {
+    /// Starts PostgreSQL (migrated, with the demo user) and the functions'
+    /// Deno process. Call from the main thread: children are tied to the
+    /// thread that spawns them (`PR_SET_PDEATHSIG`).
+    pub fn start(options: &Options) -> Result<Stack> {
+        let cluster = Cluster::start(&options.data_dir.join("pg"), options.db_port, options.fresh)?;
+        cluster.bootstrap("postgres")?;
+        let applied = migrate_new(&cluster)?;
+        if !applied.is_empty() {
+            eprintln!("applied {} migration(s)", applied.len());
+        }
+        ensure_demo_user(&cluster)?;
+        let gateway = start_gateway(options, &cluster)?;
+        let functions = start_functions(options)?;
+        Ok(Stack { options: options.clone(), cluster, gateway: Some(gateway), functions })
+    }
+
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
+    /// Serves the API until Ctrl-C or SIGTERM.
+    pub async fn serve_until_signal(&self) -> Result<()> {
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        self.serve_until(async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+            eprintln!("\nstopping");
+        })
+        .await
+    }
+
+    /// Serves the API until `stop` completes.
+    pub async fn serve_until(&self, stop: impl std::future::Future<Output = ()>) -> Result<()> {
+        tokio::select! {
+            served = self.serve() => served,
+            () = stop => Ok(()),
+        }
+    }
+
+    /// Serves the API (the proxy, the sweeper) forever.
+    pub async fn serve(&self) -> Result<()> {
+        let options = &self.options;
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", options.api_port))
+            .await
+            .with_context(|| format!("bind the API to 127.0.0.1:{}", options.api_port))?;
+        let proxy = Arc::new(Proxy::new(options)?);
+        let front = serve_front(listener, proxy);
+        let sweeper = sweep(self.cluster.url("postgres", "postgres"));
+        tokio::select! {
+            result = front => result.context("front proxy"),
+            result = sweeper => result.context("sweeper"),
+        }
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        for child in [self.functions.take(), self.gateway.take()].into_iter().flatten() {
+            terminate(child);
+        }
+        self.cluster.stop();
+    }
+}
+
+fn terminate(mut child: Child) {
+    // SAFETY: a signal to our own child.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+    }
+    let _ = child.wait();
+}
+
+/// A child process that receives SIGTERM if this process dies first.
+fn child_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut command = Command::new(program);
+    // SAFETY: prctl is async-signal-safe.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+    command
+}
+
+/// The PostgREST-compatible gateway, as its own process configured by
+/// PostgREST's variables, as Supabase runs PostgREST behind its API gateway.
+fn start_gateway(options: &Options, cluster: &Cluster) -> Result<Child> {
+    let log_path = options.data_dir.join("gateway.log");
+    std::fs::create_dir_all(&options.data_dir)?;
+    let log = std::fs::File::create(&log_path)?;
+    let mut child = child_command(std::env::current_exe()?)
+        .arg("gateway")
+        .env("PGRST_DB_URI", cluster.url("authenticator", "postgres"))
+        .env("PGRST_DB_SCHEMAS", "public")
+        .env("PGRST_DB_ANON_ROLE", "anon")
+        .env("PGRST_JWT_SECRET", keys::JWT_SECRET)
+        .env("PGRST_SERVER_HOST", "127.0.0.1")
+        .env("PGRST_SERVER_PORT", options.gateway_port.to_string())
+        .env("PGRST_DB_POOL", "20")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("start the gateway")?;
+    wait_for_port(options.gateway_port, &mut child, &log_path)?;
+    Ok(child)
+}
+
+fn print_banner(options: &Options) {
+    let api = options.api_url();
+    let service = keys::service_role_key();
+    let user = keys::user_token(DEMO_USER_ID, DEMO_EMAIL, 24 * 3600);
+    eprintln!(
+        "
+creditgate local stack is running.
+
+         API URL: {api}
+     Page (demo): {api}/
+          DB URL: postgresql://postgres:postgres@127.0.0.1:{db}/postgres
+      JWT secret: {secret}
+        anon key: {anon}
+service_role key: {service}
+       demo user: {DEMO_USER_ID} ({DEMO_EMAIL})
+ demo user token: {user}
+
+Try:
+  curl -s {api}/rest/v1/rpc/get_credit_balance -H 'apikey: {service}' \\
+       -H 'Authorization: Bearer {service}' -H 'Content-Type: application/json' \\
+       -d '{{\"p_user_id\": \"{DEMO_USER_ID}\"}}'
+  curl -s {api}/functions/v1/credits/balance -H 'Authorization: Bearer {user}'
+  curl -s -X POST {api}/functions/v1/credits/charge -H 'Authorization: Bearer {user}' \\
+       -H 'Idempotency-Key: first-try' -H 'Content-Type: application/json' -d '{{\"operation\": \"image\"}}'
+
+Ctrl-C stops everything.",
+        db = options.db_port,
+        secret = keys::JWT_SECRET,
+        anon = keys::anon_key(),
+    );
+}
+
+// -----------------------------------------------------------------------------
+// Database: migrations as `supabase db push` tracks them, and the demo user
+// -----------------------------------------------------------------------------
+
+/// Applies the migrations not yet recorded in Supabase's migration table.
+pub fn migrate_new(cluster: &Cluster) -> Result<Vec<PathBuf>> {
+    cluster.query(
+        "postgres",
+        "CREATE SCHEMA IF NOT EXISTS supabase_migrations;
+         CREATE TABLE IF NOT EXISTS supabase_migrations.schema_migrations
+           (version text PRIMARY KEY, name text, statements text[])",
+    )?;
+    let done = cluster.query("postgres", "SELECT version FROM supabase_migrations.schema_migrations")?;
+    let done: Vec<&str> = done.lines().collect();
+    let mut applied = Vec::new();
+    for path in crate::pg::migrations()? {
+        let stem = path.file_stem().and_then(|stem| stem.to_str()).unwrap_or_default().to_string();
+        let (version, name) = stem.split_once('_').unwrap_or((&stem, ""));
+        if done.contains(&version) {
+            continue;
+        }
+        cluster.run_file("postgres", &path)?;
+        cluster.query(
+            "postgres",
+            &format!(
+                "INSERT INTO supabase_migrations.schema_migrations (version, name) VALUES ('{}', '{}')",
+                version.replace('\'', "''"),
+                name.replace('\'', "''")
+            ),
+        )?;
+        applied.push(path);
+    }
+    Ok(applied)
+}
+
+fn ensure_demo_user(cluster: &Cluster) -> Result<()> {
+    cluster.query(
+        "postgres",
+        &format!(
+            "INSERT INTO auth.users (id, aud, role, email, email_confirmed_at, raw_app_meta_data)
+             VALUES ('{DEMO_USER_ID}', 'authenticated', 'authenticated', '{DEMO_EMAIL}', now(),
+                     '{{\"provider\":\"email\"}}')
+             ON CONFLICT (id) DO NOTHING;
+             SELECT public.grant_credits('{DEMO_USER_ID}', {DEMO_CREDITS}, 'welcome credits',
+                                         'demo-welcome', '{{}}'::jsonb);"
+        ),
+    )?;
+    Ok(())
+}
+
+async fn sweep(url: String) -> Result<()> {
+    let mut interval = tokio::time::interval(SWEEP_EVERY);
+    loop {
+        interval.tick().await;
+        // A failed sweep (the database restarting) is retried next tick.
+        if let Ok((client, connection)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+            tokio::spawn(connection);
+            let _ = client
+                .batch_execute(
+                    "SELECT public.expire_stale_generation_jobs(); SELECT public.cleanup_expired_rate_limits();",
+                )
+                .await;
+        }
+    }
+}
+
+// -----------------------------------------------------------------------------
+// Functions: every folder in supabase/functions/ with an index.ts, served by
+// one Deno process (devstack/functions/serve.ts) as Supabase's edge runtime does
+// -----------------------------------------------------------------------------
+
+/// A function's name and whether the runtime checks its caller's JWT
+/// (`[functions.<name>] verify_jwt` in supabase/config.toml; on by default).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Function {
+    pub name: String,
+    pub verify_jwt: bool,
+}
+
+pub fn functions() -> Result<Vec<Function>> {
+    let root = crate::project_root();
+    let config: toml::Value = match std::fs::read_to_string(root.join("supabase/config.toml")) {
+        Ok(text) => toml::from_str(&text).context("supabase/config.toml")?,
+        Err(_) => toml::Value::Table(Default::default()),
+    };
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(root.join("supabase/functions")) else {
+        return Ok(found);
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().to_string();
+        if name.starts_with('_') || name.starts_with('.') || !path.join("index.ts").exists() {
+            continue;
+        }
+        let verify_jwt = config
+            .get("functions")
+            .and_then(|functions| functions.get(&name))
+            .and_then(|function| function.get("verify_jwt"))
+            .and_then(toml::Value::as_bool)
+            .unwrap_or(true);
+        found.push(Function { name, verify_jwt });
+    }
+    found.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(found)
+}
+
+fn start_functions(options: &Options) -> Result<Option<Child>> {
+    let functions = functions()?;
+    if functions.is_empty() {
+        return Ok(None);
+    }
+    let root = crate::project_root();
+    let log_path = options.data_dir.join("functions.log");
+    std::fs::create_dir_all(&options.data_dir)?;
+    let log = std::fs::File::create(&log_path)?;
+    let mut command = child_command(crate::setup::deno());
+    command
+        .args(["run", "--allow-net", "--allow-read", "--allow-env", "--no-prompt"])
+        .arg(root.join("devstack/functions/serve.ts"))
+        .arg(options.functions_port.to_string())
+        .args(functions.iter().map(|function| root.join("supabase/functions").join(&function.name).join("index.ts")))
+        .envs(function_env(options)?)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    let mut child = command.spawn().context("start deno")?;
+    wait_for_port(options.functions_port, &mut child, &log_path)?;
+    Ok(Some(child))
+}
+
+/// The environment Supabase gives every function, plus supabase/functions/.env.
+fn function_env(options: &Options) -> Result<Vec<(String, String)>> {
+    let mut env = vec![
+        ("SUPABASE_URL".to_string(), options.api_url()),
+        ("SUPABASE_ANON_KEY".to_string(), keys::anon_key()),
+        ("SUPABASE_SERVICE_ROLE_KEY".to_string(), keys::service_role_key()),
+        (
+            "SUPABASE_DB_URL".to_string(),
+            format!("postgresql://postgres:postgres@127.0.0.1:{}/postgres", options.db_port),
+        ),
+        ("GENERATOR_URL".to_string(), format!("{}/devstack/generator", options.api_url())),
+    ];
+    if let Ok(text) = std::fs::read_to_string(crate::project_root().join("supabase/functions/.env")) {
+        for line in text.lines().map(str::trim).filter(|line| !line.is_empty() && !line.starts_with('#')) {
+            if let Some((name, value)) = line.split_once('=') {
+                env.push((name.trim().to_string(), value.trim().trim_matches('"').to_string()));
+            }
+        }
+    }
+    // The caller's environment wins, so tests can configure the function.
+    for (name, value) in std::env::vars() {
+        if let Some(pos) = env.iter().position(|(known, _)| *known == name) {
+            env[pos].1 = value;
+        } else if name.starts_with("CREDITGATE_") || name == "GENERATOR_URL" {
+            env.push((name, value));
+        }
+    }
+    Ok(env)
+}
+
+fn wait_for_port(port: u16, child: &mut Child, log: &Path) -> Result<()> {
+    for _ in 0..600 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("{} exited ({status}): {}", log.display(), std::fs::read_to_string(log).unwrap_or_default());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("nothing listened on {port} within 60 s: {}", std::fs::read_to_string(log).unwrap_or_default())
+}
+
+// -----------------------------------------------------------------------------
+// The front proxy on :54321
+// -----------------------------------------------------------------------------
+
+type Body = Full<Bytes>;
+type HttpClient = hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Body>;
+
+struct Proxy {
+    options: Options,
+    functions: Vec<Function>,
+    anon_key: String,
+    service_role_key: String,
+    client: HttpClient,
+}
+
+impl Proxy {
+    fn new(options: &Options) -> Result<Proxy> {
+        Ok(Proxy {
+            options: options.clone(),
+            functions: functions()?,
+            anon_key: keys::anon_key(),
+            service_role_key: keys::service_role_key(),
+            client: hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http(),
+        })
+    }
+}
+
+async fn serve_front(listener: tokio::net::TcpListener, proxy: Arc<Proxy>) -> Result<()> {
+    loop {
+        let (stream, peer) = listener.accept().await?;
+        let proxy = proxy.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let proxy = proxy.clone();
+                async move { Ok::<_, std::convert::Infallible>(route(&proxy, request, peer).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert("content-type", "application/json".parse().expect("static header"));
+    with_cors(response)
+}
+
+fn with_cors(mut response: Response<Body>) -> Response<Body> {
+    let headers = response.headers_mut();
+    headers.entry("access-control-allow-origin").or_insert("*".parse().expect("static header"));
+    response
+}
+
+fn preflight() -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::new()));
+    let headers = response.headers_mut();
+    for (name, value) in [
+        ("access-control-allow-origin", "*"),
+        ("access-control-allow-methods", "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+        (
+            "access-control-allow-headers",
+            "authorization, x-client-info, apikey, content-type, content-profile, accept-profile, prefer, range, idempotency-key, x-region",
+        ),
+        ("access-control-max-age", "3600"),
+    ] {
+        headers.insert(name, value.parse().expect("static header"));
+    }
+    response
+}
+
+async fn route(proxy: &Proxy, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let path = request.uri().path().to_string();
+    if let Some(rest) = path.strip_prefix("/rest/v1") {
+        if request.method() == hyper::Method::OPTIONS {
+            return preflight();
+        }
+        if let Err(refusal) = check_api_key(proxy, &request) {
+            return refusal;
+        }
+        let target = format!("http://127.0.0.1:{}{}", proxy.options.gateway_port, path_and_query(&request, rest));
+        return forward(proxy, request, &target, peer).await;
+    }
+    if let Some(rest) = path.strip_prefix("/functions/v1/") {
+        let name = rest.split('/').next().unwrap_or_default();
+        let Some(function) = proxy.functions.iter().find(|function| function.name == name) else {
+            return json_response(StatusCode::NOT_FOUND, json!({"code": "NOT_FOUND", "message": "Requested function was not found"}));
+        };
+        if function.verify_jwt && request.method() != hyper::Method::OPTIONS {
+            if let Err(refusal) = check_jwt(&request) {
+                return refusal;
+            }
+        }
+        let target = format!(
+            "http://127.0.0.1:{}{}",
+            proxy.options.functions_port,
+            path_and_query(&request, &format!("/{rest}"))
+        );
+        return forward(proxy, request, &target, peer).await;
+    }
+    if path == "/devstack/generator" {
+        return fake_generator(request).await;
+    }
+    if path == "/" || path == "/index.html" {
+        return page(proxy);
+    }
+    if request.method() == hyper::Method::OPTIONS {
+        return preflight();
+    }
+    json_response(StatusCode::NOT_FOUND, json!({"message": "no route matched with those values"}))
+}
+
+fn path_and_query(request: &Request<Incoming>, path: &str) -> String {
+    match request.uri().query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_string(),
+    }
+}
+
+/// Supabase's API gateway admits a request to `/rest/v1` only with one of the
+/// project's keys in `apikey` (header or query).
+fn check_api_key(proxy: &Proxy, request: &Request<Incoming>) -> Result<(), Response<Body>> {
+    let from_header = request.headers().get("apikey").and_then(|value| value.to_str().ok()).map(str::to_string);
+    let from_query = request.uri().query().and_then(|query| {
+        query.split('&').find_map(|pair| pair.strip_prefix("apikey=").map(str::to_string))
+    });
+    match from_header.or(from_query) {
+        None => Err(json_response(StatusCode::UNAUTHORIZED, json!({"message": "No API key found in request"}))),
+        Some(key) if key == proxy.anon_key || key == proxy.service_role_key => Ok(()),
+        Some(_) => Err(json_response(StatusCode::UNAUTHORIZED, json!({"message": "Invalid API key"}))),
+    }
+}
+
+/// The edge runtime's `verify_jwt`: a valid token signed with the project's secret.
+fn check_jwt(request: &Request<Incoming>) -> Result<(), Response<Body>> {
+    let Some(header) = request.headers().get("authorization").and_then(|value| value.to_str().ok()) else {
+        return Err(json_response(StatusCode::UNAUTHORIZED, json!({"msg": "Error: Missing authorization header"})));
+    };
+    let token = header.strip_prefix("Bearer ").or_else(|| header.strip_prefix("bearer ")).unwrap_or("");
+    match keys::verify(token, keys::JWT_SECRET, chrono::Utc::now().timestamp()) {
+        Some(_) => Ok(()),
+        None => Err(json_response(StatusCode::UNAUTHORIZED, json!({"msg": "Invalid JWT"}))),
+    }
+}
+
+async fn forward(proxy: &Proxy, request: Request<Incoming>, target: &str, peer: SocketAddr) -> Response<Body> {
+    let (mut parts, body) = request.into_parts();
+    let body = match http_body_util::Limited::new(body, BODY_LIMIT_BYTES).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => {
+            return json_response(StatusCode::PAYLOAD_TOO_LARGE, json!({"message": "Request body too large"}));
+        }
+    };
+    let Ok(uri) = target.parse() else {
+        return json_response(StatusCode::BAD_REQUEST, json!({"message": "Invalid request path"}));
+    };
+    parts.uri = uri;
+    parts.headers.remove("host");
+    // As Supabase's load balancer does: the client's address first.
+    let forwarded = match parts.headers.get("x-forwarded-for").and_then(|value| value.to_str().ok()) {
+        Some(existing) => format!("{existing}, {}", peer.ip()),
+        None => peer.ip().to_string(),
+    };
+    if let Ok(value) = forwarded.parse() {
+        parts.headers.insert("x-forwarded-for", value);
+    }
+    let outgoing = Request::from_parts(parts, Full::new(body));
+    match proxy.client.request(outgoing).await {
+        Ok(response) => {
+            let (parts, body) = response.into_parts();
+            match body.collect().await {
+                Ok(collected) => with_cors(Response::from_parts(parts, Full::new(collected.to_bytes()))),
+                Err(_) => json_response(StatusCode::BAD_GATEWAY, json!({"message": "upstream closed the response"})),
+            }
+        }
+        Err(_) => json_response(StatusCode::BAD_GATEWAY, json!({"message": "An invalid response was received from the upstream server"})),
+    }
+}
+
+/// The local stand-in for an AI provider (`GENERATOR_URL`). It does what the
+/// request's `prompt` says: a prompt starting with `fail` gets a 500, one
+/// starting with `hang` gets no answer for a minute, anything else succeeds
+/// with a result URL.
+async fn fake_generator(request: Request<Incoming>) -> Response<Body> {
+    let body = match http_body_util::Limited::new(request.into_body(), BODY_LIMIT_BYTES).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => return json_response(StatusCode::PAYLOAD_TOO_LARGE, json!({"error": "too large"})),
+    };
+    let request: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let prompt = request.get("prompt").and_then(|prompt| prompt.as_str()).unwrap_or("");
+    if prompt.starts_with("fail") {
+        return json_response(StatusCode::INTERNAL_SERVER_ERROR, json!({"error": "the generator failed (as asked)"}));
+    }
+    if prompt.starts_with("hang") {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    }
+    let id = uuid::Uuid::new_v4();
+    json_response(StatusCode::OK, json!({"url": format!("https://images.example/{id}.png")}))
+}
+
+fn page(proxy: &Proxy) -> Response<Body> {
+    let file = crate::project_root().join("devstack/page/index.html");
+    let html = std::fs::read_to_string(file).unwrap_or_else(|_| {
+        "<!doctype html><title>creditgate</title><h1>creditgate local stack</h1>\
+         <p>API: /rest/v1, functions: /functions/v1/&lt;name&gt;</p>"
+            .to_string()
+    });
+    let html = html
+        .replace("{{ANON_KEY}}", &proxy.anon_key)
+        .replace("{{DEMO_USER_ID}}", DEMO_USER_ID)
+        .replace("{{DEMO_EMAIL}}", DEMO_EMAIL)
+        .replace("{{DEMO_TOKEN}}", &keys::user_token(DEMO_USER_ID, DEMO_EMAIL, 24 * 3600));
+    let mut response = Response::new(Full::new(Bytes::from(html)));
+    response.headers_mut().insert("content-type", "text/html; charset=utf-8".parse().expect("static header"));
+    response
 }

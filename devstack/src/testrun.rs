@@ -5,6 +5,7 @@
 //! (suites), and the exit code is non-zero if any failed.
 
 use crate::pg::Cluster;
+use crate::setup::Need;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -15,7 +16,8 @@ pub const TEST_PG_PORT: u16 = 54332;
 
 pub fn main(args: &[String]) -> Result<()> {
     let only: Vec<&str> = args.iter().map(String::as_str).collect();
-    crate::setup::ensure(crate::setup::Need::Everything)?;
+    let database_only = !only.is_empty() && only.iter().all(|name| name.starts_with("db"));
+    crate::setup::ensure(if database_only { Need::Database } else { Need::Everything })?;
     let mut run = Run::default();
     let root = crate::project_root();
     let dir = root.join("target/devstack/test-pg");
@@ -25,12 +27,168 @@ pub fn main(args: &[String]) -> Result<()> {
     if wanted("db") {
         run.suite("db: migrations on a fresh database, three times over", || fresh_migrations(&cluster));
         run.suite("db: pgTAP (supabase/tests/database)", || {
-            pg_prove(&cluster, "fresh", &root.join("supabase/tests/database"))
+            pg_prove(&cluster, FRESH, &root.join("supabase/tests/database"))
         });
         run.suite("db: legacy upgrade (tests/upgrade)", || legacy_upgrade(&cluster));
-        run.suite("db: concurrency", || crate::checks::concurrency(&cluster, "fresh"));
+        run.suite("db: concurrency", || crate::checks::concurrency(&cluster, FRESH));
+    }
+    drop(cluster);
+    if wanted("rust") {
+        run.suite("rust: cargo test (crate units, devstack units, gateway conformance)", || {
+            crate::setup::run(
+                Command::new("cargo")
+                    .args(["test", "--workspace", "--profile", "devstack"])
+                    .current_dir(&root),
+            )
+        });
+    }
+    if wanted("stack") || wanted("js") || wanted("wasm") || wanted("e2e") {
+        run.suite("pkg: build the wasm package", crate::stack::build_package);
+        stack_suites(&mut run, &wanted)?;
+    }
+    if wanted("up") {
+        run.suite("stack: `cargo dev up` then Ctrl-C leaves no process or port behind", up_and_interrupt);
     }
     run.finish()
+}
+
+/// The test stack's options: its own ports and data, beside a developer's.
+fn test_stack_options() -> crate::stack::Options {
+    crate::stack::Options {
+        api_port: 54421,
+        db_port: 54422,
+        gateway_port: 54430,
+        functions_port: 54431,
+        data_dir: crate::project_root().join("target/devstack/test-stack"),
+        fresh: true,
+    }
+}
+
+/// Suites that need the whole stack running: the built package from Node,
+/// Deno and Chromium, supabase-js as a real app, the Edge Function end to end.
+fn stack_suites(run: &mut Run, wanted: &dyn Fn(&str) -> bool) -> Result<()> {
+    let root = crate::project_root();
+    let options = test_stack_options();
+    let stack = std::sync::Arc::new(crate::stack::Stack::start(&options)?);
+    let serving = stack.clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
+        let result = runtime.block_on(serving.serve_until(async {
+            let _ = stopped.await;
+        }));
+        if let Err(error) = result {
+            eprintln!("test stack stopped: {error:#}");
+        }
+    });
+    wait_for_http(options.api_port)?;
+    let env = vec![
+        ("CREDITGATE_URL", options.api_url()),
+        ("CREDITGATE_ANON_KEY", crate::keys::anon_key()),
+        ("CREDITGATE_SERVICE_ROLE_KEY", crate::keys::service_role_key()),
+        ("CREDITGATE_JWT_SECRET", crate::keys::JWT_SECRET.to_string()),
+        ("CREDITGATE_DB_URL", stack.cluster().url("postgres", "postgres")),
+        ("PATH", crate::setup::tool_path()),
+    ];
+    let deno = crate::setup::deno();
+    let suites: Vec<(&str, &str, Command)> = vec![
+        ("js", "js: the package from Node (node --test tests/js)", {
+            let mut command = Command::new("node");
+            command.args(["--test", "--test-concurrency=1"]).arg(root.join("tests/js/node"));
+            command
+        }),
+        ("js", "js: the package from Deno (deno test tests/js/deno)", {
+            let mut command = Command::new(&deno);
+            command.args(["test", "--allow-net", "--allow-read", "--allow-env"]).arg(root.join("tests/js/deno"));
+            command
+        }),
+        ("wasm", "wasm: wasm-pack test --headless --chrome", {
+            let mut command = Command::new("wasm-pack");
+            command.args(["test", "--headless", "--chrome"]);
+            command
+        }),
+        ("e2e", "e2e: supabase-js against the stack (tests/e2e)", {
+            let mut command = Command::new("node");
+            command.args(["--test", "--test-concurrency=1"]).arg(root.join("tests/e2e"));
+            command
+        }),
+    ];
+    for (group, name, mut command) in suites {
+        if !wanted(group) {
+            continue;
+        }
+        command.current_dir(&root).envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+        run.suite(name, || crate::setup::run(&mut command));
+    }
+    let _ = stop.send(());
+    let _ = server.join();
+    // The last reference: the stack's processes stop here.
+    drop(stack);
+    Ok(())
+}
+
+fn wait_for_http(port: u16) -> Result<()> {
+    for _ in 0..300 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    bail!("nothing listens on 127.0.0.1:{port}")
+}
+
+/// Runs `cargo dev up` as a newcomer would, interrupts it as Ctrl-C does, and
+/// checks that every port is free and no process it started is left.
+fn up_and_interrupt() -> Result<()> {
+    let data_dir = crate::project_root().join("target/devstack/up-test");
+    let ports = [54521u16, 54522, 54530, 54531];
+    let mut child = Command::new(std::env::current_exe()?)
+        .arg("up")
+        .arg("--fresh")
+        .env("CREDITGATE_API_PORT", ports[0].to_string())
+        .env("CREDITGATE_DB_PORT", ports[1].to_string())
+        .env("CREDITGATE_GATEWAY_PORT", ports[2].to_string())
+        .env("CREDITGATE_FUNCTIONS_PORT", ports[3].to_string())
+        .env("CREDITGATE_DATA_DIR", &data_dir)
+        .spawn()?;
+    let started = wait_for_http(ports[0]);
+    // SAFETY: SIGINT to our own child, as a terminal's Ctrl-C sends it.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGINT);
+    }
+    let status = child.wait()?;
+    started?;
+    eprintln!("`cargo dev up` exited with {status} after SIGINT");
+    let busy: Vec<u16> = ports
+        .iter()
+        .copied()
+        .filter(|port| std::net::TcpStream::connect(("127.0.0.1", *port)).is_ok())
+        .collect();
+    if !busy.is_empty() {
+        bail!("ports still answering after Ctrl-C: {busy:?}");
+    }
+    let functions = format!("serve.ts {}", ports[3]);
+    let left = processes_mentioning(&[&data_dir.to_string_lossy(), &functions])?;
+    if !left.is_empty() {
+        bail!("processes left behind: {left:?}");
+    }
+    if !status.success() {
+        bail!("`cargo dev up` did not exit cleanly: {status}");
+    }
+    Ok(())
+}
+
+/// The command lines of live processes that mention any of `needles`.
+fn processes_mentioning(needles: &[&str]) -> Result<Vec<String>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc")?.flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if needles.iter().any(|needle| cmdline.contains(needle)) {
+            found.push(cmdline);
+        }
+    }
+    Ok(found)
 }
 
 #[derive(Default)]
@@ -84,15 +242,18 @@ fn schema_dump(cluster: &Cluster, database: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).to_string())
 }
 
+/// The fresh database is `postgres`, as on Supabase: the one pg_cron runs in.
+const FRESH: &str = "postgres";
+
 /// Fresh database: migrations apply, and a second and third run change nothing.
 fn fresh_migrations(cluster: &Cluster) -> Result<()> {
-    cluster.create_supabase_database("fresh")?;
-    let applied = cluster.migrate("fresh")?;
+    cluster.bootstrap(FRESH)?;
+    let applied = cluster.migrate(FRESH)?;
     eprintln!("applied {} migrations", applied.len());
-    let first = schema_dump(cluster, "fresh")?;
+    let first = schema_dump(cluster, FRESH)?;
     for round in 2..=3 {
-        cluster.migrate("fresh").with_context(|| format!("migration run {round}"))?;
-        let again = schema_dump(cluster, "fresh")?;
+        cluster.migrate(FRESH).with_context(|| format!("migration run {round}"))?;
+        let again = schema_dump(cluster, FRESH)?;
         if again != first {
             bail!("migration run {round} changed the schema:\n{}", diff(&first, &again));
         }
