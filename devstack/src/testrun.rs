@@ -109,7 +109,7 @@ fn stack_suites(run: &mut Run, wanted: &dyn Fn(&str) -> bool) -> Result<()> {
         }),
         ("e2e", "e2e: supabase-js against the stack (tests/e2e)", {
             let mut command = Command::new("node");
-            command.args(["--test", "--test-concurrency=1"]).arg(root.join("tests/e2e"));
+            command.args(["--experimental-websocket", "--test", "--test-concurrency=1"]).arg(root.join("tests/e2e"));
             command
         }),
     ];

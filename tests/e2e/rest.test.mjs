@@ -116,10 +116,13 @@ test("a token signed with another secret is refused with 401", async () => {
 });
 
 test("the API gateway wants a project key in apikey", async () => {
-  const none = await fetch(`${URL}/rest/v1/users`);
+  const none = await fetch(`${URL}/rest/v1/rpc/no_such_function`);
   assert.equal(none.status, 401);
-  const wrong = await fetch(`${URL}/rest/v1/users`, { headers: { apikey: "nope" } });
+  assert.deepEqual(await none.json(), { message: "No API key found in request" });
+  const wrong = await fetch(`${URL}/rest/v1/rpc/no_such_function`, { headers: { apikey: "nope" } });
   assert.equal(wrong.status, 401);
-  const anon = await fetch(`${URL}/rest/v1/users?select=id`, { headers: { apikey: ANON_KEY } });
-  assert.notEqual(anon.status, 401);
+  assert.deepEqual(await wrong.json(), { message: "Invalid API key" });
+  const anon = await fetch(`${URL}/rest/v1/rpc/no_such_function`, { headers: { apikey: ANON_KEY } });
+  assert.equal(anon.status, 404, "with the anon key the request reaches PostgREST");
+  assert.equal((await anon.json()).code, "PGRST202");
 });
