@@ -118,7 +118,18 @@ CREATE TABLE IF NOT EXISTS public.users (
 ALTER TABLE public.users ADD COLUMN IF NOT EXISTS credits integer NOT NULL DEFAULT 0;
 ALTER TABLE public.users ADD COLUMN IF NOT EXISTS closed_at timestamptz;
 UPDATE public.users SET credits = 0 WHERE credits IS NULL;
-ALTER TABLE public.users ALTER COLUMN credits SET DEFAULT 0, ALTER COLUMN credits SET NOT NULL;
+ALTER TABLE public.users ALTER COLUMN credits SET NOT NULL;
+DO $$
+BEGIN
+  -- A legacy default (a signup bonus, say) is kept: creditgate records it as
+  -- an opening balance when the account opens. Without one, accounts open at 0.
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_attrdef d JOIN pg_catalog.pg_attribute a
+                   ON a.attrelid = d.adrelid AND a.attnum = d.adnum
+                 WHERE d.adrelid = 'public.users'::regclass AND a.attname = 'credits') THEN
+    ALTER TABLE public.users ALTER COLUMN credits SET DEFAULT 0;
+  END IF;
+END
+$$;
 
 DO $$
 BEGIN
