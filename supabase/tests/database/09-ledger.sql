@@ -38,9 +38,11 @@ SELECT results_eq(
 SELECT is((SELECT sum(delta)::integer FROM public.credit_ledger WHERE user_id = tests.id_of('alice')), tests.credits_of('alice'),
   'the sum of alice''s deltas is her balance');
 SELECT ok((SELECT bool_and(created_at > previous) FROM (
-    SELECT created_at, lag(created_at) OVER (ORDER BY id) AS previous FROM public.credit_ledger) l WHERE previous IS NOT NULL),
+    SELECT created_at, lag(created_at) OVER (ORDER BY id) AS previous FROM public.credit_ledger
+    WHERE user_id IN (tests.id_of('alice'), tests.id_of('bob'))) l WHERE previous IS NOT NULL),
   'within one transaction every row has a later timestamp than the one before (the clock, not transaction start)');
-SELECT ok((SELECT min(created_at) > now() FROM public.credit_ledger), 'and all are later than the transaction''s start');
+SELECT ok((SELECT min(created_at) > now() FROM public.credit_ledger WHERE user_id IN (tests.id_of('alice'), tests.id_of('bob'))),
+  'and all are later than the transaction''s start');
 SELECT is_empty($$SELECT * FROM public.verify_credit_ledger()$$, 'verify_credit_ledger() finds nothing wrong');
 
 -- -----------------------------------------------------------------------------
