@@ -8,7 +8,7 @@
 --   * a legacy database from before the seed (public.users(id, credits),
 --     public.credit_ledger with `amount integer NOT NULL` and no `delta`,
 --     maybe an older rate_limits table): upgrades in place, keeping every row
---     and every balance (supabase/tests/legacy);
+--     and every balance (tests/upgrade/, two fixtures);
 --   * a database where this file already ran: changes nothing.
 -- Loads as one transaction, as the Supabase SQL editor runs a script: no
 -- CONCURRENTLY, no explicit BEGIN/COMMIT.
@@ -333,11 +333,18 @@ BEGIN
 END
 $$;
 
--- Legacy rows: balance_after is the running sum of the user's deltas in id order.
-UPDATE public.credit_ledger l SET balance_after = r.running_balance
-FROM (SELECT i.id, sum(i.delta) OVER (PARTITION BY i.user_id ORDER BY i.id) AS running_balance
-      FROM public.credit_ledger i) r
-WHERE l.id = r.id AND l.balance_after IS NULL;
+-- Legacy rows: balance_after is the running sum of the user's deltas in id
+-- order (computed only while some row lacks it: a re-run sorts no ledger).
+DO $$
+BEGIN
+  IF EXISTS (SELECT FROM public.credit_ledger l WHERE l.balance_after IS NULL) THEN
+    UPDATE public.credit_ledger l SET balance_after = r.running_balance
+    FROM (SELECT i.id, sum(i.delta) OVER (PARTITION BY i.user_id ORDER BY i.id) AS running_balance
+          FROM public.credit_ledger i) r
+    WHERE l.id = r.id AND l.balance_after IS NULL;
+  END IF;
+END
+$$;
 UPDATE public.credit_ledger SET entry_type = 'legacy' WHERE entry_type IS NULL;
 UPDATE public.credit_ledger SET operation_type = 'legacy' WHERE operation_type IS NULL;
 UPDATE public.credit_ledger SET metadata = '{}'::jsonb WHERE metadata IS NULL;

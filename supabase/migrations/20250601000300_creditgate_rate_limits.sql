@@ -7,12 +7,12 @@
 -- policy never share a counter. A denied request consumes and writes nothing.
 --
 -- How: a sliding window over 20 buckets of W/20. A request at time t counts
--- every bucket that overlaps [t - W, t], so a request allowed at t has
--- counted every earlier request of any window of length W that ends at or
--- after t. The price of the buckets: a request may be refused up to W/20 before a
--- strict sliding log would allow it, never allowed early. Storage per key is
--- at most 21 (bucket, cost) pairs, and cleanup_expired_rate_limits() deletes
--- keys with nothing left in their window.
+-- every bucket that overlaps [t - W, t]; so when a request is allowed at t,
+-- every request allowed in [t - W, t] was counted, and no interval of length
+-- W can hold more than N. The price of the buckets: a request may be refused
+-- up to W/20 before a strict sliding log would allow it, never allowed early.
+-- Storage per key is at most 21 (bucket, cost) pairs, and
+-- cleanup_expired_rate_limits() deletes keys with nothing left in their window.
 -- =============================================================================
 
 -- -----------------------------------------------------------------------------
