@@ -266,6 +266,13 @@ impl PostgrestErrorBody {
         });
 
         let mut details = details_object(self.details);
+        if code == ErrorCode::InvalidArgument {
+            // The SQL names its parameter (`p_cost`); JS callers know the field (`cost`).
+            let field = details.get("parameter").and_then(Value::as_str).and_then(field_of_parameter);
+            if let Some(field) = field {
+                details.entry("field").or_insert_with(|| Value::String(field.to_owned()));
+            }
+        }
         if ours.is_none() {
             // Not one of creditgate's own errors: keep what explains it.
             if let Some(sqlstate) = &sqlstate {
@@ -324,6 +331,28 @@ fn details_object(details: Option<Value>) -> Map<String, Value> {
             map
         }
     }
+}
+
+/// The request field a SQL parameter comes from.
+fn field_of_parameter(parameter: &str) -> Option<&'static str> {
+    Some(match parameter {
+        "p_user_id" => "userId",
+        "p_operation_type" => "operation",
+        "p_cost" => "cost",
+        "p_idempotency_key" => "idempotencyKey",
+        "p_metadata" => "metadata",
+        "p_hold_seconds" => "holdSeconds",
+        "p_job_id" => "jobId",
+        "p_result_url" => "resultUrl",
+        "p_actual_cost" => "actualCost",
+        "p_amount" => "amount",
+        "p_reason" => "reason",
+        "p_key" | "p_limit_key" => "key",
+        "p_limit" => "limit",
+        "p_window_seconds" => "windowSeconds",
+        "p_limit_cost" => "limitCost",
+        _ => return None,
+    })
 }
 
 /// The code for an error whose HINT is not one of ours: by SQLSTATE, then
@@ -524,6 +553,23 @@ mod tests {
             &body("23503", "fk", json!("Key (user_id)=(x) is not present in table \"users\"."), json!(null)),
         );
         assert_eq!(error.details()["detail"], "Key (user_id)=(x) is not present in table \"users\".");
+    }
+
+    #[test]
+    fn sql_parameters_are_named_as_request_fields() {
+        let text = body(
+            "22023",
+            "p_actual_cost cannot exceed the held amount",
+            json!("{\"parameter\": \"p_actual_cost\", \"value\": 9, \"held\": 5}"),
+            json!("invalid_argument"),
+        );
+        let error = CreditError::from_postgrest(400, &text);
+        assert_eq!(error.code(), ErrorCode::InvalidArgument);
+        assert_eq!(error.details()["field"], "actualCost");
+        assert_eq!(error.details()["parameter"], "p_actual_cost");
+        assert_eq!(error.details()["held"], 5);
+        let unknown = body("22023", "x", json!("{\"parameter\": \"p_other\"}"), json!("invalid_argument"));
+        assert!(CreditError::from_postgrest(400, &unknown).details().get("field").is_none());
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! - [`error`]: the one error type and its stable codes.
 //! - [`ratelimit`]: IETF `RateLimit-Policy` / `RateLimit` / `Retry-After` values.
 
+pub mod api;
 pub mod client;
 pub mod error;
 pub mod ratelimit;

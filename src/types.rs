@@ -12,8 +12,11 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-/// The largest credit amount: SQL's `integer`.
-pub const CREDITS_MAX: u32 = i32::MAX as u32;
+/// The largest single charge or grant: the SQL's `cost_credits_max()`, so
+/// that no two of them can overflow an `integer`.
+pub const CREDITS_MAX: u32 = 1_000_000_000;
+/// The largest rate limit per window: the SQL's `rate_limit_max()`.
+pub const RATE_LIMIT_MAX: u32 = 1_000_000;
 /// Operation names are short labels (`"image_generation"`); longer ones are
 /// rejected: the SQL's limit, and an index bound.
 pub const OPERATION_CHARS_MAX: usize = 64;
@@ -25,8 +28,9 @@ pub const LIMIT_KEY_CHARS_MAX: usize = 255;
 pub const REASON_CHARS_MAX: usize = 500;
 /// A result URL is a URL: 2048 chars is the de facto limit browsers share.
 pub const RESULT_URL_CHARS_MAX: usize = 2048;
-/// Metadata is a small JSON object stored with the job and the ledger row.
-pub const METADATA_BYTES_MAX: usize = 16 * 1024;
+/// Metadata is copied into the job and the ledger row: at most 4096 bytes
+/// as PostgreSQL prints the jsonb (the SQL's `metadata_bytes_max()`).
+pub const METADATA_BYTES_MAX: usize = 4096;
 /// A hold lasts at most a day: past that, a job is lost, not slow.
 pub const HOLD_SECONDS_MAX: u32 = 86_400;
 /// Rate-limit windows go from 1 s to a day (DESIGN.md).
@@ -199,19 +203,20 @@ macro_rules! int_newtype {
 }
 
 int_newtype!(
-    /// Credits a charge holds: 1 to 2147483647. Zero and negative costs are
+    /// Credits a charge holds: 1 to 1000000000. Zero and negative costs are
     /// rejected: a negative cost would mint credits.
     ///
     /// ```
     /// use creditgate::Cost;
     /// assert!(Cost::new(0).is_err());
     /// assert_eq!(Cost::new(1).map(Cost::get), Ok(1));
-    /// assert!(Cost::new(i64::from(i32::MAX) + 1).is_err());
+    /// assert!(Cost::new(1_000_000_000).is_ok());
+    /// assert!(Cost::new(1_000_000_001).is_err());
     /// ```
     Cost, "cost", 1, CREDITS_MAX
 );
 int_newtype!(
-    /// Credits a grant adds: 1 to 2147483647.
+    /// Credits a grant adds: 1 to 1000000000.
     Amount, "amount", 1, CREDITS_MAX
 );
 int_newtype!(
@@ -223,8 +228,8 @@ int_newtype!(
     HoldSeconds, "holdSeconds", 1, HOLD_SECONDS_MAX
 );
 int_newtype!(
-    /// How much a rate limit allows per window: at least 1.
-    Limit, "limit", 1, CREDITS_MAX
+    /// How much a rate limit allows per window: 1 to 1000000.
+    Limit, "limit", 1, RATE_LIMIT_MAX
 );
 int_newtype!(
     /// A rate-limit window: 1 s to a day.
@@ -233,7 +238,7 @@ int_newtype!(
 int_newtype!(
     /// How much one request weighs against a limit: at least 1 (and at most
     /// the limit, checked by [`LimitRequest`]).
-    LimitCost, "cost", 1, CREDITS_MAX
+    LimitCost, "cost", 1, RATE_LIMIT_MAX
 );
 
 /// A small JSON object stored with a job or ledger row.
@@ -250,7 +255,7 @@ impl Metadata {
                 format!("metadata must be a JSON object, got {}", type_name(&value)),
             ));
         };
-        let bytes = serde_json::to_string(&map).map(|text| text.len()).unwrap_or(usize::MAX);
+        let bytes = jsonb_text_bytes(&Value::Object(map.clone()));
         if bytes > METADATA_BYTES_MAX {
             return Err(CreditError::invalid_argument(
                 Self::FIELD,
@@ -270,6 +275,29 @@ impl Metadata {
     pub fn as_map(&self) -> &Map<String, Value> {
         &self.0
     }
+}
+
+/// The length of `value` as PostgreSQL prints a jsonb (`{"a": 1, "b": [1, 2]}`:
+/// a space after every `:` and `,`), which is what the SQL's bound measures.
+/// Number formatting may differ by a few bytes; the SQL has the last word.
+pub fn jsonb_text_bytes(value: &Value) -> usize {
+    let separators = |count: usize| count.saturating_sub(1) * 2;
+    match value {
+        Value::Array(items) => 2 + items.iter().map(jsonb_text_bytes).sum::<usize>() + separators(items.len()),
+        Value::Object(map) => {
+            2 + map
+                .iter()
+                .map(|(key, item)| json_string_bytes(key) + 2 + jsonb_text_bytes(item))
+                .sum::<usize>()
+                + separators(map.len())
+        }
+        Value::String(text) => json_string_bytes(text),
+        other => other.to_string().len(),
+    }
+}
+
+fn json_string_bytes(text: &str) -> usize {
+    serde_json::to_string(text).map(|quoted| quoted.len()).unwrap_or(usize::MAX / 4)
 }
 
 fn contains_nul(value: &Value) -> bool {
@@ -530,7 +558,7 @@ impl LimitRequest {
         let window_seconds = WindowSeconds::new(fields.integer("windowSeconds")?)?;
         let cost = match fields.optional_integer(cost_field)? {
             None => LimitCost(1),
-            Some(value) => check_int(cost_field, value, 1, CREDITS_MAX).map(LimitCost)?,
+            Some(value) => check_int(cost_field, value, 1, RATE_LIMIT_MAX).map(LimitCost)?,
         };
         // A request heavier than the whole limit could never be allowed:
         // that is a mistake in the caller, not a rate-limit denial.
@@ -728,7 +756,8 @@ mod tests {
         assert_eq!(field_of(ChargeRequest::from_json(&charge(json!({"cost": 0})))), "cost");
         assert_eq!(field_of(ChargeRequest::from_json(&charge(json!({"cost": -1})))), "cost");
         assert!(ChargeRequest::from_json(&charge(json!({"cost": 1}))).is_ok());
-        assert!(ChargeRequest::from_json(&charge(json!({"cost": 2147483647}))).is_ok());
+        assert!(ChargeRequest::from_json(&charge(json!({"cost": 1_000_000_000}))).is_ok());
+        assert_eq!(field_of(ChargeRequest::from_json(&charge(json!({"cost": 1_000_000_001})))), "cost");
         assert_eq!(field_of(ChargeRequest::from_json(&charge(json!({"cost": 2147483648_i64})))), "cost");
         assert_eq!(field_of(ChargeRequest::from_json(&charge(json!({"cost": u64::MAX})))), "cost");
         assert_eq!(field_of(ChargeRequest::from_json(&charge(json!({"cost": 1e300})))), "cost");
@@ -793,15 +822,25 @@ mod tests {
         for bad in [json!([1]), json!("x"), json!(3), json!(true)] {
             assert_eq!(field_of(ChargeRequest::from_json(&charge(json!({ "metadata": bad })))), "metadata");
         }
-        // {"a":"..."} is 8 bytes of JSON around the string.
-        let fits = "x".repeat(METADATA_BYTES_MAX - 8);
+        // {"a": "..."} is 9 bytes of jsonb text around the string.
+        let fits = "x".repeat(METADATA_BYTES_MAX - 9);
         assert!(ChargeRequest::from_json(&charge(json!({"metadata": {"a": fits}}))).is_ok());
-        let too_big = "x".repeat(METADATA_BYTES_MAX - 7);
+        let too_big = "x".repeat(METADATA_BYTES_MAX - 8);
         assert_eq!(field_of(ChargeRequest::from_json(&charge(json!({"metadata": {"a": too_big}})))), "metadata");
         assert_eq!(
             field_of(ChargeRequest::from_json(&charge(json!({"metadata": {"a": ["ok", {"b": "\u{0}"}]}})))),
             "metadata"
         );
+    }
+
+    #[test]
+    fn jsonb_text_length_matches_postgres_printing() {
+        // SELECT octet_length('{"a":1,"b":[1,2],"c":{"d":null}}'::jsonb::text) = 39
+        assert_eq!(jsonb_text_bytes(&json!({"a": 1, "b": [1, 2], "c": {"d": null}})), 39);
+        assert_eq!(jsonb_text_bytes(&json!({})), 2);
+        assert_eq!(jsonb_text_bytes(&json!([])), 2);
+        // SELECT octet_length(jsonb_build_object('q', E'say "hi"\n')::text) = 21
+        assert_eq!(jsonb_text_bytes(&json!({"q": "say \"hi\"\n"})), 21);
     }
 
     #[test]
@@ -880,8 +919,8 @@ mod tests {
         let grant = |amount: Value| json!({"userId": USER, "amount": amount, "reason": "purchase"});
         assert_eq!(field_of(GrantRequest::from_json(&grant(json!(0)))), "amount");
         assert!(GrantRequest::from_json(&grant(json!(1))).is_ok());
-        assert!(GrantRequest::from_json(&grant(json!(2147483647))).is_ok());
-        assert_eq!(field_of(GrantRequest::from_json(&grant(json!(2147483648_i64)))), "amount");
+        assert!(GrantRequest::from_json(&grant(json!(1_000_000_000))).is_ok());
+        assert_eq!(field_of(GrantRequest::from_json(&grant(json!(1_000_000_001)))), "amount");
     }
 
     #[test]
@@ -897,6 +936,8 @@ mod tests {
         assert_eq!(request.cost.get(), 1);
         assert_eq!(field_of(LimitRequest::from_json(&limit(json!({"limit": 0})))), "limit");
         assert!(LimitRequest::from_json(&limit(json!({"limit": 1}))).is_ok());
+        assert!(LimitRequest::from_json(&limit(json!({"limit": 1_000_000}))).is_ok());
+        assert_eq!(field_of(LimitRequest::from_json(&limit(json!({"limit": 1_000_001})))), "limit");
         assert_eq!(field_of(LimitRequest::from_json(&limit(json!({"windowSeconds": 0})))), "windowSeconds");
         assert!(LimitRequest::from_json(&limit(json!({"windowSeconds": 1}))).is_ok());
         assert!(LimitRequest::from_json(&limit(json!({"windowSeconds": 86400}))).is_ok());

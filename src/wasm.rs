@@ -78,11 +78,11 @@ export interface ChargeRequest {
   userId: string;
   /** What the credits pay for, 1 to 64 chars: `"image_generation"`. */
   operation: string;
-  /** Credits to hold: an integer from 1 to 2147483647. */
+  /** Credits to hold: an integer from 1 to 1000000000. */
   cost: number;
   /** Makes the charge safe to retry: 1 to 255 chars, scoped to the user. */
   idempotencyKey?: string;
-  /** A JSON object (at most 16 KiB) stored with the job. */
+  /** A JSON object (at most 4096 bytes as jsonb text) stored with the job. */
   metadata?: { [key: string]: JsonValue };
   /** Seconds before an unsettled hold is refunded by the sweeper (1 to 86400; the SQL default is 900). */
   holdSeconds?: number;
@@ -124,7 +124,7 @@ export interface RefundRequest {
 
 export interface GrantRequest {
   userId: string;
-  /** Credits to add: an integer from 1 to 2147483647. */
+  /** Credits to add: an integer from 1 to 1000000000. */
   amount: number;
   /** Why, for the ledger: `"stripe:evt_123"`. */
   reason: string;
@@ -140,7 +140,7 @@ export interface BalanceResult {
 export interface LimitRequest {
   /** What is counted: `"user:<id>:generate"`, `"ip:203.0.113.7"` (1 to 255 chars). */
   key: string;
-  /** Allowed per window (at least 1). */
+  /** Allowed per window: 1 to 1000000. */
   limit: number;
   /** The window, 1 to 86400 seconds. Part of the counter's identity with `limit`. */
   windowSeconds: number;

@@ -1,0 +1,392 @@
+//! The API's configuration, read once from the function's environment.
+//!
+//! | variable | default | meaning |
+//! |---|---|---|
+//! | `SUPABASE_URL`, `SUPABASE_SERVICE_ROLE_KEY` | (set by Supabase) | where the RPCs go, and the key they use |
+//! | `CREDITGATE_JWT_SECRET` (or `SUPABASE_JWT_SECRET`, `JWT_SECRET`) | unset | verify callers' HS256 JWTs here; unset: trust the runtime's `verify_jwt` (see `auth.rs`) |
+//! | `CREDITGATE_PRICES` | `{"image":10,"text":1}` | credits per operation, the only prices there are |
+//! | `CREDITGATE_USER_LIMIT` | `5/60` | paid requests per user: `<limit>/<window seconds>`, or `off` |
+//! | `CREDITGATE_IP_LIMIT` | `30/60` | paid requests per client IP, or `off` |
+//! | `CREDITGATE_HOLD_SECONDS` | `900` | how long a `/charge` hold lasts before the sweeper refunds it |
+//! | `GENERATOR_URL` | unset (`/generate` answers 502) | the AI provider `/generate` calls |
+//! | `CREDITGATE_GENERATOR_KEY` | unset | sent to the generator as `Authorization: Bearer` |
+//! | `CREDITGATE_GENERATOR_TIMEOUT_MS` | `20000` | after this, the generation counts as failed and is refunded |
+//!
+//! A malformed value is an error at start-up (the function does not serve
+//! with a configuration nobody meant), naming the variable.
+
+use crate::error::CreditError;
+use crate::request::Config;
+use crate::types::{Cost, HoldSeconds, Limit, Operation, WindowSeconds};
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// The price list used when `CREDITGATE_PRICES` is not set.
+pub const DEFAULT_PRICES: [(&str, u32); 2] = [("image", 10), ("text", 1)];
+/// The operation `/generate` pays for when the body names none.
+pub const DEFAULT_GENERATE_OPERATION: &str = "image";
+pub const DEFAULT_USER_LIMIT: &str = "5/60";
+pub const DEFAULT_IP_LIMIT: &str = "30/60";
+pub const DEFAULT_GENERATOR_TIMEOUT_MS: u32 = 20_000;
+/// A generator that takes over two minutes is down, not slow; and a
+/// timeout under 100 ms would fail every generation.
+pub const GENERATOR_TIMEOUT_MS_MIN: u32 = 100;
+pub const GENERATOR_TIMEOUT_MS_MAX: u32 = 120_000;
+/// A `/generate` hold outlives the generator's timeout by this much, so a
+/// hold whose refund could not be made (the database went away) is released
+/// by the sweeper soon after, never while the generation may still finish.
+pub const GENERATE_HOLD_MARGIN_SECONDS: u32 = 60;
+/// Price lists are short: one entry per kind of paid work.
+pub const PRICES_MAX: usize = 100;
+/// HS256 secrets shorter than this are guessable; Supabase requires 32.
+pub const JWT_SECRET_BYTES_MIN: usize = 32;
+
+/// A rate limit: `limit` requests per `window_seconds`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitPolicy {
+    pub limit: Limit,
+    pub window_seconds: WindowSeconds,
+}
+
+impl LimitPolicy {
+    /// Parses `<limit>/<window seconds>` (`5/60`); `off` is `None`.
+    ///
+    /// ```
+    /// use creditgate::api::LimitPolicy;
+    /// let policy = LimitPolicy::parse("X", "10/3600").unwrap().unwrap();
+    /// assert_eq!((policy.limit.get(), policy.window_seconds.get()), (10, 3600));
+    /// assert_eq!(LimitPolicy::parse("X", "off").unwrap(), None);
+    /// assert!(LimitPolicy::parse("X", "10 per minute").is_err());
+    /// ```
+    pub fn parse(variable: &str, text: &str) -> Result<Option<LimitPolicy>, CreditError> {
+        let text = text.trim();
+        if text.eq_ignore_ascii_case("off") {
+            return Ok(None);
+        }
+        let bad = |why: String| invalid(variable, format!("{variable} must be <limit>/<window seconds> (like 5/60) or off: {why}"));
+        let (limit, window) = text.split_once('/').ok_or_else(|| bad(format!("got {text:?}")))?;
+        let number = |part: &str| -> Result<i64, CreditError> {
+            let part = part.trim();
+            if part.is_empty() || part.len() > 10 || !part.bytes().all(|byte| byte.is_ascii_digit()) {
+                return Err(bad(format!("{part:?} is not a whole number")));
+            }
+            part.parse::<i64>().map_err(|_| bad(format!("{part:?} is not a whole number")))
+        };
+        let limit = Limit::new(number(limit)?).map_err(|error| bad(error.message().to_owned()))?;
+        let window_seconds = WindowSeconds::new(number(window)?).map_err(|error| bad(error.message().to_owned()))?;
+        Ok(Some(LimitPolicy { limit, window_seconds }))
+    }
+}
+
+/// How callers' tokens are checked (see `auth.rs`).
+#[derive(Clone, PartialEq, Eq)]
+pub enum JwtCheck {
+    /// Verify the HS256 signature with this secret, and `exp`.
+    Verify(String),
+    /// The Edge Runtime verified the token (`verify_jwt = true`); check `exp` only.
+    TrustRuntime,
+}
+
+impl std::fmt::Debug for JwtCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JwtCheck::Verify(_) => f.write_str("Verify(<redacted>)"),
+            JwtCheck::TrustRuntime => f.write_str("TrustRuntime"),
+        }
+    }
+}
+
+/// Where `/generate` sends its work.
+#[derive(Clone, PartialEq, Eq)]
+pub struct GeneratorSettings {
+    pub url: String,
+    pub key: Option<String>,
+    pub timeout_ms: u32,
+}
+
+impl std::fmt::Debug for GeneratorSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GeneratorSettings")
+            .field("url", &self.url)
+            .field("key", &self.key.as_ref().map(|_| "<redacted>"))
+            .field("timeout_ms", &self.timeout_ms)
+            .finish()
+    }
+}
+
+/// Everything the API needs to know, checked once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// The project URL and service-role key the RPCs use.
+    pub config: Config,
+    /// Tokens that are the service role when presented exactly (the
+    /// service-role key): secrets, so never printed.
+    pub service_keys: ServiceKeys,
+    pub jwt: JwtCheck,
+    pub prices: BTreeMap<String, Cost>,
+    pub user_limit: Option<LimitPolicy>,
+    pub ip_limit: Option<LimitPolicy>,
+    pub hold_seconds: HoldSeconds,
+    pub generator: Option<GeneratorSettings>,
+}
+
+/// The exact tokens that mean "the service role".
+#[derive(Clone, PartialEq, Eq)]
+pub struct ServiceKeys(pub Vec<String>);
+
+impl std::fmt::Debug for ServiceKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ServiceKeys(<{} redacted>)", self.0.len())
+    }
+}
+
+fn invalid(variable: &str, message: impl Into<String>) -> CreditError {
+    CreditError::invalid_argument(variable, message).with_detail("variable", variable)
+}
+
+impl Settings {
+    /// Reads the settings from the function's environment variables.
+    pub fn from_env(env: &BTreeMap<String, String>) -> Result<Settings, CreditError> {
+        let get = |name: &str| env.get(name).map(|value| value.trim()).filter(|value| !value.is_empty());
+        let required = |name: &str| {
+            get(name).ok_or_else(|| invalid(name, format!("{name} must be set (Supabase sets it for every function)")))
+        };
+        let url = required("SUPABASE_URL")?;
+        let service_role_key = required("SUPABASE_SERVICE_ROLE_KEY")?;
+        let config = Config::new(url, service_role_key)
+            .map_err(|error| invalid(if error.details()["field"] == "url" { "SUPABASE_URL" } else { "SUPABASE_SERVICE_ROLE_KEY" }, error.message()))?;
+
+        let jwt = match ["CREDITGATE_JWT_SECRET", "SUPABASE_JWT_SECRET", "JWT_SECRET"]
+            .into_iter()
+            .find_map(|name| get(name).map(|secret| (name, secret)))
+        {
+            Some((name, secret)) if secret.len() < JWT_SECRET_BYTES_MIN => {
+                return Err(invalid(name, format!("{name} must be at least {JWT_SECRET_BYTES_MIN} bytes")));
+            }
+            Some((_, secret)) => JwtCheck::Verify(secret.to_owned()),
+            None => JwtCheck::TrustRuntime,
+        };
+
+        let prices = match get("CREDITGATE_PRICES") {
+            None => DEFAULT_PRICES
+                .into_iter()
+                .map(|(name, cost)| Ok((name.to_owned(), Cost::new(i64::from(cost))?)))
+                .collect::<Result<_, CreditError>>()?,
+            Some(text) => parse_prices(text)?,
+        };
+
+        let limit = |name: &str, default: &str| LimitPolicy::parse(name, get(name).unwrap_or(default));
+        let hold_seconds = match get("CREDITGATE_HOLD_SECONDS") {
+            None => HoldSeconds::new(900)?,
+            Some(text) => whole_number("CREDITGATE_HOLD_SECONDS", text)
+                .and_then(|seconds| HoldSeconds::new(seconds).map_err(|e| invalid("CREDITGATE_HOLD_SECONDS", e.message())))?,
+        };
+
+        let generator = match get("GENERATOR_URL") {
+            None => None,
+            Some(url) => {
+                let parsed = url::Url::parse(url)
+                    .map_err(|error| invalid("GENERATOR_URL", format!("GENERATOR_URL must be an http(s) URL: {error}")))?;
+                if !matches!(parsed.scheme(), "http" | "https") {
+                    return Err(invalid("GENERATOR_URL", "GENERATOR_URL must be an http(s) URL"));
+                }
+                let timeout_ms = match get("CREDITGATE_GENERATOR_TIMEOUT_MS") {
+                    None => DEFAULT_GENERATOR_TIMEOUT_MS,
+                    Some(text) => {
+                        let value = whole_number("CREDITGATE_GENERATOR_TIMEOUT_MS", text)?;
+                        if !(i64::from(GENERATOR_TIMEOUT_MS_MIN)..=i64::from(GENERATOR_TIMEOUT_MS_MAX)).contains(&value) {
+                            return Err(invalid(
+                                "CREDITGATE_GENERATOR_TIMEOUT_MS",
+                                format!("CREDITGATE_GENERATOR_TIMEOUT_MS must be from {GENERATOR_TIMEOUT_MS_MIN} to {GENERATOR_TIMEOUT_MS_MAX}"),
+                            ));
+                        }
+                        value as u32
+                    }
+                };
+                let key = get("CREDITGATE_GENERATOR_KEY").map(str::to_owned);
+                if key.as_deref().is_some_and(|key| !key.bytes().all(|byte| byte.is_ascii_graphic())) {
+                    return Err(invalid("CREDITGATE_GENERATOR_KEY", "CREDITGATE_GENERATOR_KEY must be printable ASCII"));
+                }
+                Some(GeneratorSettings { url: url.to_owned(), key, timeout_ms })
+            }
+        };
+
+        Ok(Settings {
+            config,
+            service_keys: ServiceKeys(vec![service_role_key.to_owned()]),
+            jwt,
+            prices,
+            user_limit: limit("CREDITGATE_USER_LIMIT", DEFAULT_USER_LIMIT)?,
+            ip_limit: limit("CREDITGATE_IP_LIMIT", DEFAULT_IP_LIMIT)?,
+            hold_seconds,
+            generator,
+        })
+    }
+
+    /// The price of `operation`, or `invalid_argument` listing the known ones.
+    pub fn price(&self, operation: &Operation) -> Result<Cost, CreditError> {
+        self.prices.get(operation.as_str()).copied().ok_or_else(|| {
+            let known: Vec<&str> = self.prices.keys().map(String::as_str).collect();
+            CreditError::invalid_argument(
+                "operation",
+                format!("operation must be one of {}", known.join(", ")),
+            )
+            .with_detail("known", known)
+        })
+    }
+}
+
+fn whole_number(variable: &str, text: &str) -> Result<i64, CreditError> {
+    if text.is_empty() || text.len() > 10 || !text.bytes().all(|byte| byte.is_ascii_digit()) {
+        return Err(invalid(variable, format!("{variable} must be a whole number, got {text:?}")));
+    }
+    text.parse().map_err(|_| invalid(variable, format!("{variable} must be a whole number, got {text:?}")))
+}
+
+/// `{"image": 10, "text": 1}`: names are operations, values costs.
+fn parse_prices(text: &str) -> Result<BTreeMap<String, Cost>, CreditError> {
+    let variable = "CREDITGATE_PRICES";
+    let bad = |why: String| invalid(variable, format!("{variable} must be a JSON object of operation: credits, like {{\"image\":10}}: {why}"));
+    let value: Value = serde_json::from_str(text).map_err(|error| bad(error.to_string()))?;
+    let Value::Object(map) = value else {
+        return Err(bad("not an object".into()));
+    };
+    if map.is_empty() || map.len() > PRICES_MAX {
+        return Err(bad(format!("it must list 1 to {PRICES_MAX} operations")));
+    }
+    let mut prices = BTreeMap::new();
+    for (name, cost) in map {
+        let operation = Operation::new(name.clone()).map_err(|error| bad(error.message().to_owned()))?;
+        let cost = cost
+            .as_i64()
+            .ok_or_else(|| bad(format!("the price of {name:?} must be a whole number")))
+            .and_then(|cost| Cost::new(cost).map_err(|error| bad(format!("{name:?}: {}", error.message()))))?;
+        prices.insert(operation.as_str().to_owned(), cost);
+    }
+    Ok(prices)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        let mut env: BTreeMap<String, String> = [
+            ("SUPABASE_URL", "http://127.0.0.1:54321"),
+            ("SUPABASE_SERVICE_ROLE_KEY", "service-key"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        for (name, value) in pairs {
+            env.insert((*name).to_owned(), (*value).to_owned());
+        }
+        env
+    }
+
+    fn variable_of(result: Result<Settings, CreditError>) -> String {
+        let error = result.expect_err("should be refused");
+        error.details()["variable"].as_str().unwrap_or_default().to_owned()
+    }
+
+    #[test]
+    fn defaults_are_sane() {
+        let settings = Settings::from_env(&env(&[])).expect("valid");
+        assert_eq!(settings.prices.get("image").map(|c| c.get()), Some(10));
+        assert_eq!(settings.prices.get("text").map(|c| c.get()), Some(1));
+        assert_eq!(settings.user_limit.map(|p| (p.limit.get(), p.window_seconds.get())), Some((5, 60)));
+        assert_eq!(settings.ip_limit.map(|p| (p.limit.get(), p.window_seconds.get())), Some((30, 60)));
+        assert_eq!(settings.hold_seconds.get(), 900);
+        assert_eq!(settings.jwt, JwtCheck::TrustRuntime);
+        assert_eq!(settings.generator, None);
+        assert_eq!(settings.config.rest_url(), "http://127.0.0.1:54321/rest/v1");
+    }
+
+    #[test]
+    fn the_supabase_variables_are_required() {
+        let mut missing_url = env(&[]);
+        missing_url.remove("SUPABASE_URL");
+        assert_eq!(variable_of(Settings::from_env(&missing_url)), "SUPABASE_URL");
+        let mut missing_key = env(&[]);
+        missing_key.remove("SUPABASE_SERVICE_ROLE_KEY");
+        assert_eq!(variable_of(Settings::from_env(&missing_key)), "SUPABASE_SERVICE_ROLE_KEY");
+        assert_eq!(variable_of(Settings::from_env(&env(&[("SUPABASE_URL", "ftp://x")]))), "SUPABASE_URL");
+    }
+
+    #[test]
+    fn the_jwt_secret_is_taken_in_order_and_must_be_long() {
+        let secret = "s".repeat(32);
+        let settings = Settings::from_env(&env(&[("JWT_SECRET", &secret)])).expect("valid");
+        assert_eq!(settings.jwt, JwtCheck::Verify(secret.clone()));
+        let ours = "o".repeat(40);
+        let settings = Settings::from_env(&env(&[("JWT_SECRET", &secret), ("CREDITGATE_JWT_SECRET", &ours)])).expect("valid");
+        assert_eq!(settings.jwt, JwtCheck::Verify(ours));
+        assert_eq!(variable_of(Settings::from_env(&env(&[("SUPABASE_JWT_SECRET", &"s".repeat(31))]))), "SUPABASE_JWT_SECRET");
+        assert!(!format!("{settings:?}").contains(&secret), "secrets are never printed");
+        assert!(!format!("{settings:?}").contains("service-key"));
+    }
+
+    #[test]
+    fn prices_come_from_json() {
+        let settings = Settings::from_env(&env(&[("CREDITGATE_PRICES", r#"{"video": 50, "tts": 2}"#)])).expect("valid");
+        assert_eq!(settings.prices.len(), 2);
+        assert_eq!(settings.prices["video"].get(), 50);
+        for bad in [
+            "[]",
+            "{}",
+            "not json",
+            r#"{"image": 0}"#,
+            r#"{"image": -5}"#,
+            r#"{"image": 1.5}"#,
+            r#"{"image": "10"}"#,
+            r#"{"image": 2147483648}"#,
+            r#"{"": 1}"#,
+        ] {
+            assert_eq!(variable_of(Settings::from_env(&env(&[("CREDITGATE_PRICES", bad)]))), "CREDITGATE_PRICES", "{bad}");
+        }
+    }
+
+    #[test]
+    fn an_unknown_operation_lists_the_known_ones() {
+        let settings = Settings::from_env(&env(&[])).expect("valid");
+        let error = settings.price(&Operation::new("video").expect("valid")).expect_err("unknown");
+        assert_eq!(error.details()["field"], "operation");
+        assert_eq!(error.details()["known"], serde_json::json!(["image", "text"]));
+        assert_eq!(settings.price(&Operation::new("text").expect("valid")).map(Cost::get), Ok(1));
+    }
+
+    #[test]
+    fn limits_parse_and_can_be_turned_off() {
+        let settings =
+            Settings::from_env(&env(&[("CREDITGATE_USER_LIMIT", "2/1"), ("CREDITGATE_IP_LIMIT", "OFF")])).expect("valid");
+        assert_eq!(settings.user_limit.map(|p| (p.limit.get(), p.window_seconds.get())), Some((2, 1)));
+        assert_eq!(settings.ip_limit, None);
+        for bad in ["0/60", "5/0", "5/86401", "5", "5/", "/60", "-1/60", "five/60", "5/60/1", "99999999999/60"] {
+            assert_eq!(variable_of(Settings::from_env(&env(&[("CREDITGATE_USER_LIMIT", bad)]))), "CREDITGATE_USER_LIMIT", "{bad}");
+        }
+        assert!(Settings::from_env(&env(&[("CREDITGATE_IP_LIMIT", "1/86400")])).is_ok());
+    }
+
+    #[test]
+    fn the_generator_timeout_is_bounded() {
+        let generator = |timeout: &str| {
+            Settings::from_env(&env(&[("GENERATOR_URL", "http://127.0.0.1:1/gen"), ("CREDITGATE_GENERATOR_TIMEOUT_MS", timeout)]))
+        };
+        assert_eq!(generator("100").expect("valid").generator.map(|g| g.timeout_ms), Some(100));
+        assert_eq!(generator("120000").expect("valid").generator.map(|g| g.timeout_ms), Some(120_000));
+        for bad in ["99", "120001", "1.5", "abc", "-1"] {
+            assert_eq!(variable_of(generator(bad)), "CREDITGATE_GENERATOR_TIMEOUT_MS", "{bad}");
+        }
+        assert_eq!(variable_of(Settings::from_env(&env(&[("GENERATOR_URL", "not a url")]))), "GENERATOR_URL");
+        let default = Settings::from_env(&env(&[("GENERATOR_URL", "https://gen.example/v1")])).expect("valid");
+        assert_eq!(default.generator.map(|g| g.timeout_ms), Some(DEFAULT_GENERATOR_TIMEOUT_MS));
+    }
+
+    #[test]
+    fn the_hold_is_bounded() {
+        assert_eq!(Settings::from_env(&env(&[("CREDITGATE_HOLD_SECONDS", "60")])).expect("valid").hold_seconds.get(), 60);
+        for bad in ["0", "86401", "x"] {
+            assert_eq!(variable_of(Settings::from_env(&env(&[("CREDITGATE_HOLD_SECONDS", bad)]))), "CREDITGATE_HOLD_SECONDS");
+        }
+    }
+}

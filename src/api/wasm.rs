@@ -1,0 +1,189 @@
+//! The API's JS surface: `createHandler(env)` once at module level, then
+//! `handle(request)` per request (a JS `Request` in, a `Response` out).
+//!
+//! Only copying happens here: the request's method, URL, the headers the
+//! API reads (`HEADERS_READ`) and its body into an [`ApiRequest`]; the
+//! [`ApiResponse`] back into a `Response`. The log line goes to
+//! `console.log` (Supabase's function logs). Nothing here panics on any
+//! input: a panic would kill the instance for every later request.
+
+use super::http::{ApiRequest, ApiResponse, BODY_BYTES_MAX, HEADERS_READ};
+use super::Api;
+use crate::wasm::to_js_error;
+use js_sys::{Array, Function, Object, Promise, Uint8Array};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::rc::Rc;
+use std::task::Poll;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::{future_to_promise, JsFuture};
+
+#[wasm_bindgen(typescript_custom_section)]
+const TYPES: &'static str = r#"
+/** The function's environment: `Deno.env.toObject()`. See the README for the variables read. */
+export type CreditsEnv = { [name: string]: string | undefined };
+"#;
+
+#[wasm_bindgen]
+extern "C" {
+    #[wasm_bindgen(js_namespace = console, js_name = log)]
+    fn console_log(line: &str);
+    #[wasm_bindgen(js_name = setTimeout)]
+    fn set_timeout(handler: &Function, ms: i32) -> JsValue;
+    #[wasm_bindgen(js_name = clearTimeout)]
+    fn clear_timeout(id: &JsValue);
+}
+
+thread_local! {
+    /// The handler `createHandler` built last, for the free `handle`.
+    static CURRENT: RefCell<Option<Rc<Api>>> = const { RefCell::new(None) };
+}
+
+/// The credits API for one function instance. Build it once, at module
+/// level, with `createHandler(Deno.env.toObject())`.
+#[wasm_bindgen(js_name = CreditsHandler)]
+pub struct JsCreditsHandler {
+    api: Rc<Api>,
+}
+
+#[wasm_bindgen(js_class = CreditsHandler)]
+impl JsCreditsHandler {
+    /// Answers one request. Never rejects: every failure is a JSON error response.
+    #[wasm_bindgen(unchecked_return_type = "Promise<Response>")]
+    pub fn handle(&self, request: web_sys::Request) -> Promise {
+        respond(Rc::clone(&self.api), request)
+    }
+}
+
+/// Builds the API from the function's environment variables and makes it
+/// the one `handle` uses. Throws a `CreditError` (`invalid_argument`, naming
+/// the variable in `details.variable`) if the configuration is malformed.
+#[wasm_bindgen(js_name = createHandler)]
+pub fn create_handler(
+    #[wasm_bindgen(unchecked_param_type = "CreditsEnv")] env: JsValue,
+) -> Result<JsCreditsHandler, JsValue> {
+    let api = Rc::new(Api::from_env(&env_map(&env)).map_err(to_js_error)?);
+    CURRENT.with(|current| *current.borrow_mut() = Some(Rc::clone(&api)));
+    Ok(JsCreditsHandler { api })
+}
+
+/// Answers one request with the handler `createHandler` built.
+#[wasm_bindgen(unchecked_return_type = "Promise<Response>")]
+pub fn handle(request: web_sys::Request) -> Promise {
+    match CURRENT.with(|current| current.borrow().clone()) {
+        Some(api) => respond(api, request),
+        None => future_to_promise(async {
+            let body = r#"{"error":{"code":"upstream","message":"the function calls handle() before createHandler(env)","details":{}}}"#;
+            to_response(&ApiResponse { status: 500, headers: vec![("content-type".into(), "application/json".into())], body: body.into() })
+        }),
+    }
+}
+
+fn respond(api: Rc<Api>, request: web_sys::Request) -> Promise {
+    future_to_promise(async move {
+        let request = match read_request(&request).await {
+            Ok(request) => request,
+            Err(response) => return to_response(&response),
+        };
+        let handled = api.handle(request).await;
+        console_log(&handled.log);
+        to_response(&handled.response)
+    })
+}
+
+/// The environment object as strings; other values are skipped.
+fn env_map(env: &JsValue) -> BTreeMap<String, String> {
+    let mut map = BTreeMap::new();
+    if !env.is_object() {
+        return map;
+    }
+    for entry in Object::entries(&Object::from(env.clone())).iter() {
+        let pair = Array::from(&entry);
+        if let (Some(name), Some(value)) = (pair.get(0).as_string(), pair.get(1).as_string()) {
+            map.insert(name, value);
+        }
+    }
+    map
+}
+
+/// Copies what the API reads from a JS `Request`. A body over the bound is
+/// refused by its `Content-Length` before it is read, and by its length after.
+async fn read_request(request: &web_sys::Request) -> Result<ApiRequest, ApiResponse> {
+    let mut api_request = ApiRequest::new(&request.method(), &request.url());
+    let headers = request.headers();
+    for name in HEADERS_READ {
+        if let Ok(Some(value)) = headers.get(name) {
+            api_request = api_request.with_header(name, &value);
+        }
+    }
+    let too_large = || super::ApiError::payload_too_large(BODY_BYTES_MAX).into_response();
+    let declared = api_request.header("content-length").and_then(|length| length.trim().parse::<u64>().ok());
+    if declared.is_some_and(|length| length > BODY_BYTES_MAX as u64) {
+        return Err(too_large());
+    }
+    if matches!(api_request.method.as_str(), "GET" | "HEAD" | "OPTIONS") || request.body().is_none() {
+        return Ok(api_request);
+    }
+    let unreadable = || super::ApiError::invalid("body", "the request body could not be read").into_response();
+    let promise = request.array_buffer().map_err(|_| unreadable())?;
+    let buffer = JsFuture::from(promise).await.map_err(|_| unreadable())?;
+    let bytes = Uint8Array::new(&buffer);
+    if bytes.length() as usize > BODY_BYTES_MAX {
+        return Err(too_large());
+    }
+    Ok(api_request.with_body(bytes.to_vec()))
+}
+
+fn to_response(response: &ApiResponse) -> Result<JsValue, JsValue> {
+    let headers = web_sys::Headers::new()?;
+    for (name, value) in &response.headers {
+        headers.append(name, value)?;
+    }
+    let init = web_sys::ResponseInit::new();
+    init.set_status(response.status);
+    init.set_headers(&headers);
+    let body = (!response.body.is_empty() && response.status != 204).then_some(response.body.as_str());
+    Ok(web_sys::Response::new_with_opt_str_and_init(body, &init)?.into())
+}
+
+/// A JS timer that is cleared when dropped, so a finished race leaves no
+/// pending timer behind (Deno's test sanitizers would flag one).
+struct Timer {
+    id: JsValue,
+    fired: JsFuture,
+}
+
+impl Timer {
+    fn new(ms: u32) -> Timer {
+        let mut id = JsValue::UNDEFINED;
+        let delay = i32::try_from(ms).unwrap_or(i32::MAX);
+        let promise = Promise::new(&mut |resolve, _reject| {
+            id = set_timeout(&resolve, delay);
+        });
+        Timer { id, fired: JsFuture::from(promise) }
+    }
+}
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        clear_timeout(&self.id);
+    }
+}
+
+/// Runs `work` for at most `ms`; `None` if the time ran out first (and
+/// `work` is dropped: a reqwest `fetch` is aborted when its future is).
+pub(crate) async fn with_timeout<F: Future>(work: F, ms: u32) -> Option<F::Output> {
+    let mut timer = Timer::new(ms);
+    let mut work = std::pin::pin!(work);
+    std::future::poll_fn(move |cx| {
+        if let Poll::Ready(output) = work.as_mut().poll(cx) {
+            return Poll::Ready(Some(output));
+        }
+        match std::pin::Pin::new(&mut timer.fired).poll(cx) {
+            Poll::Ready(_) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await
+}

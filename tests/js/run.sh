@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The built package (pkg/) under Node and Deno, against a running stack:
+#
+#   tests/js/run.sh
+#
+# Needs: pkg/ (scripts/build-pkg.sh; built here if missing), the npm tools
+# of the top-level package.json (Deno), psql, and a running stack:
+#   CREDITGATE_URL               default http://127.0.0.1:54321
+#   CREDITGATE_SERVICE_ROLE_KEY  default the local well-known key
+#   CREDITGATE_DB_URL            default postgresql://postgres:postgres@127.0.0.1:54322/postgres
+#                                (test users are created in auth.users there)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+deno="$root/node_modules/.bin/deno"
+
+[ -f "$root/pkg/package.json" ] || bash "$root/scripts/build-pkg.sh"
+[ -x "$deno" ] || { echo "tests/js: $deno missing (npm install at the top level)" >&2; exit 1; }
+
+cd "$here"
+# The package as a user installs it: a file: dependency on ../../pkg.
+npm install --no-audit --no-fund --no-package-lock --silent
+
+status=0
+echo "== node --test (Node $(node --version))"
+node --test node.test.mjs || status=1
+echo "== deno check: the package's TypeScript types"
+"$deno" check types.check.ts || status=1
+echo "== deno test ($("$deno" --version | head -1))"
+# --no-check: the scenarios are JS using node: modules; the types are checked above.
+"$deno" test --no-check --allow-net --allow-read --allow-env --allow-run=psql deno.test.mjs || status=1
+exit $status
