@@ -100,3 +100,13 @@ EOF
 opt_bytes=$(stat -c %s "$wasm")
 gzip_bytes=$(gzip -9 -c "$wasm" | wc -c)
 echo "build-pkg: pkg/creditgate_bg.wasm ${opt_bytes} bytes (${raw_bytes} before wasm-opt), ${gzip_bytes} bytes gzipped"
+
+# 6. The Edge Function's copy (supabase/functions/credits/pkg, git-ignored):
+#    `supabase functions deploy` bundles only what is under supabase/functions
+#    (imports from outside it do not deploy), and supabase/config.toml ships
+#    the .wasm from there as a static file.
+function_pkg=supabase/functions/credits/pkg
+if [ -d "$(dirname "$function_pkg")" ]; then
+  rm -rf "$function_pkg"
+  cp -r pkg "$function_pkg"
+fi
