@@ -4,7 +4,8 @@
 #   tests/js/run.sh
 #
 # Needs: pkg/ (scripts/build-pkg.sh; built here if missing), the npm tools
-# of the top-level package.json (Deno), psql, and a running stack:
+# of the top-level package.json (Deno, playwright-core), /usr/bin/chromium
+# (or CHROMIUM_PATH), psql, and a running stack:
 #   CREDITGATE_URL               default http://127.0.0.1:54321
 #   CREDITGATE_SERVICE_ROLE_KEY  default the local well-known key
 #   CREDITGATE_DB_URL            default postgresql://postgres:postgres@127.0.0.1:54322/postgres
@@ -22,8 +23,8 @@ cd "$here"
 npm install --no-audit --no-fund --no-package-lock --silent
 
 status=0
-echo "== node --test (Node $(node --version))"
-node --test node.test.mjs || status=1
+echo "== node --test (Node $(node --version)): the node entry, and the web entry in headless Chromium"
+node --test node.test.mjs browser.test.mjs || status=1
 echo "== deno check: the package's TypeScript types"
 "$deno" check types.check.ts || status=1
 echo "== deno test ($("$deno" --version | head -1))"
