@@ -19,8 +19,13 @@ deno="$root/node_modules/.bin/deno"
 [ -x "$deno" ] || { echo "tests/js: $deno missing (npm install at the top level)" >&2; exit 1; }
 
 cd "$here"
-# The package as a user installs it: a file: dependency on ../../pkg.
-npm install --no-audit --no-fund --no-package-lock --silent
+# The package as a user gets it: packed (only the files package.json ships)
+# and installed from the tarball, a real copy in node_modules/creditgate.
+tarballs=$(mktemp -d)
+trap 'rm -rf "$tarballs"' EXIT
+tarball=$(cd "$root/pkg" && npm pack --silent --pack-destination "$tarballs" | tail -1)
+rm -rf node_modules/creditgate
+npm install --no-audit --no-fund --no-package-lock --no-save --silent "$tarballs/$tarball"
 
 status=0
 echo "== node --test (Node $(node --version)): the node entry, and the web entry in headless Chromium"
