@@ -6,6 +6,7 @@
 //! - [`testrun`]: `cargo dev test`, every test the project has.
 //! - [`setup`]: installs what a fresh machine is missing.
 
+pub mod bench;
 pub mod checks;
 pub mod gateway;
 pub mod keys;
@@ -18,4 +19,16 @@ pub mod testrun;
 pub fn project_root() -> std::path::PathBuf {
     let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     here.parent().unwrap_or(here).to_path_buf()
+}
+
+/// This program's own binary, for starting it again as a child (`gateway`,
+/// `up`). While a rebuild replaces the file, `/proc/self/exe` names the old,
+/// deleted one: the path is read back without that mark.
+pub fn devstack_exe() -> std::io::Result<std::path::PathBuf> {
+    let exe = std::env::current_exe()?;
+    let text = exe.to_string_lossy();
+    Ok(match text.strip_suffix(" (deleted)") {
+        Some(path) => std::path::PathBuf::from(path),
+        None => exe,
+    })
 }

@@ -200,7 +200,7 @@ fn start_gateway(options: &Options, cluster: &Cluster) -> Result<Child> {
     let log_path = options.data_dir.join("gateway.log");
     std::fs::create_dir_all(&options.data_dir)?;
     let log = std::fs::File::create(&log_path)?;
-    let mut child = child_command(std::env::current_exe()?)
+    let mut child = child_command(crate::devstack_exe()?)
         .arg("gateway")
         .env("PGRST_DB_URI", cluster.url("authenticator", "postgres"))
         .env("PGRST_DB_SCHEMAS", "public")

@@ -142,7 +142,7 @@ fn wait_for_http(port: u16) -> Result<()> {
 fn up_and_interrupt() -> Result<()> {
     let data_dir = crate::project_root().join("target/devstack/up-test");
     let ports = [54521u16, 54522, 54530, 54531];
-    let mut child = Command::new(std::env::current_exe()?)
+    let mut child = Command::new(crate::devstack_exe()?)
         .arg("up")
         .arg("--fresh")
         .env("CREDITGATE_API_PORT", ports[0].to_string())
