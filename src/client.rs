@@ -21,7 +21,9 @@ pub struct CreditClient {
 
 impl std::fmt::Debug for CreditClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CreditClient").field("config", &self.config).finish()
+        f.debug_struct("CreditClient")
+            .field("config", &self.config)
+            .finish()
     }
 }
 
@@ -29,10 +31,10 @@ impl CreditClient {
     pub fn new(config: Config) -> Self {
         // Config has checked the key is printable ASCII, so the postgrest
         // crate's header insertion (which panics on an invalid value) is safe.
-        let postgrest = config
-            .headers()
-            .into_iter()
-            .fold(Postgrest::new(config.rest_url()), |client, (name, value)| client.insert_header(name, value));
+        let postgrest = config.headers().into_iter().fold(
+            Postgrest::new(config.rest_url()),
+            |client, (name, value)| client.insert_header(name, value),
+        );
         CreditClient { config, postgrest }
     }
 
@@ -53,7 +55,11 @@ impl CreditClient {
             // On wasm32 the text embeds the JS error and its stack: keep
             // only the first line.
             let text = error.to_string();
-            let first_line = text.lines().next().unwrap_or_default().replace("JsValue(", "");
+            let first_line = text
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .replace("JsValue(", "");
             CreditError::network(format!("{} request failed: {first_line}", rpc.function))
                 .with_detail("function", rpc.function)
         };
@@ -72,19 +78,31 @@ impl CreditClient {
     }
 
     pub async fn refund(&self, request: &RefundRequest) -> Result<BalanceResult, CreditError> {
-        response::balance_result("refund_credits", &self.send(&request::refund(&self.config, request)).await?)
+        response::balance_result(
+            "refund_credits",
+            &self.send(&request::refund(&self.config, request)).await?,
+        )
     }
 
     pub async fn grant(&self, request: &GrantRequest) -> Result<BalanceResult, CreditError> {
-        response::balance_result("grant_credits", &self.send(&request::grant(&self.config, request)).await?)
+        response::balance_result(
+            "grant_credits",
+            &self.send(&request::grant(&self.config, request)).await?,
+        )
     }
 
     pub async fn balance(&self, user_id: &UserId) -> Result<i64, CreditError> {
-        response::balance("get_credit_balance", &self.send(&request::balance(&self.config, user_id)).await?)
+        response::balance(
+            "get_credit_balance",
+            &self.send(&request::balance(&self.config, user_id)).await?,
+        )
     }
 
     pub async fn limit(&self, request: &LimitRequest) -> Result<RateLimitResult, CreditError> {
-        response::limit(request, &self.send(&request::limit(&self.config, request)).await?)
+        response::limit(
+            request,
+            &self.send(&request::limit(&self.config, request)).await?,
+        )
     }
 
     pub async fn charge_with_limit(
@@ -117,17 +135,27 @@ impl CreditClient {
         let (value, output) = match work(charge.clone()).await {
             Ok(done) => done,
             Err(error) => {
-                self.refund_quietly(request.user_id, job_id, "run: the job's work failed").await;
+                self.refund_quietly(request.user_id, job_id, "run: the job's work failed")
+                    .await;
                 return Err(RunError::Work(error));
             }
         };
-        let completing = CompleteRequest { job_id, result_url: output.result_url, actual_cost: output.actual_cost };
+        let completing = CompleteRequest {
+            job_id,
+            result_url: output.result_url,
+            actual_cost: output.actual_cost,
+        };
         match self.complete(&completing).await {
-            Ok(completion) => Ok(RunOutcome { value, charge, completion }),
+            Ok(completion) => Ok(RunOutcome {
+                value,
+                charge,
+                completion,
+            }),
             Err(error) => {
                 // If the completion did commit (the answer was lost), the
                 // refund is refused as job_already_settled: nothing is undone.
-                self.refund_quietly(request.user_id, job_id, "run: completing the job failed").await;
+                self.refund_quietly(request.user_id, job_id, "run: completing the job failed")
+                    .await;
                 Err(RunError::Credit(error))
             }
         }
@@ -136,7 +164,13 @@ impl CreditClient {
     async fn refund_quietly(&self, user_id: UserId, job_id: JobId, why: &'static str) {
         if let Ok(reason) = Reason::new(why) {
             // Best effort: the caller gets the original failure either way.
-            let _ = self.refund(&RefundRequest { user_id, job_id, reason }).await;
+            let _ = self
+                .refund(&RefundRequest {
+                    user_id,
+                    job_id,
+                    reason,
+                })
+                .await;
         }
     }
 }
@@ -179,7 +213,8 @@ mod tests {
             "userId": USER, "jobId": USER, "reason": "because"
         }))
         .expect("valid");
-        let limit = LimitRequest::from_json(&json!({"key": "k", "limit": 2, "windowSeconds": 1})).expect("valid");
+        let limit = LimitRequest::from_json(&json!({"key": "k", "limit": 2, "windowSeconds": 1}))
+            .expect("valid");
         let user = UserId::parse("userId", USER).expect("uuid");
         let rpcs = [
             request::charge(&config, &charge),
@@ -188,7 +223,11 @@ mod tests {
             request::balance(&config, &user),
         ];
         for rpc in rpcs {
-            let built = client.prepare(&rpc).build().build().expect("a valid request");
+            let built = client
+                .prepare(&rpc)
+                .build()
+                .build()
+                .expect("a valid request");
             assert_eq!(built.method().as_str(), rpc.method());
             assert_eq!(built.url().as_str(), rpc.url);
             for (name, value) in &rpc.headers {
@@ -199,7 +238,10 @@ mod tests {
                 );
             }
             assert_eq!(built.headers().len(), rpc.headers.len(), "no other headers");
-            let body = built.body().and_then(|body| body.as_bytes()).expect("a body");
+            let body = built
+                .body()
+                .and_then(|body| body.as_bytes())
+                .expect("a body");
             let sent: serde_json::Value = serde_json::from_slice(body).expect("JSON body");
             assert_eq!(sent, rpc.body);
         }

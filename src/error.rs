@@ -88,7 +88,9 @@ impl ErrorCode {
     /// assert_eq!(ErrorCode::parse("Job_Not_Found"), None);
     /// ```
     pub fn parse(name: &str) -> Option<ErrorCode> {
-        ErrorCode::ALL.into_iter().find(|code| code.as_str() == name)
+        ErrorCode::ALL
+            .into_iter()
+            .find(|code| code.as_str() == name)
     }
 
     /// The HTTP status DESIGN.md gives this code.
@@ -261,16 +263,20 @@ impl PostgrestErrorBody {
         let message = text_of(self.message.as_ref()).unwrap_or_default();
         let hint = text_of(self.hint.as_ref());
         let ours = hint.as_deref().and_then(ErrorCode::parse);
-        let code = ours.unwrap_or_else(|| {
-            code_from_sqlstate(sqlstate.as_deref(), &message, http_status)
-        });
+        let code =
+            ours.unwrap_or_else(|| code_from_sqlstate(sqlstate.as_deref(), &message, http_status));
 
         let mut details = details_object(self.details);
         if code == ErrorCode::InvalidArgument {
             // The SQL names its parameter (`p_cost`); JS callers know the field (`cost`).
-            let field = details.get("parameter").and_then(Value::as_str).and_then(field_of_parameter);
+            let field = details
+                .get("parameter")
+                .and_then(Value::as_str)
+                .and_then(field_of_parameter);
             if let Some(field) = field {
-                details.entry("field").or_insert_with(|| Value::String(field.to_owned()));
+                details
+                    .entry("field")
+                    .or_insert_with(|| Value::String(field.to_owned()));
             }
         }
         if ours.is_none() {
@@ -288,10 +294,16 @@ impl PostgrestErrorBody {
         } else {
             cut(&message)
         };
-        let error = CreditError { code, message, details, retryable: code.retryable() };
+        let error = CreditError {
+            code,
+            message,
+            details,
+            retryable: code.retryable(),
+        };
         // A missing function or a schema mismatch is a deployment mistake:
         // retrying will not fix it.
-        let misconfigured = matches!(sqlstate.as_deref(), Some(s) if s.starts_with("PGRST2") || s == "42883");
+        let misconfigured =
+            matches!(sqlstate.as_deref(), Some(s) if s.starts_with("PGRST2") || s == "42883");
         if misconfigured {
             error.with_retryable(false)
         } else {
@@ -363,8 +375,10 @@ fn code_from_sqlstate(sqlstate: Option<&str>, message: &str, http_status: u16) -
         // Invalid parameter value, bad text representation (a malformed
         // uuid), out of range, null not allowed, check violation, and
         // PostgREST's own request parsing errors.
-        Some("22023" | "PT400" | "22P02" | "22003" | "22004" | "23502" | "23514" | "PGRST100"
-        | "PGRST102") => ErrorCode::InvalidArgument,
+        Some(
+            "22023" | "PT400" | "22P02" | "22003" | "22004" | "23502" | "23514" | "PGRST100"
+            | "PGRST102",
+        ) => ErrorCode::InvalidArgument,
         Some("PT402") => ErrorCode::InsufficientCredits,
         Some("PT404") if lowercase.contains("job") => ErrorCode::JobNotFound,
         Some("PT404") => ErrorCode::UserNotFound,
@@ -455,7 +469,11 @@ mod tests {
         ];
         assert_eq!(table.len(), ErrorCode::ALL.len());
         for (name, status) in table {
-            assert_eq!(ErrorCode::parse(name).map(ErrorCode::status), Some(status), "{name}");
+            assert_eq!(
+                ErrorCode::parse(name).map(ErrorCode::status),
+                Some(status),
+                "{name}"
+            );
         }
     }
 
@@ -466,7 +484,15 @@ mod tests {
             .filter(|code| code.retryable())
             .map(ErrorCode::as_str)
             .collect();
-        assert_eq!(retryable, ["idempotency_in_flight", "rate_limited", "upstream", "network"]);
+        assert_eq!(
+            retryable,
+            [
+                "idempotency_in_flight",
+                "rate_limited",
+                "upstream",
+                "network"
+            ]
+        );
     }
 
     #[test]
@@ -496,35 +522,111 @@ mod tests {
         assert_eq!(error.status(), 402);
         assert_eq!(error.details()["balance"], 3);
         assert_eq!(error.details()["needed"], 5);
-        assert_eq!(error.to_string(), "insufficient_credits: Insufficient credits: has 3 needs 5");
+        assert_eq!(
+            error.to_string(),
+            "insufficient_credits: Insufficient credits: has 3 needs 5"
+        );
     }
 
     #[test]
     fn sqlstates_without_our_hint_still_map() {
         let cases = [
-            ("22023", "p_cost must be positive", 400, ErrorCode::InvalidArgument),
+            (
+                "22023",
+                "p_cost must be positive",
+                400,
+                ErrorCode::InvalidArgument,
+            ),
             ("PT400", "bad", 400, ErrorCode::InvalidArgument),
-            ("22P02", "invalid input syntax for type uuid: \"x\"", 400, ErrorCode::InvalidArgument),
-            ("22003", "integer out of range", 400, ErrorCode::InvalidArgument),
-            ("23514", "violates check constraint", 400, ErrorCode::InvalidArgument),
-            ("PGRST102", "Empty or invalid json", 400, ErrorCode::InvalidArgument),
-            ("PT402", "Insufficient credits: has 0 needs 1", 402, ErrorCode::InsufficientCredits),
+            (
+                "22P02",
+                "invalid input syntax for type uuid: \"x\"",
+                400,
+                ErrorCode::InvalidArgument,
+            ),
+            (
+                "22003",
+                "integer out of range",
+                400,
+                ErrorCode::InvalidArgument,
+            ),
+            (
+                "23514",
+                "violates check constraint",
+                400,
+                ErrorCode::InvalidArgument,
+            ),
+            (
+                "PGRST102",
+                "Empty or invalid json",
+                400,
+                ErrorCode::InvalidArgument,
+            ),
+            (
+                "PT402",
+                "Insufficient credits: has 0 needs 1",
+                402,
+                ErrorCode::InsufficientCredits,
+            ),
             ("PT404", "User not found", 404, ErrorCode::UserNotFound),
             ("PT404", "Job not found", 404, ErrorCode::JobNotFound),
-            ("23503", "violates foreign key constraint", 409, ErrorCode::UserNotFound),
-            ("PT409", "Job already settled", 409, ErrorCode::JobAlreadySettled),
-            ("PT409", "Request with this key is in flight", 409, ErrorCode::IdempotencyInFlight),
+            (
+                "23503",
+                "violates foreign key constraint",
+                409,
+                ErrorCode::UserNotFound,
+            ),
+            (
+                "PT409",
+                "Job already settled",
+                409,
+                ErrorCode::JobAlreadySettled,
+            ),
+            (
+                "PT409",
+                "Request with this key is in flight",
+                409,
+                ErrorCode::IdempotencyInFlight,
+            ),
             ("PT422", "Key reused", 422, ErrorCode::IdempotencyKeyReused),
-            ("42501", "permission denied for function x", 401, ErrorCode::Unauthorized),
-            ("42501", "permission denied for function x", 403, ErrorCode::Forbidden),
+            (
+                "42501",
+                "permission denied for function x",
+                401,
+                ErrorCode::Unauthorized,
+            ),
+            (
+                "42501",
+                "permission denied for function x",
+                403,
+                ErrorCode::Forbidden,
+            ),
             ("PGRST301", "JWSError", 401, ErrorCode::Unauthorized),
-            ("PGRST202", "Could not find the function", 404, ErrorCode::Upstream),
+            (
+                "PGRST202",
+                "Could not find the function",
+                404,
+                ErrorCode::Upstream,
+            ),
             ("XX000", "internal error", 500, ErrorCode::Upstream),
-            ("40001", "could not serialize access", 409, ErrorCode::Upstream),
-            ("57014", "canceling statement due to statement timeout", 500, ErrorCode::Upstream),
+            (
+                "40001",
+                "could not serialize access",
+                409,
+                ErrorCode::Upstream,
+            ),
+            (
+                "57014",
+                "canceling statement due to statement timeout",
+                500,
+                ErrorCode::Upstream,
+            ),
         ];
         for (sqlstate, message, status, expected) in cases {
-            let error = CreditError::from_postgrest(status, &body(sqlstate, message, json!(null), json!(null)));
+            let error = CreditError::from_postgrest(
+                status,
+                &body(sqlstate, message, json!(null), json!(null)),
+            );
             assert_eq!(error.code(), expected, "{sqlstate} {message}");
             assert_eq!(error.details()["sqlstate"], sqlstate);
             assert_eq!(error.details()["httpStatus"], status);
@@ -535,13 +637,19 @@ mod tests {
     fn a_missing_function_is_not_retryable_but_a_500_is() {
         let missing = CreditError::from_postgrest(
             404,
-            &body("PGRST202", "Could not find the function public.charge_credits", json!(null), json!("Perhaps you meant ...")),
+            &body(
+                "PGRST202",
+                "Could not find the function public.charge_credits",
+                json!(null),
+                json!("Perhaps you meant ..."),
+            ),
         );
         assert_eq!(missing.code(), ErrorCode::Upstream);
         assert!(!missing.retryable());
         assert_eq!(missing.details()["hint"], "Perhaps you meant ...");
 
-        let crash = CreditError::from_postgrest(500, &body("XX000", "boom", json!(null), json!(null)));
+        let crash =
+            CreditError::from_postgrest(500, &body("XX000", "boom", json!(null), json!(null)));
         assert_eq!(crash.code(), ErrorCode::Upstream);
         assert!(crash.retryable());
     }
@@ -550,9 +658,17 @@ mod tests {
     fn prose_details_are_kept_as_detail() {
         let error = CreditError::from_postgrest(
             409,
-            &body("23503", "fk", json!("Key (user_id)=(x) is not present in table \"users\"."), json!(null)),
+            &body(
+                "23503",
+                "fk",
+                json!("Key (user_id)=(x) is not present in table \"users\"."),
+                json!(null),
+            ),
         );
-        assert_eq!(error.details()["detail"], "Key (user_id)=(x) is not present in table \"users\".");
+        assert_eq!(
+            error.details()["detail"],
+            "Key (user_id)=(x) is not present in table \"users\"."
+        );
     }
 
     #[test]
@@ -568,15 +684,28 @@ mod tests {
         assert_eq!(error.details()["field"], "actualCost");
         assert_eq!(error.details()["parameter"], "p_actual_cost");
         assert_eq!(error.details()["held"], 5);
-        let unknown = body("22023", "x", json!("{\"parameter\": \"p_other\"}"), json!("invalid_argument"));
-        assert!(CreditError::from_postgrest(400, &unknown).details().get("field").is_none());
+        let unknown = body(
+            "22023",
+            "x",
+            json!("{\"parameter\": \"p_other\"}"),
+            json!("invalid_argument"),
+        );
+        assert!(CreditError::from_postgrest(400, &unknown)
+            .details()
+            .get("field")
+            .is_none());
     }
 
     #[test]
     fn an_unknown_hint_is_not_mistaken_for_a_code() {
         let error = CreditError::from_postgrest(
             400,
-            &body("22023", "bad", json!(null), json!("try again with a smaller number")),
+            &body(
+                "22023",
+                "bad",
+                json!(null),
+                json!("try again with a smaller number"),
+            ),
         );
         assert_eq!(error.code(), ErrorCode::InvalidArgument);
         assert_eq!(error.details()["hint"], "try again with a smaller number");
@@ -595,10 +724,14 @@ mod tests {
             (503, ErrorCode::Upstream),
         ];
         for (status, expected) in cases {
-            let error = CreditError::from_postgrest(status, "<html><body>Bad Gateway</body></html>");
+            let error =
+                CreditError::from_postgrest(status, "<html><body>Bad Gateway</body></html>");
             assert_eq!(error.code(), expected, "{status}");
             assert_eq!(error.details()["httpStatus"], status);
-            assert_eq!(error.details()["body"], "<html><body>Bad Gateway</body></html>");
+            assert_eq!(
+                error.details()["body"],
+                "<html><body>Bad Gateway</body></html>"
+            );
         }
     }
 
@@ -638,7 +771,10 @@ mod tests {
         );
         assert_eq!(error.code(), ErrorCode::InsufficientCredits);
         assert_eq!(error.details()["detail"], "not json {");
-        assert_eq!(error.message(), "the database refused the request (HTTP 402)");
+        assert_eq!(
+            error.message(),
+            "the database refused the request (HTTP 402)"
+        );
     }
 
     #[test]

@@ -50,7 +50,10 @@ pub fn rate_limit_headers(
     let remaining = result.remaining.min(result.limit);
     let mut headers = vec![
         (POLICY_HEADER, policy_value),
-        (RATELIMIT_HEADER, format!("{name};r={remaining};t={}", result.reset)),
+        (
+            RATELIMIT_HEADER,
+            format!("{name};r={remaining};t={}", result.reset),
+        ),
     ];
     if !result.success {
         headers.push((RETRY_AFTER_HEADER, result.retry_after.max(1).to_string()));
@@ -66,7 +69,9 @@ fn sf_string(name: &str) -> Result<String, CreditError> {
         return Err(invalid("must not be empty"));
     }
     if name.chars().count() > POLICY_CHARS_MAX {
-        return Err(invalid(&format!("must be at most {POLICY_CHARS_MAX} characters")));
+        return Err(invalid(&format!(
+            "must be at most {POLICY_CHARS_MAX} characters"
+        )));
     }
     if !name.chars().all(|c| (' '..='~').contains(&c)) {
         return Err(invalid("must be printable ASCII"));
@@ -97,7 +102,12 @@ impl RateLimitResult {
         };
         let success = match map.get("success") {
             Some(Value::Bool(success)) => *success,
-            _ => return Err(CreditError::invalid_argument("success", "success must be a boolean")),
+            _ => {
+                return Err(CreditError::invalid_argument(
+                    "success",
+                    "success must be a boolean",
+                ))
+            }
         };
         let window_seconds = match map.get("windowSeconds") {
             None | Some(Value::Null) => None,
@@ -132,18 +142,31 @@ mod tests {
     use serde_json::json;
 
     fn result(success: bool, remaining: u32, reset: u32, retry_after: u32) -> RateLimitResult {
-        RateLimitResult { success, limit: 100, remaining, reset, retry_after, window_seconds: Some(60) }
+        RateLimitResult {
+            success,
+            limit: 100,
+            remaining,
+            reset,
+            retry_after,
+            window_seconds: Some(60),
+        }
     }
 
     fn value<'h>(headers: &'h [(&'static str, String)], name: &str) -> Option<&'h str> {
-        headers.iter().find(|(key, _)| *key == name).map(|(_, value)| value.as_str())
+        headers
+            .iter()
+            .find(|(key, _)| *key == name)
+            .map(|(_, value)| value.as_str())
     }
 
     #[test]
     fn an_allowed_request_gets_policy_and_ratelimit_but_no_retry_after() {
         let headers = rate_limit_headers(&result(true, 99, 60, 0), DEFAULT_POLICY).expect("valid");
         assert_eq!(headers.len(), 2);
-        assert_eq!(value(&headers, "RateLimit-Policy"), Some("\"default\";q=100;w=60"));
+        assert_eq!(
+            value(&headers, "RateLimit-Policy"),
+            Some("\"default\";q=100;w=60")
+        );
         assert_eq!(value(&headers, "RateLimit"), Some("\"default\";r=99;t=60"));
         assert_eq!(value(&headers, "Retry-After"), None);
     }
@@ -174,21 +197,28 @@ mod tests {
 
     #[test]
     fn policy_names_are_escaped_sf_strings() {
-        let headers = rate_limit_headers(&result(true, 1, 1, 0), "a \"quoted\" \\ name").expect("valid");
-        assert_eq!(value(&headers, "RateLimit-Policy"), Some("\"a \\\"quoted\\\" \\\\ name\";q=100;w=60"));
+        let headers =
+            rate_limit_headers(&result(true, 1, 1, 0), "a \"quoted\" \\ name").expect("valid");
+        assert_eq!(
+            value(&headers, "RateLimit-Policy"),
+            Some("\"a \\\"quoted\\\" \\\\ name\";q=100;w=60")
+        );
         for bad in ["", "naïve", "tab\there", "new\nline"] {
             let error = rate_limit_headers(&result(true, 1, 1, 0), bad).expect_err(bad);
             assert_eq!(error.code(), ErrorCode::InvalidArgument);
             assert_eq!(error.details()["field"], "policy");
         }
         assert!(rate_limit_headers(&result(true, 1, 1, 0), &"p".repeat(POLICY_CHARS_MAX)).is_ok());
-        assert!(rate_limit_headers(&result(true, 1, 1, 0), &"p".repeat(POLICY_CHARS_MAX + 1)).is_err());
+        assert!(
+            rate_limit_headers(&result(true, 1, 1, 0), &"p".repeat(POLICY_CHARS_MAX + 1)).is_err()
+        );
     }
 
     #[test]
     fn header_values_are_valid_header_values() {
         for success in [true, false] {
-            let headers = rate_limit_headers(&result(success, 0, u32::MAX, u32::MAX), "x").expect("valid");
+            let headers =
+                rate_limit_headers(&result(success, 0, u32::MAX, u32::MAX), "x").expect("valid");
             for (_, value) in headers {
                 assert!(value.bytes().all(|b| (0x20..0x7f).contains(&b)), "{value}");
             }
@@ -204,17 +234,26 @@ mod tests {
         .expect("valid");
         assert_eq!(
             parsed,
-            RateLimitResult { success: false, limit: 5, remaining: 0, reset: 9, retry_after: 9, window_seconds: Some(60) }
+            RateLimitResult {
+                success: false,
+                limit: 5,
+                remaining: 0,
+                reset: 9,
+                retry_after: 9,
+                window_seconds: Some(60)
+            }
         );
-        let without_window =
-            RateLimitResult::from_json(&json!({"success": true, "limit": 5, "remaining": 4, "reset": 9, "retryAfter": 0}))
-                .expect("valid");
+        let without_window = RateLimitResult::from_json(
+            &json!({"success": true, "limit": 5, "remaining": 4, "reset": 9, "retryAfter": 0}),
+        )
+        .expect("valid");
         assert_eq!(without_window.window_seconds, None);
     }
 
     #[test]
     fn malformed_results_are_refused_not_panicked_on() {
-        let base = json!({"success": true, "limit": 5, "remaining": 4, "reset": 9, "retryAfter": 0});
+        let base =
+            json!({"success": true, "limit": 5, "remaining": 4, "reset": 9, "retryAfter": 0});
         let cases = [
             ("success", json!("yes")),
             ("limit", json!(-1)),
@@ -230,7 +269,12 @@ mod tests {
             assert_eq!(error.details()["field"], field);
         }
         for bad in [json!(null), json!([]), json!("x"), json!(5)] {
-            assert_eq!(RateLimitResult::from_json(&bad).expect_err("not an object").details()["field"], "result");
+            assert_eq!(
+                RateLimitResult::from_json(&bad)
+                    .expect_err("not an object")
+                    .details()["field"],
+                "result"
+            );
         }
     }
 }

@@ -8,8 +8,8 @@
 
 use crate::error::CreditError;
 use crate::types::{
-    ChargeRequest, ChargeWithLimitRequest, CompleteRequest, GrantRequest, LimitRequest, RefundRequest,
-    UserId,
+    ChargeRequest, ChargeWithLimitRequest, CompleteRequest, GrantRequest, LimitRequest,
+    RefundRequest, UserId,
 };
 use serde_json::{json, Map, Value};
 
@@ -46,7 +46,10 @@ impl Config {
     /// assert_eq!(config.rest_url(), "https://abc.supabase.co/rest/v1");
     /// ```
     pub fn new(url: &str, service_role_key: &str) -> Result<Self, CreditError> {
-        Ok(Config { rest_url: rest_url(url)?, service_role_key: check_key(service_role_key)? })
+        Ok(Config {
+            rest_url: rest_url(url)?,
+            service_role_key: check_key(service_role_key)?,
+        })
     }
 
     /// The PostgREST root, ending in `/rest/v1` (no trailing slash).
@@ -88,7 +91,9 @@ fn rest_url(url: &str) -> Result<String, CreditError> {
         return Err(invalid("it has a query or fragment"));
     }
     if !parsed.username().is_empty() || parsed.password().is_some() {
-        return Err(invalid("it carries credentials; pass the key as serviceRoleKey"));
+        return Err(invalid(
+            "it carries credentials; pass the key as serviceRoleKey",
+        ));
     }
     let base = parsed.as_str().trim_end_matches('/');
     if base.ends_with("/rest/v1") {
@@ -101,7 +106,10 @@ fn rest_url(url: &str) -> Result<String, CreditError> {
 fn check_key(key: &str) -> Result<String, CreditError> {
     let field = "serviceRoleKey";
     if key.is_empty() {
-        return Err(CreditError::invalid_argument(field, "serviceRoleKey must not be empty"));
+        return Err(CreditError::invalid_argument(
+            field,
+            "serviceRoleKey must not be empty",
+        ));
     }
     if key.chars().count() > SERVICE_ROLE_KEY_CHARS_MAX {
         return Err(CreditError::invalid_argument(
@@ -166,9 +174,24 @@ fn charge_args(request: &ChargeRequest) -> Map<String, Value> {
         ("p_user_id", Some(json!(request.user_id.to_string()))),
         ("p_operation_type", Some(json!(request.operation.as_str()))),
         ("p_cost", Some(json!(request.cost.get()))),
-        ("p_idempotency_key", request.idempotency_key.as_ref().map(|key| json!(key.as_str()))),
-        ("p_metadata", request.metadata.as_ref().map(|metadata| Value::Object(metadata.as_map().clone()))),
-        ("p_hold_seconds", request.hold_seconds.map(|seconds| json!(seconds.get()))),
+        (
+            "p_idempotency_key",
+            request
+                .idempotency_key
+                .as_ref()
+                .map(|key| json!(key.as_str())),
+        ),
+        (
+            "p_metadata",
+            request
+                .metadata
+                .as_ref()
+                .map(|metadata| Value::Object(metadata.as_map().clone())),
+        ),
+        (
+            "p_hold_seconds",
+            request.hold_seconds.map(|seconds| json!(seconds.get())),
+        ),
     ])
 }
 
@@ -176,8 +199,14 @@ fn charge_args(request: &ChargeRequest) -> Map<String, Value> {
 pub fn complete(config: &Config, request: &CompleteRequest) -> RpcRequest {
     let body = args([
         ("p_job_id", Some(json!(request.job_id.to_string()))),
-        ("p_result_url", request.result_url.as_ref().map(|url| json!(url.as_str()))),
-        ("p_actual_cost", request.actual_cost.map(|cost| json!(cost.get()))),
+        (
+            "p_result_url",
+            request.result_url.as_ref().map(|url| json!(url.as_str())),
+        ),
+        (
+            "p_actual_cost",
+            request.actual_cost.map(|cost| json!(cost.get())),
+        ),
     ]);
     RpcRequest::new(config, "complete_generation_job", body)
 }
@@ -200,15 +229,31 @@ pub fn grant(config: &Config, request: &GrantRequest) -> RpcRequest {
         ("p_user_id", Some(json!(request.user_id.to_string()))),
         ("p_amount", Some(json!(request.amount.get()))),
         ("p_reason", Some(json!(request.reason.as_str()))),
-        ("p_idempotency_key", request.idempotency_key.as_ref().map(|key| json!(key.as_str()))),
-        ("p_metadata", request.metadata.as_ref().map(|metadata| Value::Object(metadata.as_map().clone()))),
+        (
+            "p_idempotency_key",
+            request
+                .idempotency_key
+                .as_ref()
+                .map(|key| json!(key.as_str())),
+        ),
+        (
+            "p_metadata",
+            request
+                .metadata
+                .as_ref()
+                .map(|metadata| Value::Object(metadata.as_map().clone())),
+        ),
     ]);
     RpcRequest::new(config, "grant_credits", body)
 }
 
 /// `get_credit_balance`.
 pub fn balance(config: &Config, user_id: &UserId) -> RpcRequest {
-    RpcRequest::new(config, "get_credit_balance", args([("p_user_id", Some(json!(user_id.to_string())))]))
+    RpcRequest::new(
+        config,
+        "get_credit_balance",
+        args([("p_user_id", Some(json!(user_id.to_string())))]),
+    )
 }
 
 /// `apply_rate_limit`.
@@ -216,7 +261,10 @@ pub fn limit(config: &Config, request: &LimitRequest) -> RpcRequest {
     let body = args([
         ("p_key", Some(json!(request.key.as_str()))),
         ("p_limit", Some(json!(request.limit.get()))),
-        ("p_window_seconds", Some(json!(request.window_seconds.get()))),
+        (
+            "p_window_seconds",
+            Some(json!(request.window_seconds.get())),
+        ),
         ("p_cost", Some(json!(request.cost.get()))),
     ]);
     RpcRequest::new(config, "apply_rate_limit", body)
@@ -228,7 +276,10 @@ pub fn charge_with_limit(config: &Config, request: &ChargeWithLimitRequest) -> R
     body.extend(args([
         ("p_limit_key", Some(json!(request.limit.key.as_str()))),
         ("p_limit", Some(json!(request.limit.limit.get()))),
-        ("p_window_seconds", Some(json!(request.limit.window_seconds.get()))),
+        (
+            "p_window_seconds",
+            Some(json!(request.limit.window_seconds.get())),
+        ),
         ("p_limit_cost", Some(json!(request.limit.cost.get()))),
     ]));
     RpcRequest::new(config, "charge_credits_with_limit", body)
@@ -248,7 +299,11 @@ mod tests {
     }
 
     fn header<'r>(request: &'r RpcRequest, name: &str) -> Option<&'r str> {
-        request.headers.iter().find(|(key, _)| key.eq_ignore_ascii_case(name)).map(|(_, value)| value.as_str())
+        request
+            .headers
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
     }
 
     #[test]
@@ -256,13 +311,29 @@ mod tests {
         let cases = [
             ("http://127.0.0.1:54321", "http://127.0.0.1:54321/rest/v1"),
             ("http://127.0.0.1:54321/", "http://127.0.0.1:54321/rest/v1"),
-            ("http://127.0.0.1:54321/rest/v1", "http://127.0.0.1:54321/rest/v1"),
-            ("http://127.0.0.1:54321/rest/v1/", "http://127.0.0.1:54321/rest/v1"),
-            ("  https://ABC.supabase.co  ", "https://abc.supabase.co/rest/v1"),
-            ("https://proxy.example/tenant", "https://proxy.example/tenant/rest/v1"),
+            (
+                "http://127.0.0.1:54321/rest/v1",
+                "http://127.0.0.1:54321/rest/v1",
+            ),
+            (
+                "http://127.0.0.1:54321/rest/v1/",
+                "http://127.0.0.1:54321/rest/v1",
+            ),
+            (
+                "  https://ABC.supabase.co  ",
+                "https://abc.supabase.co/rest/v1",
+            ),
+            (
+                "https://proxy.example/tenant",
+                "https://proxy.example/tenant/rest/v1",
+            ),
         ];
         for (input, expected) in cases {
-            assert_eq!(Config::new(input, KEY).expect(input).rest_url(), expected, "{input}");
+            assert_eq!(
+                Config::new(input, KEY).expect(input).rest_url(),
+                expected,
+                "{input}"
+            );
         }
     }
 
@@ -306,9 +377,15 @@ mod tests {
     fn every_request_carries_apikey_and_bearer() {
         let request = balance(&config(), &UserId::parse("userId", USER).expect("uuid"));
         assert_eq!(request.method(), "POST");
-        assert_eq!(request.url, "http://127.0.0.1:54321/rest/v1/rpc/get_credit_balance");
+        assert_eq!(
+            request.url,
+            "http://127.0.0.1:54321/rest/v1/rpc/get_credit_balance"
+        );
         assert_eq!(header(&request, "apikey"), Some(KEY));
-        assert_eq!(header(&request, "Authorization"), Some(format!("Bearer {KEY}").as_str()));
+        assert_eq!(
+            header(&request, "Authorization"),
+            Some(format!("Bearer {KEY}").as_str())
+        );
         assert_eq!(header(&request, "Content-Type"), Some("application/json"));
         assert_eq!(header(&request, "Accept"), Some("application/json"));
         assert_eq!(request.body, json!({"p_user_id": USER}));
@@ -316,12 +393,16 @@ mod tests {
 
     #[test]
     fn a_minimal_charge_leaves_defaults_to_sql() {
-        let request = ChargeRequest::from_json(&json!({"userId": USER, "operation": "image", "cost": 5}))
-            .expect("valid");
+        let request =
+            ChargeRequest::from_json(&json!({"userId": USER, "operation": "image", "cost": 5}))
+                .expect("valid");
         let rpc = charge(&config(), &request);
         assert_eq!(rpc.function, "charge_credits");
         assert_eq!(rpc.url, "http://127.0.0.1:54321/rest/v1/rpc/charge_credits");
-        assert_eq!(rpc.body, json!({"p_user_id": USER, "p_operation_type": "image", "p_cost": 5}));
+        assert_eq!(
+            rpc.body,
+            json!({"p_user_id": USER, "p_operation_type": "image", "p_cost": 5})
+        );
     }
 
     #[test]
@@ -342,10 +423,15 @@ mod tests {
     fn complete_sends_only_what_was_given() {
         let bare = CompleteRequest::from_json(&json!({"jobId": JOB})).expect("valid");
         let rpc = complete(&config(), &bare);
-        assert_eq!(rpc.url, "http://127.0.0.1:54321/rest/v1/rpc/complete_generation_job");
+        assert_eq!(
+            rpc.url,
+            "http://127.0.0.1:54321/rest/v1/rpc/complete_generation_job"
+        );
         assert_eq!(rpc.body, json!({"p_job_id": JOB}));
-        let full = CompleteRequest::from_json(&json!({"jobId": JOB, "resultUrl": "https://r/1.png", "actualCost": 3}))
-            .expect("valid");
+        let full = CompleteRequest::from_json(
+            &json!({"jobId": JOB, "resultUrl": "https://r/1.png", "actualCost": 3}),
+        )
+        .expect("valid");
         assert_eq!(
             complete(&config(), &full).body,
             json!({"p_job_id": JOB, "p_result_url": "https://r/1.png", "p_actual_cost": 3})
@@ -354,11 +440,15 @@ mod tests {
 
     #[test]
     fn refund_sends_a_null_amount_for_the_whole_hold() {
-        let request = RefundRequest::from_json(&json!({"userId": USER, "jobId": JOB, "reason": "failed"}))
-            .expect("valid");
+        let request =
+            RefundRequest::from_json(&json!({"userId": USER, "jobId": JOB, "reason": "failed"}))
+                .expect("valid");
         let rpc = refund(&config(), &request);
         assert_eq!(rpc.function, "refund_credits");
-        assert_eq!(rpc.body, json!({"p_user_id": USER, "p_job_id": JOB, "p_amount": null, "p_reason": "failed"}));
+        assert_eq!(
+            rpc.body,
+            json!({"p_user_id": USER, "p_job_id": JOB, "p_amount": null, "p_reason": "failed"})
+        );
         assert_eq!(rpc.body.to_string(), format!(
             "{{\"p_amount\":null,\"p_job_id\":\"{JOB}\",\"p_reason\":\"failed\",\"p_user_id\":\"{USER}\"}}"
         ));
@@ -380,10 +470,15 @@ mod tests {
 
     #[test]
     fn limit_always_sends_its_cost() {
-        let request = LimitRequest::from_json(&json!({"key": "ip:1.2.3.4", "limit": 5, "windowSeconds": 3600}))
-            .expect("valid");
+        let request = LimitRequest::from_json(
+            &json!({"key": "ip:1.2.3.4", "limit": 5, "windowSeconds": 3600}),
+        )
+        .expect("valid");
         let rpc = limit(&config(), &request);
-        assert_eq!(rpc.url, "http://127.0.0.1:54321/rest/v1/rpc/apply_rate_limit");
+        assert_eq!(
+            rpc.url,
+            "http://127.0.0.1:54321/rest/v1/rpc/apply_rate_limit"
+        );
         assert_eq!(
             rpc.body,
             json!({"p_key": "ip:1.2.3.4", "p_limit": 5, "p_window_seconds": 3600, "p_cost": 1})

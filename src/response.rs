@@ -6,7 +6,8 @@
 
 use crate::error::{CreditError, ErrorCode};
 use crate::types::{
-    BalanceResult, ChargeResult, ChargeWithLimitResult, CompleteResult, LimitRequest, RateLimitResult,
+    BalanceResult, ChargeResult, ChargeWithLimitResult, CompleteResult, LimitRequest,
+    RateLimitResult,
 };
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -21,7 +22,10 @@ pub struct RpcResponse {
 
 impl RpcResponse {
     pub fn new(status: u16, body: impl Into<String>) -> Self {
-        RpcResponse { status, body: body.into() }
+        RpcResponse {
+            status,
+            body: body.into(),
+        }
     }
 
     fn is_success(&self) -> bool {
@@ -35,7 +39,10 @@ impl RpcResponse {
         let row = match value {
             Value::Array(mut rows) if rows.len() == 1 => rows.swap_remove(0),
             Value::Array(rows) => {
-                return Err(unexpected(function, &format!("{} rows instead of 1", rows.len())));
+                return Err(unexpected(
+                    function,
+                    &format!("{} rows instead of 1", rows.len()),
+                ));
             }
             other => other,
         };
@@ -104,8 +111,13 @@ pub fn complete(response: &RpcResponse) -> Result<CompleteResult, CreditError> {
 }
 
 /// `refund_credits`, `grant_credits`: the new balance.
-pub fn balance_result(function: &str, response: &RpcResponse) -> Result<BalanceResult, CreditError> {
-    Ok(BalanceResult { balance: balance(function, response)? })
+pub fn balance_result(
+    function: &str,
+    response: &RpcResponse,
+) -> Result<BalanceResult, CreditError> {
+    Ok(BalanceResult {
+        balance: balance(function, response)?,
+    })
 }
 
 /// A scalar balance. A NULL balance can only mean there is no such user.
@@ -132,14 +144,21 @@ impl LimitRow {
             remaining: clamp(self.remaining),
             reset: clamp(self.reset_seconds),
             // Allowed means no waiting, whatever the row says.
-            retry_after: if self.allowed { 0 } else { clamp(self.retry_after_seconds).max(1) },
+            retry_after: if self.allowed {
+                0
+            } else {
+                clamp(self.retry_after_seconds).max(1)
+            },
             window_seconds: Some(request.window_seconds.get()),
         }
     }
 }
 
 /// `apply_rate_limit`.
-pub fn limit(request: &LimitRequest, response: &RpcResponse) -> Result<RateLimitResult, CreditError> {
+pub fn limit(
+    request: &LimitRequest,
+    response: &RpcResponse,
+) -> Result<RateLimitResult, CreditError> {
     let row: LimitRow = response.row("apply_rate_limit")?;
     Ok(row.into_result(request))
 }
@@ -170,7 +189,11 @@ pub fn charge_with_limit(
         rate_limit,
         job_id: row.job_id.filter(|_| allowed),
         balance: row.new_balance.filter(|_| allowed),
-        replayed: if allowed { Some(row.replayed.unwrap_or(false)) } else { None },
+        replayed: if allowed {
+            Some(row.replayed.unwrap_or(false))
+        } else {
+            None
+        },
         expires_at: row.expires_at.filter(|_| allowed),
     })
 }
@@ -187,13 +210,16 @@ mod tests {
     }
 
     fn limit_request() -> LimitRequest {
-        LimitRequest::from_json(&json!({"key": "k", "limit": 10, "windowSeconds": 60})).expect("valid")
+        LimitRequest::from_json(&json!({"key": "k", "limit": 10, "windowSeconds": 60}))
+            .expect("valid")
     }
 
     #[test]
     fn charge_decodes_its_row() {
-        let result = charge(&ok(json!([{"job_id": JOB, "new_balance": 95, "replayed": true,
-                                         "expires_at": "2030-01-01T00:15:00+00:00"}])))
+        let result = charge(&ok(
+            json!([{"job_id": JOB, "new_balance": 95, "replayed": true,
+                                         "expires_at": "2030-01-01T00:15:00+00:00"}]),
+        ))
         .expect("decodes");
         assert_eq!(
             result,
@@ -208,7 +234,12 @@ mod tests {
         let seed = charge(&ok(json!([{"job_id": JOB, "new_balance": 7}]))).expect("decodes");
         assert!(!seed.replayed);
         // An object rather than a one-row array, too.
-        assert_eq!(charge(&ok(json!({"job_id": JOB, "new_balance": 7}))).expect("decodes").balance, 7);
+        assert_eq!(
+            charge(&ok(json!({"job_id": JOB, "new_balance": 7})))
+                .expect("decodes")
+                .balance,
+            7
+        );
     }
 
     #[test]
@@ -242,8 +273,10 @@ mod tests {
 
     #[test]
     fn complete_decodes_status_and_refunded() {
-        let result = complete(&ok(json!([{"job_id": JOB, "status": "completed", "new_balance": 98, "refunded": 2}])))
-            .expect("decodes");
+        let result = complete(&ok(
+            json!([{"job_id": JOB, "status": "completed", "new_balance": 98, "refunded": 2}]),
+        ))
+        .expect("decodes");
         assert_eq!(result.status, "completed");
         assert_eq!(result.balance, 98);
         assert_eq!(result.refunded, 2);
@@ -258,14 +291,34 @@ mod tests {
 
     #[test]
     fn scalar_balances_decode() {
-        assert_eq!(balance("get_credit_balance", &ok(json!(42))).expect("decodes"), 42);
-        assert_eq!(balance_result("refund_credits", &ok(json!(0))).expect("decodes").balance, 0);
         assert_eq!(
-            balance("get_credit_balance", &ok(json!(null))).expect_err("null").code(),
+            balance("get_credit_balance", &ok(json!(42))).expect("decodes"),
+            42
+        );
+        assert_eq!(
+            balance_result("refund_credits", &ok(json!(0)))
+                .expect("decodes")
+                .balance,
+            0
+        );
+        assert_eq!(
+            balance("get_credit_balance", &ok(json!(null)))
+                .expect_err("null")
+                .code(),
             ErrorCode::UserNotFound
         );
-        assert_eq!(balance("get_credit_balance", &ok(json!("42"))).expect_err("string").code(), ErrorCode::Upstream);
-        assert_eq!(balance("get_credit_balance", &ok(json!(1.5))).expect_err("float").code(), ErrorCode::Upstream);
+        assert_eq!(
+            balance("get_credit_balance", &ok(json!("42")))
+                .expect_err("string")
+                .code(),
+            ErrorCode::Upstream
+        );
+        assert_eq!(
+            balance("get_credit_balance", &ok(json!(1.5)))
+                .expect_err("float")
+                .code(),
+            ErrorCode::Upstream
+        );
     }
 
     #[test]
@@ -277,32 +330,54 @@ mod tests {
         .expect("decodes");
         assert_eq!(
             result,
-            RateLimitResult { success: true, limit: 10, remaining: 9, reset: 60, retry_after: 0, window_seconds: Some(60) }
+            RateLimitResult {
+                success: true,
+                limit: 10,
+                remaining: 9,
+                reset: 60,
+                retry_after: 0,
+                window_seconds: Some(60)
+            }
         );
     }
 
     #[test]
     fn a_denied_limit_always_says_when_to_retry() {
         let row = |retry: i64| json!([{"allowed": false, "limit": 10, "remaining": 0, "reset_seconds": 30, "retry_after_seconds": retry}]);
-        assert_eq!(limit(&limit_request(), &ok(row(30))).expect("decodes").retry_after, 30);
+        assert_eq!(
+            limit(&limit_request(), &ok(row(30)))
+                .expect("decodes")
+                .retry_after,
+            30
+        );
         // A denial with retry 0 would invite a hot loop: at least 1 s.
-        assert_eq!(limit(&limit_request(), &ok(row(0))).expect("decodes").retry_after, 1);
+        assert_eq!(
+            limit(&limit_request(), &ok(row(0)))
+                .expect("decodes")
+                .retry_after,
+            1
+        );
         // Negative values from a confused server do not wrap around.
         let negative = limit(
             &limit_request(),
             &ok(json!([{"allowed": false, "limit": 10, "remaining": -3, "reset_seconds": -1, "retry_after_seconds": -5}])),
         )
         .expect("decodes");
-        assert_eq!((negative.remaining, negative.reset, negative.retry_after), (0, 0, 1));
+        assert_eq!(
+            (negative.remaining, negative.reset, negative.retry_after),
+            (0, 0, 1)
+        );
     }
 
     #[test]
     fn charge_with_limit_decodes_both_outcomes() {
         let allowed = charge_with_limit(
             &limit_request(),
-            &ok(json!([{"allowed": true, "job_id": JOB, "new_balance": 90, "replayed": false,
+            &ok(
+                json!([{"allowed": true, "job_id": JOB, "new_balance": 90, "replayed": false,
                         "expires_at": "2030-01-01T00:00:00Z", "limit": 10, "remaining": 4,
-                        "reset_seconds": 50, "retry_after_seconds": 0}])),
+                        "reset_seconds": 50, "retry_after_seconds": 0}]),
+            ),
         )
         .expect("decodes");
         assert!(allowed.rate_limit.success);
@@ -312,20 +387,30 @@ mod tests {
 
         let denied = charge_with_limit(
             &limit_request(),
-            &ok(json!([{"allowed": false, "job_id": null, "new_balance": null, "replayed": null,
+            &ok(
+                json!([{"allowed": false, "job_id": null, "new_balance": null, "replayed": null,
                         "expires_at": null, "limit": 10, "remaining": 0,
-                        "reset_seconds": 12, "retry_after_seconds": 12}])),
+                        "reset_seconds": 12, "retry_after_seconds": 12}]),
+            ),
         )
         .expect("decodes");
         assert!(!denied.rate_limit.success);
         assert_eq!(denied.rate_limit.retry_after, 12);
-        assert_eq!((denied.job_id, denied.balance, denied.replayed), (None, None, None));
+        assert_eq!(
+            (denied.job_id, denied.balance, denied.replayed),
+            (None, None, None)
+        );
 
         let broken = charge_with_limit(
             &limit_request(),
-            &ok(json!([{"allowed": true, "job_id": null, "new_balance": null, "replayed": null,
-                        "expires_at": null, "limit": 10, "remaining": 0, "reset_seconds": 1, "retry_after_seconds": 0}])),
+            &ok(
+                json!([{"allowed": true, "job_id": null, "new_balance": null, "replayed": null,
+                        "expires_at": null, "limit": 10, "remaining": 0, "reset_seconds": 1, "retry_after_seconds": 0}]),
+            ),
         );
-        assert_eq!(broken.expect_err("inconsistent").code(), ErrorCode::Upstream);
+        assert_eq!(
+            broken.expect_err("inconsistent").code(),
+            ErrorCode::Upstream
+        );
     }
 }

@@ -89,9 +89,17 @@ enum TextRule {
     Prose,
 }
 
-fn check_text(field: &str, text: &str, chars_max: usize, rule: TextRule) -> Result<(), CreditError> {
+fn check_text(
+    field: &str,
+    text: &str,
+    chars_max: usize,
+    rule: TextRule,
+) -> Result<(), CreditError> {
     if text.trim().is_empty() {
-        return Err(CreditError::invalid_argument(field, format!("{field} must not be empty")));
+        return Err(CreditError::invalid_argument(
+            field,
+            format!("{field} must not be empty"),
+        ));
     }
     let chars = text.chars().count();
     if chars > chars_max {
@@ -283,7 +291,9 @@ impl Metadata {
 pub fn jsonb_text_bytes(value: &Value) -> usize {
     let separators = |count: usize| count.saturating_sub(1) * 2;
     match value {
-        Value::Array(items) => 2 + items.iter().map(jsonb_text_bytes).sum::<usize>() + separators(items.len()),
+        Value::Array(items) => {
+            2 + items.iter().map(jsonb_text_bytes).sum::<usize>() + separators(items.len())
+        }
         Value::Object(map) => {
             2 + map
                 .iter()
@@ -297,14 +307,18 @@ pub fn jsonb_text_bytes(value: &Value) -> usize {
 }
 
 fn json_string_bytes(text: &str) -> usize {
-    serde_json::to_string(text).map(|quoted| quoted.len()).unwrap_or(usize::MAX / 4)
+    serde_json::to_string(text)
+        .map(|quoted| quoted.len())
+        .unwrap_or(usize::MAX / 4)
 }
 
 fn contains_nul(value: &Value) -> bool {
     match value {
         Value::String(text) => text.contains('\0'),
         Value::Array(items) => items.iter().any(contains_nul),
-        Value::Object(map) => map.iter().any(|(key, item)| key.contains('\0') || contains_nul(item)),
+        Value::Object(map) => map
+            .iter()
+            .any(|(key, item)| key.contains('\0') || contains_nul(item)),
         _ => false,
     }
 }
@@ -330,7 +344,11 @@ impl<'a> Fields<'a> {
         if let Some(unknown) = map.keys().find(|key| !known.contains(&key.as_str())) {
             return Err(CreditError::invalid_argument(
                 unknown,
-                format!("{what} got an unknown field {}; expected {}", quote(unknown), known.join(", ")),
+                format!(
+                    "{what} got an unknown field {}; expected {}",
+                    quote(unknown),
+                    known.join(", ")
+                ),
             ));
         }
         Ok(Fields { map })
@@ -359,21 +377,30 @@ impl<'a> Fields<'a> {
     }
 
     fn optional_integer(&self, name: &str) -> Result<Option<i64>, CreditError> {
-        self.get(name).map(|value| as_integer(name, value)).transpose()
+        self.get(name)
+            .map(|value| as_integer(name, value))
+            .transpose()
     }
 }
 
 fn as_str<'v>(name: &str, value: &'v Value) -> Result<&'v str, CreditError> {
     value.as_str().ok_or_else(|| {
-        CreditError::invalid_argument(name, format!("{name} must be a string, got {}", type_name(value)))
+        CreditError::invalid_argument(
+            name,
+            format!("{name} must be a string, got {}", type_name(value)),
+        )
     })
 }
 
 /// An integer from a JSON number. JS numbers are doubles, so `5.0` is 5;
 /// `5.5`, `NaN` (which arrives as null) and `1e300` are refused.
 fn as_integer(name: &str, value: &Value) -> Result<i64, CreditError> {
-    let not_integer =
-        || CreditError::invalid_argument(name, format!("{name} must be an integer, got {}", describe(value)));
+    let not_integer = || {
+        CreditError::invalid_argument(
+            name,
+            format!("{name} must be an integer, got {}", describe(value)),
+        )
+    };
     let Value::Number(number) = value else {
         return Err(CreditError::invalid_argument(
             name,
@@ -441,7 +468,14 @@ pub struct ChargeRequest {
     pub hold_seconds: Option<HoldSeconds>,
 }
 
-const CHARGE_FIELDS: [&str; 6] = ["userId", "operation", "cost", "idempotencyKey", "metadata", "holdSeconds"];
+const CHARGE_FIELDS: [&str; 6] = [
+    "userId",
+    "operation",
+    "cost",
+    "idempotencyKey",
+    "metadata",
+    "holdSeconds",
+];
 
 impl ChargeRequest {
     /// Parses `{ userId, operation, cost, idempotencyKey?, metadata?, holdSeconds? }`.
@@ -464,9 +498,18 @@ impl ChargeRequest {
             user_id: UserId::parse("userId", fields.string("userId")?)?,
             operation: Operation::new(fields.string("operation")?)?,
             cost: Cost::new(fields.integer("cost")?)?,
-            idempotency_key: fields.optional_string("idempotencyKey")?.map(IdempotencyKey::new).transpose()?,
-            metadata: fields.get("metadata").map(|value| Metadata::new(value.clone())).transpose()?,
-            hold_seconds: fields.optional_integer("holdSeconds")?.map(HoldSeconds::new).transpose()?,
+            idempotency_key: fields
+                .optional_string("idempotencyKey")?
+                .map(IdempotencyKey::new)
+                .transpose()?,
+            metadata: fields
+                .get("metadata")
+                .map(|value| Metadata::new(value.clone()))
+                .transpose()?,
+            hold_seconds: fields
+                .optional_integer("holdSeconds")?
+                .map(HoldSeconds::new)
+                .transpose()?,
         })
     }
 }
@@ -485,8 +528,14 @@ impl CompleteRequest {
         let fields = Fields::new("complete", value, &["jobId", "resultUrl", "actualCost"])?;
         Ok(CompleteRequest {
             job_id: JobId::parse("jobId", fields.string("jobId")?)?,
-            result_url: fields.optional_string("resultUrl")?.map(ResultUrl::new).transpose()?,
-            actual_cost: fields.optional_integer("actualCost")?.map(ActualCost::new).transpose()?,
+            result_url: fields
+                .optional_string("resultUrl")?
+                .map(ResultUrl::new)
+                .transpose()?,
+            actual_cost: fields
+                .optional_integer("actualCost")?
+                .map(ActualCost::new)
+                .transpose()?,
         })
     }
 }
@@ -524,14 +573,23 @@ pub struct GrantRequest {
 impl GrantRequest {
     /// Parses `{ userId, amount, reason, idempotencyKey?, metadata? }`.
     pub fn from_json(value: &Value) -> Result<Self, CreditError> {
-        let fields =
-            Fields::new("grant", value, &["userId", "amount", "reason", "idempotencyKey", "metadata"])?;
+        let fields = Fields::new(
+            "grant",
+            value,
+            &["userId", "amount", "reason", "idempotencyKey", "metadata"],
+        )?;
         Ok(GrantRequest {
             user_id: UserId::parse("userId", fields.string("userId")?)?,
             amount: Amount::new(fields.integer("amount")?)?,
             reason: Reason::new(fields.string("reason")?)?,
-            idempotency_key: fields.optional_string("idempotencyKey")?.map(IdempotencyKey::new).transpose()?,
-            metadata: fields.get("metadata").map(|value| Metadata::new(value.clone())).transpose()?,
+            idempotency_key: fields
+                .optional_string("idempotencyKey")?
+                .map(IdempotencyKey::new)
+                .transpose()?,
+            metadata: fields
+                .get("metadata")
+                .map(|value| Metadata::new(value.clone()))
+                .transpose()?,
         })
     }
 }
@@ -565,10 +623,19 @@ impl LimitRequest {
         if cost.get() > limit.get() {
             return Err(CreditError::invalid_argument(
                 cost_field,
-                format!("{cost_field} ({}) must not exceed limit ({})", cost.get(), limit.get()),
+                format!(
+                    "{cost_field} ({}) must not exceed limit ({})",
+                    cost.get(),
+                    limit.get()
+                ),
             ));
         }
-        Ok(LimitRequest { key, limit, window_seconds, cost })
+        Ok(LimitRequest {
+            key,
+            limit,
+            window_seconds,
+            cost,
+        })
     }
 }
 
@@ -612,8 +679,14 @@ impl RunOutput {
         };
         let fields = Fields { map };
         Ok(RunOutput {
-            result_url: fields.optional_string("resultUrl")?.map(ResultUrl::new).transpose()?,
-            actual_cost: fields.optional_integer("actualCost")?.map(ActualCost::new).transpose()?,
+            result_url: fields
+                .optional_string("resultUrl")?
+                .map(ResultUrl::new)
+                .transpose()?,
+            actual_cost: fields
+                .optional_integer("actualCost")?
+                .map(ActualCost::new)
+                .transpose()?,
         })
     }
 }
@@ -702,7 +775,10 @@ mod tests {
     fn field_of(result: Result<impl std::fmt::Debug, CreditError>) -> String {
         let error = result.expect_err("should be refused");
         assert_eq!(error.code(), ErrorCode::InvalidArgument, "{error}");
-        error.details()["field"].as_str().unwrap_or_default().to_owned()
+        error.details()["field"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
     }
 
     fn charge(overrides: Value) -> Value {
@@ -730,8 +806,17 @@ mod tests {
             "idempotencyKey": "req-1", "metadata": {"model": "x"}, "holdSeconds": 60
         })))
         .expect("valid");
-        assert_eq!(request.idempotency_key.as_ref().map(IdempotencyKey::as_str), Some("req-1"));
-        assert_eq!(request.metadata.as_ref().map(|m| m.as_map()["model"].clone()), Some(json!("x")));
+        assert_eq!(
+            request.idempotency_key.as_ref().map(IdempotencyKey::as_str),
+            Some("req-1")
+        );
+        assert_eq!(
+            request
+                .metadata
+                .as_ref()
+                .map(|m| m.as_map()["model"].clone()),
+            Some(json!("x"))
+        );
         assert_eq!(request.hold_seconds.map(HoldSeconds::get), Some(60));
     }
 
@@ -747,30 +832,67 @@ mod tests {
 
     #[test]
     fn uuids_are_normalized_to_lowercase() {
-        let request = ChargeRequest::from_json(&charge(json!({"userId": USER.to_uppercase()}))).expect("valid");
+        let request = ChargeRequest::from_json(&charge(json!({"userId": USER.to_uppercase()})))
+            .expect("valid");
         assert_eq!(request.user_id.to_string(), USER);
     }
 
     #[test]
     fn cost_bounds() {
-        assert_eq!(field_of(ChargeRequest::from_json(&charge(json!({"cost": 0})))), "cost");
-        assert_eq!(field_of(ChargeRequest::from_json(&charge(json!({"cost": -1})))), "cost");
+        assert_eq!(
+            field_of(ChargeRequest::from_json(&charge(json!({"cost": 0})))),
+            "cost"
+        );
+        assert_eq!(
+            field_of(ChargeRequest::from_json(&charge(json!({"cost": -1})))),
+            "cost"
+        );
         assert!(ChargeRequest::from_json(&charge(json!({"cost": 1}))).is_ok());
         assert!(ChargeRequest::from_json(&charge(json!({"cost": 1_000_000_000}))).is_ok());
-        assert_eq!(field_of(ChargeRequest::from_json(&charge(json!({"cost": 1_000_000_001})))), "cost");
-        assert_eq!(field_of(ChargeRequest::from_json(&charge(json!({"cost": 2147483648_i64})))), "cost");
-        assert_eq!(field_of(ChargeRequest::from_json(&charge(json!({"cost": u64::MAX})))), "cost");
-        assert_eq!(field_of(ChargeRequest::from_json(&charge(json!({"cost": 1e300})))), "cost");
-        assert_eq!(field_of(ChargeRequest::from_json(&charge(json!({"cost": -1e300})))), "cost");
+        assert_eq!(
+            field_of(ChargeRequest::from_json(&charge(
+                json!({"cost": 1_000_000_001})
+            ))),
+            "cost"
+        );
+        assert_eq!(
+            field_of(ChargeRequest::from_json(&charge(
+                json!({"cost": 2147483648_i64})
+            ))),
+            "cost"
+        );
+        assert_eq!(
+            field_of(ChargeRequest::from_json(&charge(json!({"cost": u64::MAX})))),
+            "cost"
+        );
+        assert_eq!(
+            field_of(ChargeRequest::from_json(&charge(json!({"cost": 1e300})))),
+            "cost"
+        );
+        assert_eq!(
+            field_of(ChargeRequest::from_json(&charge(json!({"cost": -1e300})))),
+            "cost"
+        );
     }
 
     #[test]
     fn cost_must_be_an_integer_number() {
         assert!(ChargeRequest::from_json(&charge(json!({"cost": 5.0}))).is_ok());
-        for bad in [json!(5.5), json!("5"), json!(true), json!([5]), json!({"n": 5}), json!(null)] {
-            assert_eq!(field_of(ChargeRequest::from_json(&charge(json!({ "cost": bad })))), "cost");
+        for bad in [
+            json!(5.5),
+            json!("5"),
+            json!(true),
+            json!([5]),
+            json!({"n": 5}),
+            json!(null),
+        ] {
+            assert_eq!(
+                field_of(ChargeRequest::from_json(&charge(json!({ "cost": bad })))),
+                "cost"
+            );
         }
-        let error = ChargeRequest::from_json(&charge(json!({"cost": 5.5}))).expect_err("fractional");
+        let error =
+            ChargeRequest::from_json(&charge(json!({"cost": 5.5}))).expect_err("fractional");
         assert_eq!(error.message(), "cost must be an integer, got 5.5");
         let error = ChargeRequest::from_json(&charge(json!({"cost": "5"}))).expect_err("string");
         assert_eq!(error.message(), "cost must be a number, got a string");
@@ -783,11 +905,34 @@ mod tests {
         let at_max = "o".repeat(OPERATION_CHARS_MAX);
         let past_max = "o".repeat(OPERATION_CHARS_MAX + 1);
         assert!(ChargeRequest::from_json(&charge(json!({"operation": at_max}))).is_ok());
-        assert_eq!(field_of(ChargeRequest::from_json(&charge(json!({"operation": past_max})))), "operation");
-        assert_eq!(field_of(ChargeRequest::from_json(&charge(json!({"operation": ""})))), "operation");
-        assert_eq!(field_of(ChargeRequest::from_json(&charge(json!({"operation": "   "})))), "operation");
-        assert_eq!(field_of(ChargeRequest::from_json(&charge(json!({"operation": "a\nb"})))), "operation");
-        assert_eq!(field_of(ChargeRequest::from_json(&charge(json!({"operation": "a\u{0}b"})))), "operation");
+        assert_eq!(
+            field_of(ChargeRequest::from_json(&charge(
+                json!({"operation": past_max})
+            ))),
+            "operation"
+        );
+        assert_eq!(
+            field_of(ChargeRequest::from_json(&charge(json!({"operation": ""})))),
+            "operation"
+        );
+        assert_eq!(
+            field_of(ChargeRequest::from_json(&charge(
+                json!({"operation": "   "})
+            ))),
+            "operation"
+        );
+        assert_eq!(
+            field_of(ChargeRequest::from_json(&charge(
+                json!({"operation": "a\nb"})
+            ))),
+            "operation"
+        );
+        assert_eq!(
+            field_of(ChargeRequest::from_json(&charge(
+                json!({"operation": "a\u{0}b"})
+            ))),
+            "operation"
+        );
         // Chars, not bytes: 64 two-byte chars are fine.
         assert!(ChargeRequest::from_json(&charge(json!({"operation": "é".repeat(64)}))).is_ok());
         assert!(ChargeRequest::from_json(&charge(json!({"operation": "é".repeat(65)}))).is_err());
@@ -798,21 +943,42 @@ mod tests {
         let at_max = "k".repeat(IDEMPOTENCY_KEY_CHARS_MAX);
         let past_max = "k".repeat(IDEMPOTENCY_KEY_CHARS_MAX + 1);
         assert!(ChargeRequest::from_json(&charge(json!({"idempotencyKey": at_max}))).is_ok());
-        let error = ChargeRequest::from_json(&charge(json!({"idempotencyKey": past_max}))).expect_err("too long");
+        let error = ChargeRequest::from_json(&charge(json!({"idempotencyKey": past_max})))
+            .expect_err("too long");
         assert_eq!(error.details()["field"], "idempotencyKey");
         assert_eq!(error.details()["max"], 255);
-        assert_eq!(error.message(), "idempotencyKey must be at most 255 characters, got 256");
-        assert_eq!(field_of(ChargeRequest::from_json(&charge(json!({"idempotencyKey": ""})))), "idempotencyKey");
-        assert_eq!(field_of(ChargeRequest::from_json(&charge(json!({"idempotencyKey": 7})))), "idempotencyKey");
+        assert_eq!(
+            error.message(),
+            "idempotencyKey must be at most 255 characters, got 256"
+        );
+        assert_eq!(
+            field_of(ChargeRequest::from_json(&charge(
+                json!({"idempotencyKey": ""})
+            ))),
+            "idempotencyKey"
+        );
+        assert_eq!(
+            field_of(ChargeRequest::from_json(&charge(
+                json!({"idempotencyKey": 7})
+            ))),
+            "idempotencyKey"
+        );
     }
 
     #[test]
     fn hold_seconds_bounds() {
-        assert_eq!(field_of(ChargeRequest::from_json(&charge(json!({"holdSeconds": 0})))), "holdSeconds");
-        assert!(ChargeRequest::from_json(&charge(json!({"holdSeconds": 1}))).is_ok());
-        assert!(ChargeRequest::from_json(&charge(json!({"holdSeconds": HOLD_SECONDS_MAX}))).is_ok());
         assert_eq!(
-            field_of(ChargeRequest::from_json(&charge(json!({"holdSeconds": HOLD_SECONDS_MAX + 1})))),
+            field_of(ChargeRequest::from_json(&charge(json!({"holdSeconds": 0})))),
+            "holdSeconds"
+        );
+        assert!(ChargeRequest::from_json(&charge(json!({"holdSeconds": 1}))).is_ok());
+        assert!(
+            ChargeRequest::from_json(&charge(json!({"holdSeconds": HOLD_SECONDS_MAX}))).is_ok()
+        );
+        assert_eq!(
+            field_of(ChargeRequest::from_json(&charge(
+                json!({"holdSeconds": HOLD_SECONDS_MAX + 1})
+            ))),
             "holdSeconds"
         );
     }
@@ -820,15 +986,27 @@ mod tests {
     #[test]
     fn metadata_must_be_a_small_object() {
         for bad in [json!([1]), json!("x"), json!(3), json!(true)] {
-            assert_eq!(field_of(ChargeRequest::from_json(&charge(json!({ "metadata": bad })))), "metadata");
+            assert_eq!(
+                field_of(ChargeRequest::from_json(&charge(
+                    json!({ "metadata": bad })
+                ))),
+                "metadata"
+            );
         }
         // {"a": "..."} is 9 bytes of jsonb text around the string.
         let fits = "x".repeat(METADATA_BYTES_MAX - 9);
         assert!(ChargeRequest::from_json(&charge(json!({"metadata": {"a": fits}}))).is_ok());
         let too_big = "x".repeat(METADATA_BYTES_MAX - 8);
-        assert_eq!(field_of(ChargeRequest::from_json(&charge(json!({"metadata": {"a": too_big}})))), "metadata");
         assert_eq!(
-            field_of(ChargeRequest::from_json(&charge(json!({"metadata": {"a": ["ok", {"b": "\u{0}"}]}})))),
+            field_of(ChargeRequest::from_json(&charge(
+                json!({"metadata": {"a": too_big}})
+            ))),
+            "metadata"
+        );
+        assert_eq!(
+            field_of(ChargeRequest::from_json(&charge(
+                json!({"metadata": {"a": ["ok", {"b": "\u{0}"}]}})
+            ))),
             "metadata"
         );
     }
@@ -836,7 +1014,10 @@ mod tests {
     #[test]
     fn jsonb_text_length_matches_postgres_printing() {
         // SELECT octet_length('{"a":1,"b":[1,2],"c":{"d":null}}'::jsonb::text) = 39
-        assert_eq!(jsonb_text_bytes(&json!({"a": 1, "b": [1, 2], "c": {"d": null}})), 39);
+        assert_eq!(
+            jsonb_text_bytes(&json!({"a": 1, "b": [1, 2], "c": {"d": null}})),
+            39
+        );
         assert_eq!(jsonb_text_bytes(&json!({})), 2);
         assert_eq!(jsonb_text_bytes(&json!([])), 2);
         // SELECT octet_length(jsonb_build_object('q', E'say "hi"\n')::text) = 21
@@ -845,19 +1026,36 @@ mod tests {
 
     #[test]
     fn user_ids_must_be_uuids() {
-        for bad in ["", "not-a-uuid", "9b2d1c0e-8f1a-4c2b-9d3e-5f6a7b8c9d0", "' OR 1=1 --"] {
-            assert_eq!(field_of(ChargeRequest::from_json(&charge(json!({ "userId": bad })))), "userId", "{bad}");
+        for bad in [
+            "",
+            "not-a-uuid",
+            "9b2d1c0e-8f1a-4c2b-9d3e-5f6a7b8c9d0",
+            "' OR 1=1 --",
+        ] {
+            assert_eq!(
+                field_of(ChargeRequest::from_json(&charge(json!({ "userId": bad })))),
+                "userId",
+                "{bad}"
+            );
         }
-        assert_eq!(field_of(ChargeRequest::from_json(&charge(json!({"userId": 42})))), "userId");
+        assert_eq!(
+            field_of(ChargeRequest::from_json(&charge(json!({"userId": 42})))),
+            "userId"
+        );
         let error = ChargeRequest::from_json(&charge(json!({"userId": ""}))).expect_err("empty");
         assert_eq!(error.message(), "userId must not be empty");
     }
 
     #[test]
     fn unknown_fields_are_refused() {
-        let error = ChargeRequest::from_json(&charge(json!({"idempotencykey": "k"}))).expect_err("typo");
+        let error =
+            ChargeRequest::from_json(&charge(json!({"idempotencykey": "k"}))).expect_err("typo");
         assert_eq!(error.details()["field"], "idempotencykey");
-        assert!(error.message().contains("unknown field"), "{}", error.message());
+        assert!(
+            error.message().contains("unknown field"),
+            "{}",
+            error.message()
+        );
     }
 
     #[test]
@@ -877,39 +1075,79 @@ mod tests {
         let request = CompleteRequest::from_json(&json!({"jobId": JOB})).expect("valid");
         assert_eq!(request.job_id.to_string(), JOB);
         assert_eq!(request.actual_cost, None);
-        let request =
-            CompleteRequest::from_json(&json!({"jobId": JOB, "resultUrl": "https://x/y.png", "actualCost": 0}))
-                .expect("valid");
+        let request = CompleteRequest::from_json(
+            &json!({"jobId": JOB, "resultUrl": "https://x/y.png", "actualCost": 0}),
+        )
+        .expect("valid");
         assert_eq!(request.actual_cost.map(ActualCost::get), Some(0));
-        assert_eq!(request.result_url.as_ref().map(ResultUrl::as_str), Some("https://x/y.png"));
-        assert_eq!(field_of(CompleteRequest::from_json(&json!({"jobId": JOB, "actualCost": -1}))), "actualCost");
-        assert_eq!(field_of(CompleteRequest::from_json(&json!({"jobId": "x"}))), "jobId");
+        assert_eq!(
+            request.result_url.as_ref().map(ResultUrl::as_str),
+            Some("https://x/y.png")
+        );
+        assert_eq!(
+            field_of(CompleteRequest::from_json(
+                &json!({"jobId": JOB, "actualCost": -1})
+            )),
+            "actualCost"
+        );
+        assert_eq!(
+            field_of(CompleteRequest::from_json(&json!({"jobId": "x"}))),
+            "jobId"
+        );
         assert_eq!(field_of(CompleteRequest::from_json(&json!({}))), "jobId");
         let url_at_max = "u".repeat(RESULT_URL_CHARS_MAX);
         let url_past_max = "u".repeat(RESULT_URL_CHARS_MAX + 1);
-        assert!(CompleteRequest::from_json(&json!({"jobId": JOB, "resultUrl": url_at_max})).is_ok());
-        assert_eq!(field_of(CompleteRequest::from_json(&json!({"jobId": JOB, "resultUrl": url_past_max}))), "resultUrl");
+        assert!(
+            CompleteRequest::from_json(&json!({"jobId": JOB, "resultUrl": url_at_max})).is_ok()
+        );
+        assert_eq!(
+            field_of(CompleteRequest::from_json(
+                &json!({"jobId": JOB, "resultUrl": url_past_max})
+            )),
+            "resultUrl"
+        );
     }
 
     #[test]
     fn refund_needs_user_job_and_reason() {
-        let request =
-            RefundRequest::from_json(&json!({"userId": USER, "jobId": JOB, "reason": "generation failed"}))
-                .expect("valid");
+        let request = RefundRequest::from_json(
+            &json!({"userId": USER, "jobId": JOB, "reason": "generation failed"}),
+        )
+        .expect("valid");
         assert_eq!(request.reason.as_str(), "generation failed");
-        assert_eq!(field_of(RefundRequest::from_json(&json!({"userId": USER, "jobId": JOB}))), "reason");
-        assert_eq!(field_of(RefundRequest::from_json(&json!({"userId": USER, "jobId": JOB, "reason": ""}))), "reason");
-        // Prose may span lines, but not hold NUL.
-        assert!(RefundRequest::from_json(&json!({"userId": USER, "jobId": JOB, "reason": "a\nb"})).is_ok());
         assert_eq!(
-            field_of(RefundRequest::from_json(&json!({"userId": USER, "jobId": JOB, "reason": "a\u{0}b"}))),
+            field_of(RefundRequest::from_json(
+                &json!({"userId": USER, "jobId": JOB})
+            )),
+            "reason"
+        );
+        assert_eq!(
+            field_of(RefundRequest::from_json(
+                &json!({"userId": USER, "jobId": JOB, "reason": ""})
+            )),
+            "reason"
+        );
+        // Prose may span lines, but not hold NUL.
+        assert!(
+            RefundRequest::from_json(&json!({"userId": USER, "jobId": JOB, "reason": "a\nb"}))
+                .is_ok()
+        );
+        assert_eq!(
+            field_of(RefundRequest::from_json(
+                &json!({"userId": USER, "jobId": JOB, "reason": "a\u{0}b"})
+            )),
             "reason"
         );
         let at_max = "r".repeat(REASON_CHARS_MAX);
         let past_max = "r".repeat(REASON_CHARS_MAX + 1);
-        assert!(RefundRequest::from_json(&json!({"userId": USER, "jobId": JOB, "reason": at_max})).is_ok());
+        assert!(
+            RefundRequest::from_json(&json!({"userId": USER, "jobId": JOB, "reason": at_max}))
+                .is_ok()
+        );
         assert_eq!(
-            field_of(RefundRequest::from_json(&json!({"userId": USER, "jobId": JOB, "reason": past_max}))),
+            field_of(RefundRequest::from_json(
+                &json!({"userId": USER, "jobId": JOB, "reason": past_max})
+            )),
             "reason"
         );
     }
@@ -917,10 +1155,16 @@ mod tests {
     #[test]
     fn grant_amount_bounds() {
         let grant = |amount: Value| json!({"userId": USER, "amount": amount, "reason": "purchase"});
-        assert_eq!(field_of(GrantRequest::from_json(&grant(json!(0)))), "amount");
+        assert_eq!(
+            field_of(GrantRequest::from_json(&grant(json!(0)))),
+            "amount"
+        );
         assert!(GrantRequest::from_json(&grant(json!(1))).is_ok());
         assert!(GrantRequest::from_json(&grant(json!(1_000_000_000))).is_ok());
-        assert_eq!(field_of(GrantRequest::from_json(&grant(json!(1_000_000_001)))), "amount");
+        assert_eq!(
+            field_of(GrantRequest::from_json(&grant(json!(1_000_000_001)))),
+            "amount"
+        );
     }
 
     #[test]
@@ -934,20 +1178,48 @@ mod tests {
         };
         let request = LimitRequest::from_json(&limit(json!({}))).expect("valid");
         assert_eq!(request.cost.get(), 1);
-        assert_eq!(field_of(LimitRequest::from_json(&limit(json!({"limit": 0})))), "limit");
+        assert_eq!(
+            field_of(LimitRequest::from_json(&limit(json!({"limit": 0})))),
+            "limit"
+        );
         assert!(LimitRequest::from_json(&limit(json!({"limit": 1}))).is_ok());
         assert!(LimitRequest::from_json(&limit(json!({"limit": 1_000_000}))).is_ok());
-        assert_eq!(field_of(LimitRequest::from_json(&limit(json!({"limit": 1_000_001})))), "limit");
-        assert_eq!(field_of(LimitRequest::from_json(&limit(json!({"windowSeconds": 0})))), "windowSeconds");
+        assert_eq!(
+            field_of(LimitRequest::from_json(&limit(json!({"limit": 1_000_001})))),
+            "limit"
+        );
+        assert_eq!(
+            field_of(LimitRequest::from_json(&limit(json!({"windowSeconds": 0})))),
+            "windowSeconds"
+        );
         assert!(LimitRequest::from_json(&limit(json!({"windowSeconds": 1}))).is_ok());
         assert!(LimitRequest::from_json(&limit(json!({"windowSeconds": 86400}))).is_ok());
-        assert_eq!(field_of(LimitRequest::from_json(&limit(json!({"windowSeconds": 86401})))), "windowSeconds");
-        assert_eq!(field_of(LimitRequest::from_json(&limit(json!({"cost": 0})))), "cost");
+        assert_eq!(
+            field_of(LimitRequest::from_json(&limit(
+                json!({"windowSeconds": 86401})
+            ))),
+            "windowSeconds"
+        );
+        assert_eq!(
+            field_of(LimitRequest::from_json(&limit(json!({"cost": 0})))),
+            "cost"
+        );
         assert!(LimitRequest::from_json(&limit(json!({"cost": 10}))).is_ok());
-        assert_eq!(field_of(LimitRequest::from_json(&limit(json!({"cost": 11})))), "cost");
-        assert_eq!(field_of(LimitRequest::from_json(&limit(json!({"key": ""})))), "key");
+        assert_eq!(
+            field_of(LimitRequest::from_json(&limit(json!({"cost": 11})))),
+            "cost"
+        );
+        assert_eq!(
+            field_of(LimitRequest::from_json(&limit(json!({"key": ""})))),
+            "key"
+        );
         assert!(LimitRequest::from_json(&limit(json!({"key": "k".repeat(255)}))).is_ok());
-        assert_eq!(field_of(LimitRequest::from_json(&limit(json!({"key": "k".repeat(256)})))), "key");
+        assert_eq!(
+            field_of(LimitRequest::from_json(&limit(
+                json!({"key": "k".repeat(256)})
+            ))),
+            "key"
+        );
     }
 
     #[test]
@@ -962,21 +1234,43 @@ mod tests {
         assert_eq!(request.limit.limit.get(), 3);
         let mut heavy = value.clone();
         heavy["limitCost"] = json!(4);
-        assert_eq!(field_of(ChargeWithLimitRequest::from_json(&heavy)), "limitCost");
+        assert_eq!(
+            field_of(ChargeWithLimitRequest::from_json(&heavy)),
+            "limitCost"
+        );
         let mut no_window = value;
-        no_window.as_object_mut().map(|map| map.remove("windowSeconds"));
-        assert_eq!(field_of(ChargeWithLimitRequest::from_json(&no_window)), "windowSeconds");
+        no_window
+            .as_object_mut()
+            .map(|map| map.remove("windowSeconds"));
+        assert_eq!(
+            field_of(ChargeWithLimitRequest::from_json(&no_window)),
+            "windowSeconds"
+        );
     }
 
     #[test]
     fn run_output_reads_only_its_two_fields() {
-        assert_eq!(RunOutput::from_json(&json!(null)).expect("ok"), RunOutput::default());
-        assert_eq!(RunOutput::from_json(&json!("a string result")).expect("ok"), RunOutput::default());
-        let output = RunOutput::from_json(&json!({"resultUrl": "https://x", "actualCost": 2, "image": [1, 2]}))
-            .expect("ok");
+        assert_eq!(
+            RunOutput::from_json(&json!(null)).expect("ok"),
+            RunOutput::default()
+        );
+        assert_eq!(
+            RunOutput::from_json(&json!("a string result")).expect("ok"),
+            RunOutput::default()
+        );
+        let output = RunOutput::from_json(
+            &json!({"resultUrl": "https://x", "actualCost": 2, "image": [1, 2]}),
+        )
+        .expect("ok");
         assert_eq!(output.actual_cost.map(ActualCost::get), Some(2));
-        assert_eq!(field_of(RunOutput::from_json(&json!({"actualCost": -2}))), "actualCost");
-        assert_eq!(field_of(RunOutput::from_json(&json!({"resultUrl": 5}))), "resultUrl");
+        assert_eq!(
+            field_of(RunOutput::from_json(&json!({"actualCost": -2}))),
+            "actualCost"
+        );
+        assert_eq!(
+            field_of(RunOutput::from_json(&json!({"resultUrl": 5}))),
+            "resultUrl"
+        );
     }
 
     #[test]

@@ -219,7 +219,8 @@ extern "C" {
 
 /// The one serializer configuration every export uses: plain objects for
 /// maps, `null` for `None`, numbers (not BigInts) for integers.
-const SERIALIZER: serde_wasm_bindgen::Serializer = serde_wasm_bindgen::Serializer::json_compatible();
+const SERIALIZER: serde_wasm_bindgen::Serializer =
+    serde_wasm_bindgen::Serializer::json_compatible();
 
 /// JS input beyond this is refused before it is parsed: requests are small.
 const INPUT_BYTES_MAX: usize = 256 * 1024;
@@ -252,9 +253,11 @@ pub(crate) fn to_js_error(error: CreditError) -> JsValue {
 
 /// A Rust value as a plain JS object.
 pub(crate) fn to_js<T: Serialize>(value: &T) -> Result<JsValue, JsValue> {
-    value
-        .serialize(&SERIALIZER)
-        .map_err(|error| to_js_error(CreditError::upstream(format!("could not build the JS result: {error}"))))
+    value.serialize(&SERIALIZER).map_err(|error| {
+        to_js_error(CreditError::upstream(format!(
+            "could not build the JS result: {error}"
+        )))
+    })
 }
 
 /// A JS argument as JSON, through `JSON.stringify`: so `toJSON` (a `Date`)
@@ -265,15 +268,23 @@ pub(crate) fn from_js(value: &JsValue, what: &str) -> Result<Value, CreditError>
     if value.is_undefined() {
         return Ok(Value::Null);
     }
-    let text = JSON::stringify(value)
-        .map_err(|_| unusable("the argument cannot be converted to JSON (a cycle, a BigInt, or a throwing getter)"))?;
+    let text = JSON::stringify(value).map_err(|_| {
+        unusable(
+            "the argument cannot be converted to JSON (a cycle, a BigInt, or a throwing getter)",
+        )
+    })?;
     let Some(text) = JsValue::from(text).as_string() else {
-        return Err(unusable("the argument is not a JSON value (a function or a symbol)"));
+        return Err(unusable(
+            "the argument is not a JSON value (a function or a symbol)",
+        ));
     };
     if text.len() > INPUT_BYTES_MAX {
-        return Err(unusable(&format!("the argument is larger than {INPUT_BYTES_MAX} bytes of JSON")));
+        return Err(unusable(&format!(
+            "the argument is larger than {INPUT_BYTES_MAX} bytes of JSON"
+        )));
     }
-    serde_json::from_str(&text).map_err(|error| unusable(&format!("the argument is not valid JSON ({error})")))
+    serde_json::from_str(&text)
+        .map_err(|error| unusable(&format!("the argument is not valid JSON ({error})")))
 }
 
 /// Runs `body` as a JS promise, rejecting with a `CreditError` on failure.
@@ -300,7 +311,9 @@ impl JsCreditClient {
         #[wasm_bindgen(unchecked_param_type = "CreditClientOptions")] options: JsValue,
     ) -> Result<JsCreditClient, JsValue> {
         let config = client_config(&options).map_err(to_js_error)?;
-        Ok(JsCreditClient { inner: Rc::new(CreditClient::new(config)) })
+        Ok(JsCreditClient {
+            inner: Rc::new(CreditClient::new(config)),
+        })
     }
 
     /// The PostgREST root this client calls (`.../rest/v1`).
@@ -313,7 +326,10 @@ impl JsCreditClient {
     /// `insufficient_credits` (details `{balance, needed}`), `user_not_found`,
     /// `idempotency_key_reused`, `idempotency_in_flight`, `invalid_argument`.
     #[wasm_bindgen(unchecked_return_type = "Promise<ChargeResult>")]
-    pub fn charge(&self, #[wasm_bindgen(unchecked_param_type = "ChargeRequest")] request: JsValue) -> Promise {
+    pub fn charge(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "ChargeRequest")] request: JsValue,
+    ) -> Promise {
         let client = Rc::clone(&self.inner);
         let parsed = from_js(&request, "charge").and_then(|value| ChargeRequest::from_json(&value));
         promise(async move {
@@ -330,7 +346,8 @@ impl JsCreditClient {
         #[wasm_bindgen(unchecked_param_type = "CompleteRequest")] request: JsValue,
     ) -> Promise {
         let client = Rc::clone(&self.inner);
-        let parsed = from_js(&request, "complete").and_then(|value| CompleteRequest::from_json(&value));
+        let parsed =
+            from_js(&request, "complete").and_then(|value| CompleteRequest::from_json(&value));
         promise(async move {
             let request = parsed.map_err(to_js_error)?;
             to_js(&client.complete(&request).await.map_err(to_js_error)?)
@@ -340,7 +357,10 @@ impl JsCreditClient {
     /// Returns a job's whole hold to the user. A second refund (or a refund
     /// after completion) rejects with `job_already_settled`.
     #[wasm_bindgen(unchecked_return_type = "Promise<BalanceResult>")]
-    pub fn refund(&self, #[wasm_bindgen(unchecked_param_type = "RefundRequest")] request: JsValue) -> Promise {
+    pub fn refund(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "RefundRequest")] request: JsValue,
+    ) -> Promise {
         let client = Rc::clone(&self.inner);
         let parsed = from_js(&request, "refund").and_then(|value| RefundRequest::from_json(&value));
         promise(async move {
@@ -351,7 +371,10 @@ impl JsCreditClient {
 
     /// Adds credits; with an `idempotencyKey`, a redelivery grants once.
     #[wasm_bindgen(unchecked_return_type = "Promise<BalanceResult>")]
-    pub fn grant(&self, #[wasm_bindgen(unchecked_param_type = "GrantRequest")] request: JsValue) -> Promise {
+    pub fn grant(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "GrantRequest")] request: JsValue,
+    ) -> Promise {
         let client = Rc::clone(&self.inner);
         let parsed = from_js(&request, "grant").and_then(|value| GrantRequest::from_json(&value));
         promise(async move {
@@ -363,7 +386,10 @@ impl JsCreditClient {
     /// The user's balance in credits (expired holds already returned).
     #[wasm_bindgen(unchecked_return_type = "Promise<number>")]
     #[allow(non_snake_case)]
-    pub fn balance(&self, #[wasm_bindgen(unchecked_param_type = "string")] userId: JsValue) -> Promise {
+    pub fn balance(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "string")] userId: JsValue,
+    ) -> Promise {
         let client = Rc::clone(&self.inner);
         let parsed = from_js(&userId, "balance").and_then(|value| user_id_from_json(&value));
         promise(async move {
@@ -375,7 +401,10 @@ impl JsCreditClient {
     /// Counts `cost` against `limit` per `windowSeconds` for `key`. Over the
     /// limit is a value (`success: false`), not an error.
     #[wasm_bindgen(unchecked_return_type = "Promise<RateLimitResult>")]
-    pub fn limit(&self, #[wasm_bindgen(unchecked_param_type = "LimitRequest")] request: JsValue) -> Promise {
+    pub fn limit(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "LimitRequest")] request: JsValue,
+    ) -> Promise {
         let client = Rc::clone(&self.inner);
         let parsed = from_js(&request, "limit").and_then(|value| LimitRequest::from_json(&value));
         promise(async move {
@@ -392,11 +421,16 @@ impl JsCreditClient {
         #[wasm_bindgen(unchecked_param_type = "ChargeWithLimitRequest")] request: JsValue,
     ) -> Promise {
         let client = Rc::clone(&self.inner);
-        let parsed =
-            from_js(&request, "chargeWithLimit").and_then(|value| ChargeWithLimitRequest::from_json(&value));
+        let parsed = from_js(&request, "chargeWithLimit")
+            .and_then(|value| ChargeWithLimitRequest::from_json(&value));
         promise(async move {
             let request = parsed.map_err(to_js_error)?;
-            to_js(&client.charge_with_limit(&request).await.map_err(to_js_error)?)
+            to_js(
+                &client
+                    .charge_with_limit(&request)
+                    .await
+                    .map_err(to_js_error)?,
+            )
         })
     }
 
@@ -421,7 +455,11 @@ impl JsCreditClient {
                 })
                 .await;
             match outcome {
-                Ok(RunOutcome { value, charge, completion }) => {
+                Ok(RunOutcome {
+                    value,
+                    charge,
+                    completion,
+                }) => {
                     let result = Object::new();
                     Reflect::set(&result, &"value".into(), &value)?;
                     Reflect::set(&result, &"charge".into(), &to_js(&charge)?)?;
@@ -464,13 +502,24 @@ fn client_config(options: &JsValue) -> Result<Config, CreditError> {
     };
     let text = |name: &str| match map.get(name) {
         Some(Value::String(text)) => Ok(text.as_str()),
-        None | Some(Value::Null) => Err(CreditError::invalid_argument(name, format!("{name} is required"))),
-        Some(_) => Err(CreditError::invalid_argument(name, format!("{name} must be a string"))),
+        None | Some(Value::Null) => Err(CreditError::invalid_argument(
+            name,
+            format!("{name} is required"),
+        )),
+        Some(_) => Err(CreditError::invalid_argument(
+            name,
+            format!("{name} must be a string"),
+        )),
     };
-    if let Some(unknown) = map.keys().find(|key| !matches!(key.as_str(), "url" | "serviceRoleKey")) {
+    if let Some(unknown) = map
+        .keys()
+        .find(|key| !matches!(key.as_str(), "url" | "serviceRoleKey"))
+    {
         return Err(CreditError::invalid_argument(
             unknown,
-            format!("new CreditClient got an unknown option {unknown:?}; expected url, serviceRoleKey"),
+            format!(
+                "new CreditClient got an unknown option {unknown:?}; expected url, serviceRoleKey"
+            ),
         ));
     }
     Config::new(text("url")?, text("serviceRoleKey")?)
@@ -492,7 +541,10 @@ pub fn rate_limit_headers(
     Ok(object.into())
 }
 
-fn header_values(result: &JsValue, policy: &JsValue) -> Result<Vec<(&'static str, String)>, CreditError> {
+fn header_values(
+    result: &JsValue,
+    policy: &JsValue,
+) -> Result<Vec<(&'static str, String)>, CreditError> {
     let result = RateLimitResult::from_json(&from_js(result, "rateLimitHeaders")?)?;
     let policy = if policy.is_undefined() || policy.is_null() {
         crate::ratelimit::DEFAULT_POLICY.to_owned()

@@ -8,8 +8,8 @@
 #![cfg(target_arch = "wasm32")]
 
 use creditgate::{
-    rate_limit_headers, ChargeRequest, CompleteRequest, Config, CreditClient, ErrorCode, GrantRequest,
-    LimitRequest, RefundRequest, RunError, RunOutput, UserId,
+    rate_limit_headers, ChargeRequest, CompleteRequest, Config, CreditClient, ErrorCode,
+    GrantRequest, LimitRequest, RefundRequest, RunError, RunOutput, UserId,
 };
 use serde_json::json;
 use wasm_bindgen_test::*;
@@ -48,15 +48,18 @@ async fn funded(n: usize, credits: i64) -> (CreditClient, UserId, i64) {
     let client = client();
     let user_id = user(n);
     let before = client.balance(&user_id).await.expect("balance");
-    let grant = GrantRequest::from_json(&json!({"userId": user_id.to_string(), "amount": credits, "reason": "browser test"}))
-        .expect("valid grant");
+    let grant = GrantRequest::from_json(
+        &json!({"userId": user_id.to_string(), "amount": credits, "reason": "browser test"}),
+    )
+    .expect("valid grant");
     let after = client.grant(&grant).await.expect("grant").balance;
     assert_eq!(after, before + credits);
     (client, user_id, after)
 }
 
 fn charge(user_id: &UserId, cost: i64, key: Option<&str>) -> ChargeRequest {
-    let mut value = json!({"userId": user_id.to_string(), "operation": "image_generation", "cost": cost});
+    let mut value =
+        json!({"userId": user_id.to_string(), "operation": "image_generation", "cost": cost});
     if let Some(key) = key {
         value["idempotencyKey"] = json!(key);
     }
@@ -70,10 +73,14 @@ fn unique(prefix: &str) -> String {
 #[wasm_bindgen_test]
 async fn a_charge_then_a_completion_with_a_lower_actual_cost() {
     let (client, user_id, start) = funded(0, 10).await;
-    let held = client.charge(&charge(&user_id, 4, None)).await.expect("charge");
+    let held = client
+        .charge(&charge(&user_id, 4, None))
+        .await
+        .expect("charge");
     assert_eq!(held.balance, start - 4);
     assert!(!held.replayed);
-    let complete = CompleteRequest::from_json(&json!({"jobId": held.job_id, "actualCost": 1})).expect("valid");
+    let complete =
+        CompleteRequest::from_json(&json!({"jobId": held.job_id, "actualCost": 1})).expect("valid");
     let done = client.complete(&complete).await.expect("complete");
     assert_eq!(done.status, "completed");
     assert_eq!(done.refunded, 3);
@@ -84,12 +91,21 @@ async fn a_charge_then_a_completion_with_a_lower_actual_cost() {
 async fn an_idempotent_retry_replays_without_charging() {
     let (client, user_id, start) = funded(1, 10).await;
     let key = unique("browser");
-    let first = client.charge(&charge(&user_id, 3, Some(&key))).await.expect("charge");
-    let again = client.charge(&charge(&user_id, 3, Some(&key))).await.expect("replay");
+    let first = client
+        .charge(&charge(&user_id, 3, Some(&key)))
+        .await
+        .expect("charge");
+    let again = client
+        .charge(&charge(&user_id, 3, Some(&key)))
+        .await
+        .expect("replay");
     assert_eq!(again.job_id, first.job_id);
     assert!(again.replayed);
     assert_eq!(client.balance(&user_id).await.expect("balance"), start - 3);
-    let reused = client.charge(&charge(&user_id, 2, Some(&key))).await.expect_err("same key, other cost");
+    let reused = client
+        .charge(&charge(&user_id, 2, Some(&key)))
+        .await
+        .expect_err("same key, other cost");
     assert_eq!(reused.code(), ErrorCode::IdempotencyKeyReused);
 }
 
@@ -97,7 +113,10 @@ async fn an_idempotent_retry_replays_without_charging() {
 async fn insufficient_credits_carries_balance_and_needed() {
     let (client, user_id, start) = funded(2, 1).await;
     let needed = start + 1;
-    let error = client.charge(&charge(&user_id, needed, None)).await.expect_err("too expensive");
+    let error = client
+        .charge(&charge(&user_id, needed, None))
+        .await
+        .expect_err("too expensive");
     assert_eq!(error.code(), ErrorCode::InsufficientCredits);
     assert_eq!(error.status(), 402);
     assert_eq!(error.details()["balance"], start);
@@ -108,9 +127,14 @@ async fn insufficient_credits_carries_balance_and_needed() {
 #[wasm_bindgen_test]
 async fn a_second_refund_is_refused_and_changes_nothing() {
     let (client, user_id, start) = funded(3, 10).await;
-    let held = client.charge(&charge(&user_id, 6, None)).await.expect("charge");
-    let refund = RefundRequest::from_json(&json!({"userId": user_id.to_string(), "jobId": held.job_id, "reason": "failed"}))
-        .expect("valid");
+    let held = client
+        .charge(&charge(&user_id, 6, None))
+        .await
+        .expect("charge");
+    let refund = RefundRequest::from_json(
+        &json!({"userId": user_id.to_string(), "jobId": held.job_id, "reason": "failed"}),
+    )
+    .expect("valid");
     assert_eq!(client.refund(&refund).await.expect("refund").balance, start);
     let again = client.refund(&refund).await.expect_err("double refund");
     assert_eq!(again.code(), ErrorCode::JobAlreadySettled);
@@ -121,16 +145,24 @@ async fn a_second_refund_is_refused_and_changes_nothing() {
 #[wasm_bindgen_test]
 async fn a_rate_limit_denial_and_its_headers() {
     let client = client();
-    let limit = LimitRequest::from_json(&json!({"key": unique("browser"), "limit": 1, "windowSeconds": 30}))
-        .expect("valid");
+    let limit = LimitRequest::from_json(
+        &json!({"key": unique("browser"), "limit": 1, "windowSeconds": 30}),
+    )
+    .expect("valid");
     let allowed = client.limit(&limit).await.expect("first");
     let denied = client.limit(&limit).await.expect("second");
     assert!(allowed.success);
     assert!(!denied.success);
     assert!(denied.retry_after >= 1);
     let headers = rate_limit_headers(&denied, "browser").expect("headers");
-    assert_eq!(headers[0], ("RateLimit-Policy", "\"browser\";q=1;w=30".to_owned()));
-    assert_eq!(headers[1], ("RateLimit", format!("\"browser\";r=0;t={}", denied.reset)));
+    assert_eq!(
+        headers[0],
+        ("RateLimit-Policy", "\"browser\";q=1;w=30".to_owned())
+    );
+    assert_eq!(
+        headers[1],
+        ("RateLimit", format!("\"browser\";r=0;t={}", denied.reset))
+    );
     assert_eq!(headers[2], ("Retry-After", denied.retry_after.to_string()));
 }
 
@@ -138,18 +170,22 @@ async fn a_rate_limit_denial_and_its_headers() {
 async fn run_refunds_when_the_work_fails() {
     let (client, user_id, start) = funded(4, 10).await;
     let outcome = client
-        .run(&charge(&user_id, 5, Some(&unique("run"))), |job| async move {
-            assert_eq!(job.balance, start - 5);
-            Err::<((), RunOutput), &str>("the generator is down")
-        })
+        .run(
+            &charge(&user_id, 5, Some(&unique("run"))),
+            |job| async move {
+                assert_eq!(job.balance, start - 5);
+                Err::<((), RunOutput), &str>("the generator is down")
+            },
+        )
         .await;
     assert_eq!(outcome, Err(RunError::Work("the generator is down")));
     assert_eq!(client.balance(&user_id).await.expect("balance"), start);
 
     let done = client
-        .run(&charge(&user_id, 5, Some(&unique("run"))), |_job| async move {
-            Ok::<_, ()>(("image", RunOutput::default()))
-        })
+        .run(
+            &charge(&user_id, 5, Some(&unique("run"))),
+            |_job| async move { Ok::<_, ()>(("image", RunOutput::default())) },
+        )
         .await
         .expect("completed");
     assert_eq!(done.value, "image");
@@ -159,8 +195,12 @@ async fn run_refunds_when_the_work_fails() {
 
 #[wasm_bindgen_test]
 async fn an_unreachable_api_is_a_retryable_network_error() {
-    let offline = CreditClient::new(Config::new("http://127.0.0.1:9", SERVICE_ROLE_KEY).expect("valid"));
-    let error = offline.balance(&user(0)).await.expect_err("nothing listens on port 9");
+    let offline =
+        CreditClient::new(Config::new("http://127.0.0.1:9", SERVICE_ROLE_KEY).expect("valid"));
+    let error = offline
+        .balance(&user(0))
+        .await
+        .expect_err("nothing listens on port 9");
     assert_eq!(error.code(), ErrorCode::Network);
     assert!(error.retryable());
 }

@@ -7,8 +7,8 @@
 
 use creditgate::response::{self, RpcResponse};
 use creditgate::{
-    ChargeRequest, ChargeWithLimitRequest, CompleteRequest, CreditError, ErrorCode, GrantRequest, LimitRequest,
-    Metadata, RateLimitResult, RefundRequest, RunOutput,
+    ChargeRequest, ChargeWithLimitRequest, CompleteRequest, CreditError, ErrorCode, GrantRequest,
+    LimitRequest, Metadata, RateLimitResult, RefundRequest, RunOutput,
 };
 use serde_json::{json, Map, Value};
 
@@ -33,14 +33,41 @@ impl Rng {
 }
 
 const FIELDS: [&str; 16] = [
-    "userId", "operation", "cost", "idempotencyKey", "metadata", "holdSeconds", "jobId", "resultUrl",
-    "actualCost", "reason", "amount", "key", "limit", "windowSeconds", "limitCost", "success",
+    "userId",
+    "operation",
+    "cost",
+    "idempotencyKey",
+    "metadata",
+    "holdSeconds",
+    "jobId",
+    "resultUrl",
+    "actualCost",
+    "reason",
+    "amount",
+    "key",
+    "limit",
+    "windowSeconds",
+    "limitCost",
+    "success",
 ];
 
 fn text(rng: &mut Rng) -> String {
     let pieces = [
-        "", " ", "a", "é", "\u{0}", "\n", "\u{202e}", "9b2d1c0e-8f1a-4c2b-9d3e-5f6a7b8c9d0e", "{", "\"", "\\",
-        "p_cost", "insufficient_credits", "🦀", "PT402",
+        "",
+        " ",
+        "a",
+        "é",
+        "\u{0}",
+        "\n",
+        "\u{202e}",
+        "9b2d1c0e-8f1a-4c2b-9d3e-5f6a7b8c9d0e",
+        "{",
+        "\"",
+        "\\",
+        "p_cost",
+        "insufficient_credits",
+        "🦀",
+        "PT402",
     ];
     let mut out = String::new();
     for _ in 0..rng.below(6) {
@@ -55,9 +82,22 @@ fn text(rng: &mut Rng) -> String {
 
 fn number(rng: &mut Rng) -> Value {
     let special = [
-        json!(0), json!(-1), json!(1), json!(i64::MIN), json!(i64::MAX), json!(u64::MAX), json!(1.5),
-        json!(-0.0), json!(1e300), json!(-1e300), json!(2147483648_i64), json!(1_000_000_000),
-        json!(1_000_000_001), json!(86400), json!(86401), json!(9007199254740993_u64),
+        json!(0),
+        json!(-1),
+        json!(1),
+        json!(i64::MIN),
+        json!(i64::MAX),
+        json!(u64::MAX),
+        json!(1.5),
+        json!(-0.0),
+        json!(1e300),
+        json!(-1e300),
+        json!(2147483648_i64),
+        json!(1_000_000_000),
+        json!(1_000_000_001),
+        json!(86400),
+        json!(86401),
+        json!(9007199254740993_u64),
     ];
     if rng.below(2) == 0 {
         rng.pick(&special).clone()
@@ -76,7 +116,11 @@ fn value(rng: &mut Rng, depth: u32) -> Value {
         _ => {
             let mut map = Map::new();
             for _ in 0..rng.below(5) {
-                let key = if rng.below(2) == 0 { rng.pick(&FIELDS).to_string() } else { text(rng) };
+                let key = if rng.below(2) == 0 {
+                    rng.pick(&FIELDS).to_string()
+                } else {
+                    text(rng)
+                };
                 map.insert(key, value(rng, depth + 1));
             }
             Value::Object(map)
@@ -102,7 +146,10 @@ fn parse_all(input: &Value) {
     fn check<T>(result: Result<T, CreditError>) {
         if let Err(error) = result {
             assert_eq!(error.code(), ErrorCode::InvalidArgument, "{error}");
-            assert!(error.details().get("field").is_some_and(Value::is_string), "{error}");
+            assert!(
+                error.details().get("field").is_some_and(Value::is_string),
+                "{error}"
+            );
             assert!(!error.message().is_empty());
         }
     }
@@ -127,7 +174,8 @@ fn parse_all(input: &Value) {
 /// whose status is one of the table's.
 fn decode_all(status: u16, body: &str) {
     let answer = RpcResponse::new(status, body);
-    let limit = LimitRequest::from_json(&json!({"key": "k", "limit": 5, "windowSeconds": 60})).expect("valid");
+    let limit = LimitRequest::from_json(&json!({"key": "k", "limit": 5, "windowSeconds": 60}))
+        .expect("valid");
     let statuses = [400, 401, 402, 403, 404, 409, 422, 429, 502, 503];
     let check = |error: Option<CreditError>| {
         if let Some(error) = error {
@@ -182,7 +230,9 @@ fn random_answers_never_panic_any_decoder() {
         r#"42"#,
     ];
     for _ in 0..20_000 {
-        let status = *rng.pick(&[0u16, 200, 201, 204, 300, 400, 401, 402, 403, 404, 409, 422, 429, 500, 503, 999]);
+        let status = *rng.pick(&[
+            0u16, 200, 201, 204, 300, 400, 401, 402, 403, 404, 409, 422, 429, 500, 503, 999,
+        ]);
         let body = match rng.below(3) {
             0 => value(&mut rng, 0).to_string(),
             1 => {
