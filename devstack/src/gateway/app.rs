@@ -233,13 +233,13 @@ fn content_headers(req: &ApiRequest, media: &MediaType) -> Vec<(String, String)>
 /// `Content-Range` and the status of a read (PostgREST's `rangeStatusHeader`).
 fn range_status(range: Range, page_total: i64, total: Option<i64>) -> (u16, String) {
     let lower = range.offset;
-    let upper = lower + page_total - 1;
+    let upper = lower.saturating_add(page_total).saturating_sub(1);
     let range_text = if total != Some(0) && lower <= upper { format!("{lower}-{upper}") } else { "*".to_string() };
     let total_text = total.map(|t| t.to_string()).unwrap_or_else(|| "*".to_string());
     let status = match total {
         None => 200,
         Some(t) if lower > t => 416,
-        Some(t) if (1 + upper - lower) < t => 206,
+        Some(t) if upper.saturating_sub(lower).saturating_add(1) < t => 206,
         Some(_) => 200,
     };
     (status, format!("{range_text}/{total_text}"))

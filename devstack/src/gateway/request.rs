@@ -409,7 +409,7 @@ fn range_of(raw: &RawRequest, qp: &QueryParams, action: Action) -> Result<(Range
             return Err(negative_limit());
         }
     }
-    let limit_upper = qp.limit.map(|l| offset + l - 1);
+    let limit_upper = qp.limit.map(|l| offset.saturating_add(l).saturating_sub(1));
     let (h_lower, h_upper) = header.unwrap_or((0, None));
     let lower = h_lower.max(offset);
     let upper = match (h_upper, limit_upper) {
@@ -437,7 +437,7 @@ fn range_of(raw: &RawRequest, qp: &QueryParams, action: Action) -> Result<(Range
     let range = if limit_zero {
         Range { offset: lower, limit: Some(0) }
     } else {
-        Range { offset: lower, limit: upper.map(|u| u - lower + 1) }
+        Range { offset: lower, limit: upper.map(|u| u.saturating_sub(lower).saturating_add(1)) }
     };
     Ok((range, requested))
 }

@@ -70,7 +70,7 @@ where
                         async move { Ok::<_, Infallible>(serve_http(&state, req).await) }
                     });
                     let conn = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service);
+                        .serve_connection(TokioIo::new(LenientRequestLine::new(stream)), service);
                     tokio::pin!(conn);
                     tokio::select! {
                         _ = conn.as_mut() => {}
@@ -124,6 +124,113 @@ pub fn spawn(config: Config, listener: TcpListener) -> anyhow::Result<GatewayHan
         let _ = rx.await;
     }));
     Ok(GatewayHandle { local_addr, stop: Some(tx), task })
+}
+
+/// Percent-encodes, in the first request line of a connection, the bytes
+/// hyper's URI parser refuses but PostgREST (warp) accepts: `curl
+/// "localhost:3000/t?select=data->>k"` sends a raw `>`. Decoding later
+/// restores them, so nothing else changes. Later requests on a kept-alive
+/// connection are passed through unchanged (browsers and supabase-js encode
+/// these characters themselves).
+struct LenientRequestLine<T> {
+    inner: T,
+    /// Still inside the first request line; `spaces` seen so far.
+    in_first_line: bool,
+    spaces: u8,
+    pending: Vec<u8>,
+}
+
+impl<T> LenientRequestLine<T> {
+    fn new(inner: T) -> Self {
+        LenientRequestLine { inner, in_first_line: true, spaces: 0, pending: Vec::new() }
+    }
+
+    fn needs_escape(b: u8) -> bool {
+        matches!(b, b'"' | b'<' | b'>' | b'\\' | b'^' | b'`' | b'{' | b'|' | b'}') || b >= 0x80
+    }
+
+    /// Rewrites `chunk`; returns what to hand to hyper.
+    fn transform(&mut self, chunk: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(chunk.len());
+        for (i, &b) in chunk.iter().enumerate() {
+            if !self.in_first_line {
+                out.extend_from_slice(&chunk[i..]);
+                break;
+            }
+            match b {
+                b'\n' => {
+                    self.in_first_line = false;
+                    out.push(b);
+                }
+                b' ' => {
+                    self.spaces = self.spaces.saturating_add(1);
+                    out.push(b);
+                }
+                _ if self.spaces == 1 && Self::needs_escape(b) => {
+                    out.extend_from_slice(format!("%{b:02X}").as_bytes());
+                }
+                _ => out.push(b),
+            }
+        }
+        out
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for LenientRequestLine<T> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.pending.is_empty() {
+            if !this.in_first_line {
+                return std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
+            }
+            let mut raw = vec![0u8; buf.remaining().max(1)];
+            let mut raw_buf = tokio::io::ReadBuf::new(&mut raw);
+            match std::pin::Pin::new(&mut this.inner).poll_read(cx, &mut raw_buf) {
+                std::task::Poll::Ready(Ok(())) => {
+                    let filled = raw_buf.filled().to_vec();
+                    if filled.is_empty() {
+                        return std::task::Poll::Ready(Ok(()));
+                    }
+                    this.pending = this.transform(&filled);
+                }
+                other => return other,
+            }
+        }
+        let n = this.pending.len().min(buf.remaining());
+        buf.put_slice(&this.pending[..n]);
+        this.pending.drain(..n);
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for LenientRequestLine<T> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+    fn poll_flush(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
 }
 
 fn header_value(v: &hyper::header::HeaderValue) -> String {
@@ -224,4 +331,20 @@ fn to_hyper(resp: Resp, cors: bool) -> Response<Full<Bytes>> {
         }
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_only_the_first_request_target() {
+        let mut l = LenientRequestLine::new(());
+        let out = l.transform(b"GET /t?select=data->>k&a=eq.\"x\" HTTP/1.1\r\nX: a>b\r\n");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "GET /t?select=data-%3E%3Ek&a=eq.%22x%22 HTTP/1.1\r\nX: a>b\r\n"
+        );
+        assert_eq!(l.transform(b"GET /x?a=> HTTP/1.1"), b"GET /x?a=> HTTP/1.1".to_vec());
+    }
 }
