@@ -58,14 +58,17 @@ impl Config {
     }
 
     /// The headers every request carries. `apikey` is what Supabase's API
-    /// gateway checks; `Authorization` is what PostgREST takes the role from.
+    /// gateway checks; `Authorization` is what PostgREST takes the role
+    /// from. A new-style secret key (`sb_secret_...`) is not a JWT: it goes
+    /// in `apikey` only, and the gateway gives PostgREST the role for it.
     pub fn headers(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("apikey", self.service_role_key.clone()),
-            ("Authorization", format!("Bearer {}", self.service_role_key)),
-            ("Accept", "application/json".to_owned()),
-            ("Content-Type", "application/json".to_owned()),
-        ]
+        let mut headers = vec![("apikey", self.service_role_key.clone())];
+        if !self.service_role_key.starts_with("sb_") {
+            headers.push(("Authorization", format!("Bearer {}", self.service_role_key)));
+        }
+        headers.push(("Accept", "application/json".to_owned()));
+        headers.push(("Content-Type", "application/json".to_owned()));
+        headers
     }
 }
 
@@ -389,6 +392,15 @@ mod tests {
         assert_eq!(header(&request, "Content-Type"), Some("application/json"));
         assert_eq!(header(&request, "Accept"), Some("application/json"));
         assert_eq!(request.body, json!({"p_user_id": USER}));
+    }
+
+    #[test]
+    fn a_new_style_secret_key_goes_in_apikey_only() {
+        let config = Config::new("https://abc.supabase.co", "sb_secret_abc123").expect("valid");
+        let request = balance(&config, &UserId::parse("userId", USER).expect("uuid"));
+        assert_eq!(header(&request, "apikey"), Some("sb_secret_abc123"));
+        assert_eq!(header(&request, "Authorization"), None);
+        assert_eq!(header(&request, "Content-Type"), Some("application/json"));
     }
 
     #[test]
