@@ -128,9 +128,21 @@ fn stack_suites(run: &mut Run, wanted: &dyn Fn(&str) -> bool) -> Result<()> {
 }
 
 fn wait_for_http(port: u16) -> Result<()> {
-    for _ in 0..300 {
+    wait_for_port_while(port, None)
+}
+
+/// Waits until something listens on `port`, as long as `child` (if given)
+/// runs; `cargo dev up` builds the package first, which takes minutes cold.
+fn wait_for_port_while(port: u16, mut child: Option<&mut std::process::Child>) -> Result<()> {
+    let deadline = Instant::now() + std::time::Duration::from_secs(900);
+    while Instant::now() < deadline {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
             return Ok(());
+        }
+        if let Some(child) = child.as_mut() {
+            if let Some(status) = child.try_wait()? {
+                bail!("it exited ({status}) before listening on 127.0.0.1:{port}");
+            }
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
@@ -151,7 +163,7 @@ fn up_and_interrupt() -> Result<()> {
         .env("CREDITGATE_FUNCTIONS_PORT", ports[3].to_string())
         .env("CREDITGATE_DATA_DIR", &data_dir)
         .spawn()?;
-    let started = wait_for_http(ports[0]);
+    let started = wait_for_port_while(ports[0], Some(&mut child));
     // SAFETY: SIGINT to our own child, as a terminal's Ctrl-C sends it.
     unsafe {
         libc::kill(child.id() as libc::pid_t, libc::SIGINT);
