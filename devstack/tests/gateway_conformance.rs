@@ -493,6 +493,28 @@ fn auth_token_without_role_claim_uses_the_anonymous_role() {
     assert_eq!(r.json()["uid"], ALICE);
 }
 
+// AudienceJwtSecretSpec.hs: with jwt-aud set, a token for another audience is refused
+#[test]
+fn auth_audience_is_checked_when_configured() {
+    let gw = gateway_with(|c| c.jwt_aud = Some("youraudience".into()));
+    let wrong = bearer_token(json!({"role": "authenticated", "aud": "otheraudience"}));
+    let r = send(&gw, "GET", "/rpc/whoami", &[("Authorization", &wrong)], b"");
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["message"], "JWTNotInAudience");
+    let right = bearer_token(json!({"role": "authenticated", "aud": "youraudience"}));
+    assert_eq!(send(&gw, "GET", "/rpc/whoami", &[("Authorization", &right)], b"").status, 200);
+}
+
+// docs references/configuration.rst jwt-role-claim-key: the role may sit deeper in the claims
+#[test]
+fn auth_role_claim_key_is_configurable() {
+    let gw = gateway_with(|c| c.jwt_role_claim_key = gateway::config::parse_claim_path(".app_metadata.role").unwrap());
+    let t = bearer_token(json!({"role": "anon", "app_metadata": {"role": "service_role"}}));
+    assert_eq!(send(&gw, "GET", "/rpc/whoami", &[("Authorization", &t)], b"").json()["user"], "service_role");
+    let t = bearer_token(json!({"role": "service_role"}));
+    assert_eq!(send(&gw, "GET", "/rpc/whoami", &[("Authorization", &t)], b"").json()["user"], "anon", "the top-level role is not the claim");
+}
+
 // Error.hs pgErrorStatus: a role that does not exist fails `set_config('role', ...)` with 22023 -> 400
 #[test]
 fn auth_role_that_does_not_exist_is_400() {
@@ -1006,6 +1028,52 @@ fn rpc_bad_response_headers_guc_is_500_pgrst111() {
     );
 }
 
+// RpcSpec.hs "can set the same http header twice"
+#[test]
+fn rpc_the_same_header_can_be_set_twice() {
+    let r = get("/rpc/set_cookie_twice");
+    assert_eq!(r.status, 204);
+    assert_eq!(r.header("Content-Type"), None);
+    assert_eq!(
+        r.headers_named("Set-Cookie"),
+        vec!["sessionid=38afes7a8; HttpOnly; Path=/", "id=a3fWa; Expires=Wed, 21 Oct 2015 07:28:00 GMT; Secure; HttpOnly"]
+    );
+}
+
+// RpcSpec.hs "will err when no function with single unnamed text parameter exists and text/plain is specified"
+#[test]
+fn rpc_text_body_without_an_unnamed_text_parameter_is_404() {
+    let r = send(addr(), "POST", "/rpc/add_them", &[("Content-Type", "text/plain")], b"a simple text");
+    assert_error(
+        &r,
+        404,
+        json!({
+            "code": "PGRST202",
+            "message": "Could not find the function api.add_them in the schema cache",
+            "details": "Searched for the function api.add_them with a single unnamed text parameter, but no matches were found in the schema cache.",
+            "hint": null
+        }),
+    );
+}
+
+// SingularSpec.hs: a function returning a single scalar with the singular media type is the value
+#[test]
+fn rpc_singular_scalar() {
+    let r = get_h("/rpc/add_them?a=1&b=1", &[("Accept", "application/vnd.pgrst.object+json")]);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json(), json!(2));
+}
+
+// PreferencesSpec.hs: unknown preferences are ignored, refused with handling=strict (PGRST122)
+#[test]
+fn rpc_prefer_handling_strict() {
+    let r = get_h("/rpc/add_them?a=1&b=1", &[("Prefer", "handling=lenient, nonsense=yes")]);
+    assert_eq!(r.json(), json!(2));
+    assert_eq!(r.header("Preference-Applied"), Some("handling=lenient"));
+    let r = get_h("/rpc/add_them?a=1&b=1", &[("Prefer", "handling=strict, nonsense=yes")]);
+    assert_error(&r, 400, json!({"code": "PGRST122", "message": "Invalid preferences given with handling=strict", "details": "Invalid preferences: nonsense=yes", "hint": null}));
+}
+
 // OptionsSpec.hs "a function": Allow for volatile / stable functions
 #[test]
 fn rpc_options_lists_the_allowed_methods() {
@@ -1260,6 +1328,27 @@ fn read_exact_count_and_partial_content() {
     assert_eq!(r.header("Content-Range"), Some("0-9/10"));
 }
 
+// supabase-js select('*', {count: 'exact', head: true}): HEAD with the total in Content-Range
+#[test]
+fn read_head_with_exact_count() {
+    let r = send(addr(), "HEAD", "/items?select=*", &[("Prefer", "count=exact")], b"");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("Content-Range"), Some("0-9/10"));
+    assert!(r.body.is_empty());
+}
+
+// docs references/configuration.rst db-max-rows: reads are capped
+#[test]
+fn read_db_max_rows_caps_results() {
+    let gw = gateway_with(|c| c.db_max_rows = Some(2));
+    let r = send(&gw, "GET", "/items?select=id&order=id", &[("Prefer", "count=exact")], b"");
+    assert_eq!(r.json(), json!([{"id": 1}, {"id": 2}]));
+    assert_eq!(r.header("Content-Range"), Some("0-1/10"));
+    assert_eq!(r.status, 206);
+    let r = send(&gw, "GET", "/items?select=id&order=id&limit=1", &[], b"");
+    assert_eq!(r.json(), json!([{"id": 1}]));
+}
+
 // RangeSpec.hs "with range headers": Range: 1-2 -> 206, Content-Range 1-2/10
 #[test]
 fn read_range_header() {
@@ -1419,6 +1508,21 @@ fn write_insert() {
     assert_eq!(r.header("Content-Range"), Some("*/*"));
     assert_eq!(r.header("Content-Type"), None);
     assert_eq!(get("/tasks?select=id&id=in.(101,102)&order=id").json(), json!([{"id": 101}, {"id": 102}]));
+}
+
+// InsertSpec.hs "with ?columns parameter" (what supabase-js sends for a bulk insert): other keys are ignored
+#[test]
+fn write_insert_with_columns_parameter() {
+    let auth = service();
+    let r = post_h(
+        "/tasks?columns=%22id%22,%22title%22",
+        &[("Authorization", &auth), ("Prefer", "return=representation")],
+        r#"[{"id": 800, "title": "c1"}, {"id": 801, "title": "c2", "extra": 1}]"#,
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.json(), json!([{"id": 800, "title": "c1", "done": false}, {"id": 801, "title": "c2", "done": false}]));
+    let r = post_h("/tasks?columns=id,nope", &[("Authorization", &auth)], r#"{"id": 802}"#);
+    assert_eq!(r.code(), "PGRST204");
 }
 
 // InsertSpec.hs: anon without INSERT privilege -> 401
@@ -1584,6 +1688,7 @@ fn server_request_body_is_bounded() {
 #[test]
 fn server_survives_bad_input() {
     let deep = "[".repeat(100_000);
+    let deep_or = format!("/items?or={}", "or(".repeat(20_000));
     let cases: Vec<(&str, String, Vec<u8>)> = vec![
         ("POST", "/rpc/sayhello".into(), deep.into_bytes()),
         ("POST", "/rpc/sayhello".into(), vec![0xff, 0xfe, 0x00, 0x7b]),
@@ -1592,6 +1697,7 @@ fn server_survives_bad_input() {
         ("GET", "/%ff/%00".into(), vec![]),
         ("GET", "/items?select=((((((".into(), vec![]),
         ("GET", "/items?or=(((((".into(), vec![]),
+        ("GET", deep_or, vec![]),
         ("GET", "/items?order=,,,,".into(), vec![]),
         ("GET", "/items?id=in.(\"unterminated".into(), vec![]),
         ("GET", "/items?limit=99999999999999999999999".into(), vec![]),

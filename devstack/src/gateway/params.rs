@@ -680,7 +680,14 @@ fn parse_op_expr_full(value: &str) -> PResult<OpExpr> {
     Ok(expr)
 }
 
-fn logic_tree(p: &mut P) -> PResult<LogicTree> {
+/// Nesting deeper than this is refused: the parser recurses, and a query
+/// string of `or(or(or(...` must not exhaust the stack.
+pub const LOGIC_DEPTH_MAX: usize = 64;
+
+fn logic_tree(p: &mut P, depth: usize) -> PResult<LogicTree> {
+    if depth > LOGIC_DEPTH_MAX {
+        return Err(p.error(&format!("at most {LOGIC_DEPTH_MAX} nested logic operators")));
+    }
     let save = p.pos;
     // A statement: field.op.value
     if let Ok(f) = field(p) {
@@ -704,12 +711,12 @@ fn logic_tree(p: &mut P) -> PResult<LogicTree> {
         return Err(p.error("\"(\""));
     }
     p.ws();
-    let mut children = vec![logic_tree(p)?];
+    let mut children = vec![logic_tree(p, depth + 1)?];
     loop {
         p.ws();
         if p.eat(",") {
             p.ws();
-            children.push(logic_tree(p)?);
+            children.push(logic_tree(p, depth + 1)?);
         } else {
             break;
         }
@@ -725,7 +732,7 @@ fn logic_tree(p: &mut P) -> PResult<LogicTree> {
 fn parse_logic(op: &str, value: &str) -> PResult<LogicTree> {
     let src = format!("{op}{value}");
     let mut p = P::new(&src, "logic tree".into());
-    let tree = logic_tree(&mut p)?;
+    let tree = logic_tree(&mut p, 0)?;
     if !p.eof() {
         return Err(p.error("end of input"));
     }

@@ -132,7 +132,7 @@ pub fn spawn(config: Config, listener: TcpListener) -> anyhow::Result<GatewayHan
 /// restores them, so nothing else changes. Later requests on a kept-alive
 /// connection are passed through unchanged (browsers and supabase-js encode
 /// these characters themselves).
-struct LenientRequestLine<T> {
+pub struct LenientRequestLine<T> {
     inner: T,
     /// Still inside the first request line; `spaces` seen so far.
     in_first_line: bool,
@@ -141,7 +141,7 @@ struct LenientRequestLine<T> {
 }
 
 impl<T> LenientRequestLine<T> {
-    fn new(inner: T) -> Self {
+    pub fn new(inner: T) -> Self {
         LenientRequestLine { inner, in_first_line: true, spaces: 0, pending: Vec::new() }
     }
 
