@@ -259,11 +259,13 @@ $$;
 REVOKE ALL ON FUNCTION creditgate.settle_job(public.generation_jobs, text, integer, text, text, text, text, timestamptz) FROM PUBLIC;
 
 /**
- * Refunds the user's holds whose deadline is at or before p_now (status
- * expired). Returns how many it released.
+ * Returns the whole of each open hold of the user due at or before p_due_by
+ * (status p_status, a ledger entry of type p_entry_type). Returns how many.
  * Locks: the caller holds the users row; this locks the jobs.
  */
-CREATE OR REPLACE FUNCTION creditgate.release_expired_holds(p_user_id uuid, p_now timestamptz)
+CREATE OR REPLACE FUNCTION creditgate.void_open_holds(
+  p_user_id uuid, p_due_by timestamptz, p_status text, p_entry_type text,
+  p_description text, p_error_message text, p_now timestamptz)
 RETURNS integer
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -271,19 +273,35 @@ SET search_path = ''
 AS $$
 DECLARE
   v_job public.generation_jobs;
-  v_released integer := 0;
+  v_voided integer := 0;
 BEGIN
   FOR v_job IN
     SELECT * FROM public.generation_jobs j
-    WHERE j.user_id = p_user_id AND j.status IN ('pending', 'processing') AND j.expires_at <= p_now
+    WHERE j.user_id = p_user_id AND j.status IN ('pending', 'processing') AND j.expires_at <= p_due_by
     ORDER BY j.expires_at, j.id
     FOR UPDATE
   LOOP
-    PERFORM creditgate.settle_job(v_job, 'expired', 0, 'expiry', 'Hold expired', 'Hold expired before completion', NULL, p_now);
-    v_released := v_released + 1;
+    PERFORM creditgate.settle_job(v_job, p_status, 0, p_entry_type, p_description, p_error_message, NULL, p_now);
+    v_voided := v_voided + 1;
   END LOOP;
-  RETURN v_released;
+  RETURN v_voided;
 END;
+$$;
+REVOKE ALL ON FUNCTION creditgate.void_open_holds(uuid, timestamptz, text, text, text, text, timestamptz) FROM PUBLIC;
+
+/**
+ * Refunds the user's holds whose deadline is at or before p_now (status
+ * expired). Returns how many it released.
+ * Locks: the caller holds the users row; this locks the jobs.
+ */
+CREATE OR REPLACE FUNCTION creditgate.release_expired_holds(p_user_id uuid, p_now timestamptz)
+RETURNS integer
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = ''
+AS $$
+  SELECT creditgate.void_open_holds(p_user_id, p_now, 'expired', 'expiry', 'Hold expired',
+    'Hold expired before completion', p_now)
 $$;
 REVOKE ALL ON FUNCTION creditgate.release_expired_holds(uuid, timestamptz) FROM PUBLIC;
 

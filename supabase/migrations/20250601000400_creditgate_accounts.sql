@@ -92,22 +92,14 @@ SECURITY DEFINER
 SET search_path = ''
 AS $$
 DECLARE
-  v_job public.generation_jobs;
   v_balance integer;
 BEGIN
   PERFORM FROM public.users u WHERE u.id = p_user_id AND u.closed_at IS NULL FOR UPDATE;
   IF NOT FOUND THEN
     RETURN;
   END IF;
-  FOR v_job IN
-    SELECT * FROM public.generation_jobs j
-    WHERE j.user_id = p_user_id AND j.status IN ('pending', 'processing')
-    ORDER BY j.expires_at, j.id
-    FOR UPDATE
-  LOOP
-    PERFORM creditgate.settle_job(v_job, 'failed', 0, 'refund', 'Refund: account closed',
-      'Refunded: account closed', NULL, p_now);
-  END LOOP;
+  PERFORM creditgate.void_open_holds(p_user_id, 'infinity', 'failed', 'refund', 'Refund: account closed',
+    'Refunded: account closed', p_now);
 
   SELECT u.credits INTO v_balance FROM public.users u WHERE u.id = p_user_id;
   IF v_balance <> 0 THEN
