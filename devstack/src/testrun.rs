@@ -29,7 +29,12 @@ pub fn main(args: &[String]) -> Result<()> {
         run.suite("db: pgTAP (supabase/tests/database)", || {
             pg_prove(&cluster, FRESH, &root.join("supabase/tests/database"))
         });
-        run.suite("db: legacy upgrade (tests/upgrade)", || legacy_upgrade(&cluster));
+        run.suite("db: legacy upgrade, from before the seed (tests/upgrade)", || {
+            legacy_upgrade(&cluster, "legacy", &root.join("tests/upgrade"))
+        });
+        run.suite("db: legacy upgrade, the seed half applied (tests/upgrade/seed-half-applied)", || {
+            legacy_upgrade(&cluster, "seed_half_applied", &root.join("tests/upgrade/seed-half-applied"))
+        });
         run.suite("db: concurrency", || crate::checks::concurrency(&cluster, FRESH));
     }
     drop(cluster);
@@ -90,23 +95,14 @@ fn stack_suites(run: &mut Run, wanted: &dyn Fn(&str) -> bool) -> Result<()> {
         ("CREDITGATE_DB_URL", stack.cluster().url("postgres", "postgres")),
         ("PATH", crate::setup::tool_path()),
     ];
-    let deno = crate::setup::deno();
+    let script = |path: &str| {
+        let mut command = Command::new("bash");
+        command.arg(root.join(path));
+        command
+    };
     let suites: Vec<(&str, &str, Command)> = vec![
-        ("js", "js: the package from Node (node --test tests/js)", {
-            let mut command = Command::new("node");
-            command.args(["--test", "--test-concurrency=1"]).arg(root.join("tests/js/node"));
-            command
-        }),
-        ("js", "js: the package from Deno (deno test tests/js/deno)", {
-            let mut command = Command::new(&deno);
-            command.args(["test", "--allow-net", "--allow-read", "--allow-env"]).arg(root.join("tests/js/deno"));
-            command
-        }),
-        ("wasm", "wasm: wasm-pack test --headless --chrome", {
-            let mut command = Command::new("wasm-pack");
-            command.args(["test", "--headless", "--chrome"]);
-            command
-        }),
+        ("js", "js: the packed package from Node, Deno and Chromium (tests/js/run.sh)", script("tests/js/run.sh")),
+        ("wasm", "wasm: wasm-pack test --headless --chrome (tests/wasm/run.sh)", script("tests/wasm/run.sh")),
         ("e2e", "e2e: supabase-js against the stack (tests/e2e)", {
             let mut command = Command::new("node");
             command.args(["--experimental-websocket", "--test", "--test-concurrency=1"]).arg(root.join("tests/e2e"));
@@ -284,19 +280,19 @@ fn fresh_migrations(cluster: &Cluster) -> Result<()> {
     Ok(())
 }
 
-/// Legacy database: the fixture, then the migrations twice, then its checks.
-fn legacy_upgrade(cluster: &Cluster) -> Result<()> {
-    let root = crate::project_root();
-    cluster.create_supabase_database("legacy")?;
-    cluster.run_file("legacy", &root.join("tests/upgrade/fixture.sql"))?;
-    cluster.migrate("legacy").context("first migration run over the legacy schema")?;
-    let first = schema_dump(cluster, "legacy")?;
-    cluster.migrate("legacy").context("second migration run over the legacy schema")?;
-    let again = schema_dump(cluster, "legacy")?;
+/// Legacy database: `dir/fixture.sql`, then the migrations twice (the second
+/// changing nothing), then the pgTAP checks `dir/NN-*.sql`.
+fn legacy_upgrade(cluster: &Cluster, database: &str, dir: &Path) -> Result<()> {
+    cluster.create_supabase_database(database)?;
+    cluster.run_file(database, &dir.join("fixture.sql"))?;
+    cluster.migrate(database).context("first migration run over the legacy schema")?;
+    let first = schema_dump(cluster, database)?;
+    cluster.migrate(database).context("second migration run over the legacy schema")?;
+    let again = schema_dump(cluster, database)?;
     if again != first {
         bail!("the second run changed the upgraded schema or data:\n{}", diff(&first, &again));
     }
-    pg_prove(cluster, "legacy", &root.join("tests/upgrade"))
+    pg_prove(cluster, database, dir)
 }
 
 /// Runs every `NN-*.sql` pgTAP file in `dir` with pg_prove.
