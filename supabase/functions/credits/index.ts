@@ -2,6 +2,7 @@
 // auth, prices, rate limits and responses are Rust (src/api/), compiled to
 // wasm (pkg/, copied next to this file by scripts/build-pkg.sh so that
 // `supabase functions deploy` bundles it); this file only wires it to Deno.
+// @ts-types="./pkg/index.d.ts"
 import { createHandler, handle } from "./pkg/deno.js";
 
 // Browsers ask before sending Authorization or Idempotency-Key.
