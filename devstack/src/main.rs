@@ -7,6 +7,7 @@ commands:
   test           run every test the project has (installs what is missing)
   gateway        run the PostgREST-compatible gateway alone (PGRST_* variables)
   setup          install what is missing, build nothing
+  bench          measure creditgate against the seed (pgbench, HTTP); writes target/devstack/bench.json
 ";
 
 fn main() {
@@ -18,6 +19,7 @@ fn main() {
         "test" => devstack::testrun::main(rest),
         "gateway" => devstack::gateway::main(rest),
         "setup" => devstack::setup::main(rest),
+        "bench" => devstack::bench::main(rest),
         _ => {
             eprint!("{USAGE}");
             std::process::exit(2);

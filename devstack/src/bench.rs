@@ -1,0 +1,669 @@
+//! `cargo dev bench`: creditgate measured against the seed, in one run, on
+//! one PostgreSQL cluster.
+//!
+//! Every figure is a ratio against a baseline measured in the same run, with
+//! repeated runs and medians, because other work shares this machine. The
+//! two sides of a ratio alternate (A B, B A, A B, ...) so that a slow patch
+//! hurts both. Benchmarks never fail on timing: a missed target is printed,
+//! and the exit code is non-zero only when something could not be measured.
+//!
+//! The cluster (target/devstack/bench, port 54342) holds:
+//! - `seed`: the seed's SQL (bench/seed_baseline.sql), the baseline;
+//! - `creditgate`: bootstrap + the migrations;
+//! - `growth_empty` / `growth_full`: creditgate, empty and after a long life
+//!   (bench/growth_fill.sql: a million ledger rows, 100 000 rate-limit keys).
+//!
+//! SQL level: pgbench with the custom scripts in bench/ (8 clients,
+//! 2 threads). The HTTP level and the wasm figures are in [`http`].
+
+mod http;
+
+use crate::pg::Cluster;
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+/// The bench cluster's port: beside `cargo dev up` (54322) and the tests (54332).
+pub const BENCH_PG_PORT: u16 = 54342;
+/// pgbench clients and threads (the issue's figures for this 2-core machine).
+const CLIENTS: u32 = 8;
+const THREADS: u32 = 2;
+/// Users the charges spread over, and identifiers the rate limits spread over.
+const USERS: u32 = 1000;
+const IDENTIFIERS: u32 = 10_000;
+/// The growth database's size.
+const GROWTH_LEDGER_ROWS: u32 = 1_000_000;
+const GROWTH_RATE_LIMIT_KEYS: u32 = 100_000;
+
+const USAGE: &str = "usage: cargo dev bench [--runs N] [--seconds S] [--quick] [--only NAME] [--analyze] [--no-http]
+
+  --runs N      runs per series (default 3); the figure is the median
+  --seconds S   seconds per pgbench run (default 10)
+  --quick       1 run of 3 s each, a smaller growth database: checks the bench itself
+  --only NAME   only the metrics whose name contains NAME
+  --analyze     pg_stat_statements (track = all) and a report of where the time goes
+  --no-http     skip the HTTP and wasm figures
+";
+
+#[derive(Clone)]
+struct Options {
+    runs: usize,
+    seconds: u32,
+    growth_rows: u32,
+    growth_keys: u32,
+    only: Option<String>,
+    analyze: bool,
+    http: bool,
+}
+
+fn parse(args: &[String]) -> Result<Options> {
+    let mut options = Options {
+        runs: 3,
+        seconds: 10,
+        growth_rows: GROWTH_LEDGER_ROWS,
+        growth_keys: GROWTH_RATE_LIMIT_KEYS,
+        only: None,
+        analyze: false,
+        http: true,
+    };
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| args.next().cloned().with_context(|| format!("{name} needs a value"));
+        match arg.as_str() {
+            "--runs" => options.runs = value("--runs")?.parse()?,
+            "--seconds" => options.seconds = value("--seconds")?.parse()?,
+            "--only" => options.only = Some(value("--only")?),
+            "--quick" => {
+                options.runs = 1;
+                options.seconds = 3;
+                options.growth_rows = 100_000;
+                options.growth_keys = 10_000;
+            }
+            "--analyze" => options.analyze = true,
+            "--no-http" => options.http = false,
+            "-h" | "--help" => {
+                eprint!("{USAGE}");
+                return Ok(Options { runs: 0, ..options });
+            }
+            other => bail!("unknown argument {other:?}\n{USAGE}"),
+        }
+    }
+    if options.runs > 0 && options.seconds == 0 {
+        bail!("--seconds must be at least 1");
+    }
+    Ok(options)
+}
+
+pub fn main(args: &[String]) -> Result<()> {
+    let options = parse(args)?;
+    if options.runs == 0 {
+        return Ok(());
+    }
+    crate::setup::ensure(crate::setup::Need::Database)?;
+    let started = Instant::now();
+    let root = crate::project_root();
+    let dir = root.join("target/devstack/bench");
+    let cluster = start_cluster(&dir, options.analyze)?;
+    let bench = Bench { cluster: &cluster, root: root.clone(), options: options.clone() };
+
+    eprintln!("bench: loading the databases");
+    bench.load()?;
+    if options.analyze {
+        cluster.query("postgres", "CREATE EXTENSION IF NOT EXISTS pg_stat_statements WITH SCHEMA public")?;
+        cluster.query("postgres", "SELECT public.pg_stat_statements_reset()")?;
+    }
+    let mut report = Report::new(&options);
+    for scenario in scenarios() {
+        if let Some(only) = &options.only {
+            if !scenario.name.contains(only.as_str()) {
+                continue;
+            }
+        }
+        if scenario.growth && !bench.growth_loaded() {
+            bench.load_growth()?;
+        }
+        eprintln!("\nbench: {}", scenario.name);
+        match bench.measure(&scenario) {
+            Ok(metric) => report.metrics.push(metric),
+            Err(error) => {
+                eprintln!("bench: {} could not be measured: {error:#}", scenario.name);
+                report.errors.push(format!("{}: {error:#}", scenario.name));
+            }
+        }
+    }
+    if options.analyze {
+        bench.analyze()?;
+    }
+    drop(cluster);
+
+    if options.http && options.only.is_none() {
+        match http::measure(&root, &options) {
+            Ok(figures) => report.http = Some(figures),
+            Err(error) => {
+                eprintln!("bench: HTTP and wasm figures not measured: {error:#}");
+                report.http_missing = Some(format!("{error:#}"));
+            }
+        }
+    }
+    report.seconds_total = started.elapsed().as_secs_f64();
+    report.print();
+    let path = root.join("target/devstack/bench.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
+    eprintln!("\nwritten: {}", path.display());
+    if !report.errors.is_empty() {
+        bail!("{} metric(s) could not be measured", report.errors.len());
+    }
+    Ok(())
+}
+
+/// A fresh cluster with the bench's settings: checkpoints far apart (each
+/// run starts with an explicit CHECKPOINT instead), durability untouched
+/// (fsync and synchronous_commit stay on: commits wait for the disk).
+fn start_cluster(dir: &Path, analyze: bool) -> Result<Cluster> {
+    let mut cluster = Cluster::start(dir, BENCH_PG_PORT, true)?;
+    let conf = cluster.data_dir().join("postgresql.conf");
+    let mut text = std::fs::read_to_string(&conf)?;
+    text.push_str("\n# cargo dev bench\nmax_wal_size = '8GB'\ncheckpoint_timeout = '30min'\n");
+    if analyze {
+        let preload = if text.contains("pg_cron") { "pg_cron,pg_stat_statements" } else { "pg_stat_statements" };
+        text.push_str(&format!(
+            "shared_preload_libraries = '{preload}'\npg_stat_statements.track = all\n"
+        ));
+    }
+    std::fs::write(&conf, text)?;
+    cluster.stop();
+    Cluster::start(dir, BENCH_PG_PORT, false)
+}
+
+struct Bench<'a> {
+    cluster: &'a Cluster,
+    root: PathBuf,
+    options: Options,
+}
+
+/// One side of a ratio: a pgbench script on a database, with its variables.
+#[derive(Clone)]
+struct Series {
+    label: &'static str,
+    database: &'static str,
+    script: &'static str,
+    defines: Vec<(&'static str, String)>,
+    /// Settlement series: open jobs to create before each run.
+    settles: bool,
+}
+
+struct Scenario {
+    name: &'static str,
+    what: &'static str,
+    creditgate: Series,
+    baseline: Series,
+    /// The target ratio (creditgate / baseline) and the one to aim for.
+    target: Option<f64>,
+    aim: Option<f64>,
+    growth: bool,
+}
+
+fn series(label: &'static str, database: &'static str, script: &'static str, defines: &[(&'static str, u32)]) -> Series {
+    Series {
+        label,
+        database,
+        script,
+        defines: defines.iter().map(|(k, v)| (*k, v.to_string())).collect(),
+        settles: false,
+    }
+}
+
+fn settling(mut series: Series) -> Series {
+    series.settles = true;
+    series
+}
+
+fn scenarios() -> Vec<Scenario> {
+    let users = &[("users", USERS)][..];
+    let hot = &[("users", 1)][..];
+    vec![
+        Scenario {
+            name: "charge, 1000 users",
+            what: "atomic_charge_credits with a fresh idempotency key, random user of 1000",
+            creditgate: series("creditgate", "creditgate", "charge.pgbench", users),
+            baseline: series("seed", "seed", "charge.pgbench", users),
+            target: Some(1.0),
+            aim: Some(1.3),
+            growth: false,
+        },
+        Scenario {
+            name: "charge, one hot user",
+            what: "atomic_charge_credits with a fresh idempotency key, always the same user",
+            creditgate: series("creditgate", "creditgate", "charge.pgbench", hot),
+            baseline: series("seed", "seed", "charge.pgbench", hot),
+            target: Some(1.0),
+            aim: Some(1.3),
+            growth: false,
+        },
+        Scenario {
+            name: "refund",
+            what: "refund_credits of an open one-credit job (1000 users)",
+            creditgate: settling(series("creditgate", "creditgate", "refund.pgbench", &[])),
+            baseline: settling(series("seed", "seed", "refund.pgbench", &[])),
+            target: None,
+            aim: None,
+            growth: false,
+        },
+        Scenario {
+            name: "complete",
+            what: "complete_generation_job (full capture) vs the seed's refund_credits, its only settlement",
+            creditgate: settling(series("creditgate", "creditgate", "complete.pgbench", &[])),
+            baseline: settling(series("seed refund", "seed", "refund.pgbench", &[])),
+            target: None,
+            aim: None,
+            growth: false,
+        },
+        Scenario {
+            name: "rate limit, 10000 ids",
+            what: "check_rate_limit 100/min, random identifier of 10000 (mostly allowed)",
+            creditgate: series("creditgate", "creditgate", "check_rate_limit.pgbench", &[("ids", IDENTIFIERS)]),
+            baseline: series("seed", "seed", "check_rate_limit.pgbench", &[("ids", IDENTIFIERS)]),
+            target: Some(2.0),
+            aim: None,
+            growth: false,
+        },
+        Scenario {
+            name: "rate limit, one id",
+            what: "check_rate_limit 100/min, always the same identifier (mostly denied)",
+            creditgate: series("creditgate", "creditgate", "check_rate_limit.pgbench", &[("ids", 1)]),
+            baseline: series("seed", "seed", "check_rate_limit.pgbench", &[("ids", 1)]),
+            target: Some(3.0),
+            aim: None,
+            growth: false,
+        },
+        Scenario {
+            name: "limit+charge, one call",
+            what: "charge_credits_with_limit vs apply_rate_limit then charge_credits (two transactions), creditgate both",
+            creditgate: series("one call", "creditgate", "charge_with_limit.pgbench", users),
+            baseline: series("two calls", "creditgate", "limit_then_charge.pgbench", users),
+            target: Some(1.3),
+            aim: None,
+            growth: false,
+        },
+        Scenario {
+            name: "growth, charge",
+            what: "charge.pgbench (1000 users) with 1M ledger rows and 100k rate-limit keys vs an empty database",
+            creditgate: series("grown", "growth_full", "charge.pgbench", users),
+            baseline: series("empty", "growth_empty", "charge.pgbench", users),
+            target: Some(0.9),
+            aim: None,
+            growth: true,
+        },
+        Scenario {
+            name: "growth, limit+charge",
+            what: "charge_with_limit.pgbench (1000 users) with 1M ledger rows and 100k rate-limit keys vs empty",
+            creditgate: series("grown", "growth_full", "charge_with_limit.pgbench", users),
+            baseline: series("empty", "growth_empty", "charge_with_limit.pgbench", users),
+            target: Some(0.9),
+            aim: None,
+            growth: true,
+        },
+    ]
+}
+
+/// One pgbench run's figures.
+#[derive(Serialize, Clone, Copy)]
+struct Run {
+    tps: f64,
+    latency_ms: f64,
+    transactions: u64,
+}
+
+#[derive(Serialize)]
+struct Metric {
+    name: String,
+    what: String,
+    creditgate_label: String,
+    baseline_label: String,
+    creditgate_runs: Vec<Run>,
+    baseline_runs: Vec<Run>,
+    creditgate_tps: f64,
+    baseline_tps: f64,
+    ratio: f64,
+    target: Option<f64>,
+    aim: Option<f64>,
+    met: Option<bool>,
+}
+
+impl Bench<'_> {
+    fn bench_file(&self, name: &str) -> PathBuf {
+        self.root.join("bench").join(name)
+    }
+
+    /// psql -f `file` on `database` as one transaction, with psql variables.
+    fn psql_file(&self, database: &str, file: &str, variables: &[(&str, String)]) -> Result<()> {
+        let mut command = self.cluster.psql(database);
+        command.arg("--single-transaction");
+        for (name, value) in variables {
+            command.arg("-v").arg(format!("{name}={value}"));
+        }
+        let output = command.arg("-f").arg(self.bench_file(file)).output()?;
+        if !output.status.success() {
+            bail!("{file} on {database}: {}", String::from_utf8_lossy(&output.stderr));
+        }
+        Ok(())
+    }
+
+    fn create_database(&self, database: &str) -> Result<()> {
+        self.cluster.create_supabase_database(database)
+    }
+
+    fn load_creditgate(&self, database: &str) -> Result<()> {
+        self.create_database(database)?;
+        self.cluster.migrate(database).with_context(|| format!("migrations on {database}"))?;
+        self.psql_file(database, "harness_common.sql", &[])?;
+        self.psql_file(database, "harness_creditgate.sql", &[("users", USERS.to_string())])?;
+        self.vacuum(database)
+    }
+
+    fn load(&self) -> Result<()> {
+        let clock = Instant::now();
+        self.create_database("seed")?;
+        self.cluster
+            .run_file("seed", &self.bench_file("seed_baseline.sql"))
+            .context("the seed's SQL does not load")?;
+        self.psql_file("seed", "harness_common.sql", &[])?;
+        self.psql_file("seed", "harness_seed.sql", &[("users", USERS.to_string())])?;
+        self.vacuum("seed")?;
+        self.load_creditgate("creditgate")?;
+        eprintln!("bench: seed and creditgate loaded in {:.1} s", clock.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    fn growth_loaded(&self) -> bool {
+        self.cluster
+            .query("postgres", "SELECT count(*) FROM pg_database WHERE datname IN ('growth_empty', 'growth_full')")
+            .map(|count| count == "2")
+            .unwrap_or(false)
+    }
+
+    fn load_growth(&self) -> Result<()> {
+        let clock = Instant::now();
+        self.load_creditgate("growth_empty")?;
+        self.load_creditgate("growth_full")?;
+        let rows = self.options.growth_rows - self.options.growth_rows % USERS;
+        self.psql_file(
+            "growth_full",
+            "growth_fill.sql",
+            &[
+                ("users", USERS.to_string()),
+                ("rows", rows.to_string()),
+                ("keys", self.options.growth_keys.to_string()),
+            ],
+        )?;
+        self.vacuum("growth_full")?;
+        let problems = self.cluster.query("growth_full", "SELECT count(*) FROM public.verify_credit_ledger()")?;
+        if problems != "0" {
+            bail!("the grown database's ledger does not reconcile: {problems} problem(s)");
+        }
+        let sizes = self.cluster.query(
+            "growth_full",
+            "SELECT (SELECT count(*) FROM public.credit_ledger) || ' ledger rows, '
+                 || (SELECT count(*) FROM public.rate_limits) || ' rate-limit keys, '
+                 || pg_size_pretty(pg_database_size(current_database()))",
+        )?;
+        eprintln!("bench: growth databases loaded in {:.1} s ({sizes})", clock.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    fn vacuum(&self, database: &str) -> Result<()> {
+        self.cluster.query(database, "VACUUM ANALYZE")?;
+        Ok(())
+    }
+
+    fn measure(&self, scenario: &Scenario) -> Result<Metric> {
+        let mut creditgate_runs = Vec::new();
+        let mut baseline_runs = Vec::new();
+        for round in 0..self.options.runs {
+            // Alternate which side goes first, so drift hurts both alike.
+            let order: [(&Series, &mut Vec<Run>); 2] = if round % 2 == 0 {
+                [(&scenario.creditgate, &mut creditgate_runs), (&scenario.baseline, &mut baseline_runs)]
+            } else {
+                [(&scenario.baseline, &mut baseline_runs), (&scenario.creditgate, &mut creditgate_runs)]
+            };
+            for (series, runs) in order {
+                let previous = runs.last().map(|run: &Run| run.tps);
+                let run = self.run_series(series, previous)?;
+                eprintln!(
+                    "  {:<12} run {}: {:>9.1} tps  {:>7.2} ms",
+                    series.label,
+                    round + 1,
+                    run.tps,
+                    run.latency_ms
+                );
+                runs.push(run);
+            }
+        }
+        let creditgate_tps = median(creditgate_runs.iter().map(|run| run.tps).collect());
+        let baseline_tps = median(baseline_runs.iter().map(|run| run.tps).collect());
+        let ratio = if baseline_tps > 0.0 { creditgate_tps / baseline_tps } else { 0.0 };
+        Ok(Metric {
+            name: scenario.name.to_string(),
+            what: scenario.what.to_string(),
+            creditgate_label: scenario.creditgate.label.to_string(),
+            baseline_label: scenario.baseline.label.to_string(),
+            creditgate_runs,
+            baseline_runs,
+            creditgate_tps,
+            baseline_tps,
+            ratio,
+            target: scenario.target,
+            aim: scenario.aim,
+            met: scenario.target.map(|target| ratio >= target),
+        })
+    }
+
+    /// One pgbench run of `series`; a settlement series first gets enough
+    /// open jobs (1.5 times what the previous run used), and a run that used
+    /// them all is repeated with more, so no transaction ever finds none.
+    fn run_series(&self, series: &Series, previous_tps: Option<f64>) -> Result<Run> {
+        let seconds = f64::from(self.options.seconds);
+        let mut jobs = previous_tps.map_or(4000.0 * seconds, |tps| tps * seconds * 1.5).max(2000.0) as i64;
+        loop {
+            if series.settles {
+                self.cluster
+                    .query(series.database, &format!("SELECT bench.make_jobs({jobs}, {USERS})"))
+                    .with_context(|| format!("open jobs on {}", series.database))?;
+                self.cluster.query(series.database, "VACUUM ANALYZE bench.jobs")?;
+            }
+            self.cluster.query(series.database, "CHECKPOINT")?;
+            let run = self.pgbench(series)?;
+            if !series.settles {
+                return Ok(run);
+            }
+            let used: i64 = self
+                .cluster
+                .query(series.database, "SELECT last_value FROM bench.jobs_next")?
+                .parse()
+                .context("bench.jobs_next")?;
+            if used < jobs {
+                return Ok(run);
+            }
+            eprintln!("  ({} used all {jobs} open jobs: again with more)", series.label);
+            jobs *= 3;
+        }
+    }
+
+    fn pgbench(&self, series: &Series) -> Result<Run> {
+        let mut command = Command::new(crate::pg::bin_dir().join("pgbench"));
+        command
+            .env("PGPASSWORD", crate::pg::PASSWORD)
+            .args(["-n", "-M", "prepared"])
+            .args(["-c", &CLIENTS.to_string(), "-j", &THREADS.to_string()])
+            .args(["-T", &self.options.seconds.to_string()])
+            .args(["-h", "127.0.0.1", "-U", "postgres", "-p", &self.cluster.port().to_string()])
+            .arg("-f")
+            .arg(self.bench_file(series.script));
+        for (name, value) in &series.defines {
+            command.arg("-D").arg(format!("{name}={value}"));
+        }
+        command.arg(series.database);
+        let output = command.output().context("run pgbench")?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if !output.status.success() {
+            bail!("pgbench {} on {} failed ({}):\n{stderr}\n{stdout}", series.script, series.database, output.status);
+        }
+        parse_pgbench(&stdout).with_context(|| format!("pgbench output:\n{stdout}\n{stderr}"))
+    }
+
+    /// With --analyze: where each database's time went, statement by statement.
+    fn analyze(&self) -> Result<()> {
+        for database in ["creditgate", "seed"] {
+            let report = self.cluster.query(
+                "postgres",
+                &format!("SELECT rpad(round(s.total_exec_time)::text, 9) || rpad(s.calls::text, 10)
+                        || rpad(round((s.total_exec_time / greatest(s.calls, 1) * 1000)::numeric, 1)::text, 8)
+                        || rpad(s.wal_records::text, 10)
+                        || left(regexp_replace(s.query, '\\s+', ' ', 'g'), 110)
+                 FROM public.pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid
+                 WHERE d.datname = '{database}'
+                 ORDER BY s.total_exec_time DESC LIMIT 40"
+                ),
+            )?;
+            println!("\n== {database}: top statements (total ms, calls, us/call, WAL records, query)\n{report}");
+        }
+        Ok(())
+    }
+}
+
+fn parse_pgbench(stdout: &str) -> Result<Run> {
+    let number_after = |prefix: &str| -> Option<f64> {
+        stdout.lines().find_map(|line| {
+            let rest = line.trim().strip_prefix(prefix)?;
+            rest.split_whitespace().next()?.parse().ok()
+        })
+    };
+    let tps = number_after("tps = ").context("no tps line")?;
+    let latency_ms = number_after("latency average = ").unwrap_or(0.0);
+    let transactions = number_after("number of transactions actually processed: ").unwrap_or(0.0) as u64;
+    if let Some(failed) = number_after("number of failed transactions: ") {
+        if failed > 0.0 {
+            bail!("{failed} failed transactions");
+        }
+    }
+    Ok(Run { tps, latency_ms, transactions })
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(|a, b| a.total_cmp(b));
+    let middle = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[middle]
+    } else {
+        (values[middle - 1] + values[middle]) / 2.0
+    }
+}
+
+#[derive(Serialize)]
+struct Report {
+    settings: serde_json::Value,
+    metrics: Vec<Metric>,
+    http: Option<http::Figures>,
+    http_missing: Option<String>,
+    errors: Vec<String>,
+    seconds_total: f64,
+}
+
+impl Report {
+    fn new(options: &Options) -> Report {
+        Report {
+            settings: serde_json::json!({
+                "clients": CLIENTS,
+                "threads": THREADS,
+                "runs": options.runs,
+                "seconds_per_run": options.seconds,
+                "users": USERS,
+                "identifiers": IDENTIFIERS,
+                "growth_ledger_rows": options.growth_rows,
+                "growth_rate_limit_keys": options.growth_keys,
+                "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+                "postgres": "15 (fsync on, synchronous_commit on)",
+            }),
+            metrics: Vec::new(),
+            http: None,
+            http_missing: None,
+            errors: Vec::new(),
+            seconds_total: 0.0,
+        }
+    }
+
+    fn print(&self) {
+        println!(
+            "\ncreditgate bench: pgbench -c {CLIENTS} -j {THREADS}, {} run(s) x {} s per series, medians",
+            self.settings["runs"], self.settings["seconds_per_run"]
+        );
+        println!(
+            "{:<24} {:>15} {:>21} {:>7} {:>13} {:>5}",
+            "metric", "creditgate tps", "baseline tps", "ratio", "target", "met?"
+        );
+        for metric in &self.metrics {
+            let target = match (metric.target, metric.aim) {
+                (Some(target), Some(aim)) => format!(">={target:.1}x ({aim:.1}x)"),
+                (Some(target), None) => format!(">={target:.1}x"),
+                _ => "report".to_string(),
+            };
+            let met = match metric.met {
+                Some(true) => "yes",
+                Some(false) => "NO",
+                None => "-",
+            };
+            let baseline = format!("{:.0} ({})", metric.baseline_tps, metric.baseline_label);
+            let creditgate = if metric.creditgate_label == "creditgate" {
+                format!("{:.0}", metric.creditgate_tps)
+            } else {
+                format!("{:.0} ({})", metric.creditgate_tps, metric.creditgate_label)
+            };
+            println!(
+                "{:<24} {:>15} {:>21} {:>6.2}x {:>13} {:>5}",
+                metric.name, creditgate, baseline, metric.ratio, target, met
+            );
+        }
+        if let Some(http) = &self.http {
+            http.print();
+        } else if let Some(missing) = &self.http_missing {
+            println!("\nHTTP and wasm: not measured: {missing}");
+        }
+        for error in &self.errors {
+            println!("NOT MEASURED: {error}");
+        }
+        println!("(bench took {:.0} s)", self.seconds_total);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_pgbench_15_output() {
+        let out = "transaction type: bench/charge.pgbench\nscaling factor: 1\nquery mode: prepared\n\
+                   number of clients: 8\nnumber of threads: 2\nmaximum number of tries: 1\nduration: 3 s\n\
+                   number of transactions actually processed: 5123\nnumber of failed transactions: 0 (0.000%)\n\
+                   latency average = 4.687 ms\ninitial connection time = 12.345 ms\n\
+                   tps = 1706.812345 (without initial connection time)\n";
+        let run = parse_pgbench(out).unwrap();
+        assert_eq!(run.transactions, 5123);
+        assert!((run.tps - 1706.812345).abs() < 1e-9);
+        assert!((run.latency_ms - 4.687).abs() < 1e-9);
+        let failed = out.replace("failed transactions: 0 (0.000%)", "failed transactions: 3 (0.1%)");
+        assert!(parse_pgbench(&failed).is_err());
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(vec![]), 0.0);
+    }
+}
