@@ -1,9 +1,10 @@
 //! Who is calling: the caller's token, checked.
 //!
 //! Tokens arrive as `Authorization: Bearer <token>`.
-//! - The service role is the service-role key presented exactly (compared
-//!   in constant time), or, when a JWT secret is configured, an HS256 JWT
-//!   signed with it whose `role` is `service_role`.
+//! - The service role is the service-role key (or one of the project's
+//!   `SUPABASE_SECRET_KEYS`) presented exactly, compared in constant time;
+//!   or, when a JWT secret is configured, an HS256 JWT signed with it whose
+//!   `role` is `service_role`.
 //! - A user is a JWT whose `role` is `authenticated` with a UUID `sub`:
 //!   the user's id comes from there and nowhere else.
 //! - Any other valid token (the anon key) is [`Caller::Anonymous`].

@@ -3,6 +3,7 @@
 //! | variable | default | meaning |
 //! |---|---|---|
 //! | `SUPABASE_URL`, `SUPABASE_SERVICE_ROLE_KEY` | (set by Supabase) | where the RPCs go, and the key they use |
+//! | `SUPABASE_SECRET_KEYS` | (set by Supabase) | JSON `{name: key}`: these `sb_secret_` keys are the service role too |
 //! | `CREDITGATE_JWT_SECRET` (or `SUPABASE_JWT_SECRET`, `JWT_SECRET`) | unset | verify callers' HS256 JWTs here; unset: trust the runtime's `verify_jwt` (see `auth.rs`) |
 //! | `CREDITGATE_PRICES` | `{"image":10,"text":1}` | credits per operation, the only prices there are |
 //! | `CREDITGATE_USER_LIMIT` | `5/60` | paid requests per user: `<limit>/<window seconds>`, or `off` |
@@ -211,9 +212,17 @@ impl Settings {
             }
         };
 
+        let mut service_keys = vec![service_role_key.to_owned()];
+        if let Some(text) = get("SUPABASE_SECRET_KEYS") {
+            let keys: BTreeMap<String, String> = serde_json::from_str(text).map_err(|_| {
+                invalid("SUPABASE_SECRET_KEYS", "SUPABASE_SECRET_KEYS must be a JSON object of name: key")
+            })?;
+            service_keys.extend(keys.into_values().filter(|key| !key.is_empty()));
+        }
+
         Ok(Settings {
             config,
-            service_keys: ServiceKeys(vec![service_role_key.to_owned()]),
+            service_keys: ServiceKeys(service_keys),
             jwt,
             prices,
             user_limit: limit("CREDITGATE_USER_LIMIT", DEFAULT_USER_LIMIT)?,
@@ -380,6 +389,15 @@ mod tests {
         assert_eq!(variable_of(Settings::from_env(&env(&[("GENERATOR_URL", "not a url")]))), "GENERATOR_URL");
         let default = Settings::from_env(&env(&[("GENERATOR_URL", "https://gen.example/v1")])).expect("valid");
         assert_eq!(default.generator.map(|g| g.timeout_ms), Some(DEFAULT_GENERATOR_TIMEOUT_MS));
+    }
+
+    #[test]
+    fn new_style_secret_keys_are_service_keys_too() {
+        let settings =
+            Settings::from_env(&env(&[("SUPABASE_SECRET_KEYS", r#"{"default": "sb_secret_abc", "empty": ""}"#)])).expect("valid");
+        assert_eq!(settings.service_keys.0, vec!["service-key".to_owned(), "sb_secret_abc".to_owned()]);
+        assert!(!format!("{settings:?}").contains("sb_secret_abc"));
+        assert_eq!(variable_of(Settings::from_env(&env(&[("SUPABASE_SECRET_KEYS", "[1]")]))), "SUPABASE_SECRET_KEYS");
     }
 
     #[test]
