@@ -1665,6 +1665,27 @@ fn server_cors_on_regular_requests() {
     assert_eq!(r.header("Access-Control-Allow-Origin"), Some("*"), "errors carry CORS headers too");
 }
 
+// App.hs NoSchemaCacheError: without a database the gateway answers 503 PGRST002 and keeps serving
+#[test]
+fn server_without_a_database_answers_503() {
+    let e = env();
+    let dead = format!("postgres://authenticator:postgres@127.0.0.1:{}/postgres", free_port());
+    let mut config = base_config(&dead);
+    config.db_pool_acquisition_timeout = Duration::from_secs(1);
+    let handle = e.rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        gateway::spawn(config, listener).unwrap()
+    });
+    let addr = handle.local_addr().to_string();
+    GATEWAYS.lock().unwrap_or_else(|e| e.into_inner()).push(handle);
+    for _ in 0..3 {
+        let r = send(&addr, "GET", "/items", &[], b"");
+        assert_error(&r, 503, json!({"code": "PGRST002", "message": "Could not query the database for the schema cache. Retrying.", "details": null, "hint": null}));
+    }
+    let r = send(&addr, "GET", "/items", &[("Authorization", "Bearer not.a.jwt")], b"");
+    assert_eq!(r.status, 401, "authentication comes before the schema cache");
+}
+
 // Bounded request body: over the limit -> 413, whether declared or streamed
 #[test]
 fn server_request_body_is_bounded() {

@@ -324,7 +324,7 @@ async fn call_routine(
         read_only: rpc::read_only(req, &routine),
         sql: text,
         params: sql.params,
-        check: if matches!(handler, Handler::Single { .. }) { Check::Singular } else { Check::None },
+        check: if matches!(media, MediaType::Singular { .. }) { Check::Singular } else { Check::None },
     };
     let rs = db::run(&state.pool, &locals(state, cache, req, auth), &stmt, authenticated).await?;
 
@@ -366,7 +366,7 @@ async fn read_table(
         read_only: true,
         sql: text,
         params: sql.params,
-        check: if matches!(handler, Handler::Single { .. }) { Check::Singular } else { Check::None },
+        check: if matches!(media, MediaType::Singular { .. }) { Check::Singular } else { Check::None },
     };
     let rs = db::run(&state.pool, &locals(state, cache, req, auth), &stmt, authenticated).await?;
     let (status, content_range) = range_status(range, rs.page_total, rs.total);

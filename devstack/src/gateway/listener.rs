@@ -84,8 +84,9 @@ pub async fn listen(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
                     driver.abort();
                 } else {
                     delay = Duration::from_millis(250);
-                    if connected_before {
-                        // Notifications may have been lost while disconnected.
+                    if connected_before || state.schema_cache().is_none() {
+                        // Notifications may have been lost while disconnected
+                        // (or the database just came up): read the cache now.
                         let _ = state.reload_schema_cache().await;
                     }
                     connected_before = true;
