@@ -277,8 +277,7 @@ impl Res {
 
 fn dechunk(mut body: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    loop {
-        let Some(line_end) = body.windows(2).position(|w| w == b"\r\n") else { break };
+    while let Some(line_end) = body.windows(2).position(|w| w == b"\r\n") {
         let size_text = String::from_utf8_lossy(&body[..line_end]);
         let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("0").trim(), 16).unwrap_or(0);
         body = &body[line_end + 2..];
@@ -1746,7 +1745,7 @@ fn server_serves_concurrent_requests() {
     let threads: Vec<_> = (0..16)
         .map(|i| {
             std::thread::spawn(move || {
-                (0..5).map(|j| get(&format!("/rpc/add_them?a={i}&b={j}")).json() == json!(i + j)).all(|ok| ok)
+                (0..5).all(|j| get(&format!("/rpc/add_them?a={i}&b={j}")).json() == json!(i + j))
             })
         })
         .collect();

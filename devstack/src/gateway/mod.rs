@@ -18,6 +18,10 @@
 //! - [`error`]: `{code,message,details,hint}` and the SQLSTATE status table.
 //! - [`server`]: HTTP, CORS, body limit, graceful shutdown.
 
+// `ApiError` carries a JSON body and headers; it is built at most once per
+// request, so boxing it would only add noise.
+#![allow(clippy::result_large_err)]
+
 pub mod app;
 pub mod cache;
 pub mod config;

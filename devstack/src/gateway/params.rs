@@ -269,14 +269,7 @@ impl<'a> P<'a> {
         self.pos >= self.chars.len()
     }
     fn starts_with(&self, s: &str) -> bool {
-        let mut i = self.pos;
-        for c in s.chars() {
-            if self.chars.get(i) != Some(&c) {
-                return false;
-            }
-            i += 1;
-        }
-        true
+        s.chars().enumerate().all(|(n, c)| self.chars.get(self.pos + n) == Some(&c))
     }
     fn eat(&mut self, s: &str) -> bool {
         if self.starts_with(s) {
