@@ -70,15 +70,26 @@ impl Cluster {
     }
 
     fn start() -> Cluster {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("gateway-conformance-{}", std::process::id()));
+        let name = format!("gateway-conformance-{}", std::process::id());
+        let as_postgres = unsafe { libc::geteuid() } == 0;
+        let mut dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(&name);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let as_postgres = unsafe { libc::geteuid() } == 0;
-        let cluster = Cluster { bin: pg_bin(), dir, port: free_port(), as_postgres };
         if as_postgres {
-            let ok = Command::new("chown").arg("postgres:postgres").arg(&cluster.dir).status().unwrap();
+            let ok = Command::new("chown").arg("postgres:postgres").arg(&dir).status().unwrap();
             assert!(ok.success(), "chown of the data directory failed");
+            // With a strict umask, `postgres` may not reach target/: use the temp dir.
+            let reachable = Command::new("runuser").args(["-u", "postgres", "--", "test", "-w"]).arg(&dir).status();
+            if !reachable.map(|s| s.success()).unwrap_or(false) {
+                let _ = std::fs::remove_dir_all(&dir);
+                dir = std::env::temp_dir().join(&name);
+                let _ = std::fs::remove_dir_all(&dir);
+                std::fs::create_dir_all(&dir).unwrap();
+                let ok = Command::new("chown").arg("postgres:postgres").arg(&dir).status().unwrap();
+                assert!(ok.success(), "chown of the data directory failed");
+            }
         }
+        let cluster = Cluster { bin: pg_bin(), dir, port: free_port(), as_postgres };
         let out = cluster
             .server_cmd("initdb")
             .arg("-D")
