@@ -209,6 +209,9 @@ fn start_gateway(options: &Options, cluster: &Cluster) -> Result<Child> {
         .env("PGRST_SERVER_HOST", "127.0.0.1")
         .env("PGRST_SERVER_PORT", options.gateway_port.to_string())
         .env("PGRST_DB_POOL", "20")
+        // As Supabase configures its PostgREST.
+        .env("PGRST_DB_EXTRA_SEARCH_PATH", "public,extensions")
+        .env("PGRST_DB_MAX_ROWS", "1000")
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -461,7 +464,8 @@ async fn serve_front(listener: tokio::net::TcpListener, proxy: Arc<Proxy>) -> Re
                 async move { Ok::<_, std::convert::Infallible>(route(&proxy, request, peer).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
+                // Raw `>`, `"` in a curl query reach the gateway, as with Kong.
+                .serve_connection(TokioIo::new(crate::gateway::server::LenientRequestLine::new(stream)), service)
                 .await;
         });
     }
