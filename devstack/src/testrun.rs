@@ -20,11 +20,9 @@ pub fn main(args: &[String]) -> Result<()> {
     crate::setup::ensure(if database_only { Need::Database } else { Need::Everything })?;
     let mut run = Run::default();
     let root = crate::project_root();
-    let dir = root.join("target/devstack/test-pg");
-    let cluster = Cluster::start(&dir, TEST_PG_PORT, true)?;
-
     let wanted = |name: &str| only.is_empty() || only.iter().any(|o| name.starts_with(o));
     if wanted("db") {
+        let cluster = Cluster::start(&root.join("target/devstack/test-pg"), TEST_PG_PORT, true)?;
         run.suite("db: migrations on a fresh database, three times over", || fresh_migrations(&cluster));
         run.suite("db: pgTAP (supabase/tests/database)", || {
             pg_prove(&cluster, FRESH, &root.join("supabase/tests/database"))
@@ -37,7 +35,6 @@ pub fn main(args: &[String]) -> Result<()> {
         });
         run.suite("db: concurrency", || crate::checks::concurrency(&cluster, FRESH));
     }
-    drop(cluster);
     if wanted("rust") {
         run.suite("rust: cargo test (crate units, devstack units, gateway conformance)", || {
             crate::setup::run(
@@ -47,7 +44,7 @@ pub fn main(args: &[String]) -> Result<()> {
             )
         });
     }
-    if wanted("stack") || wanted("js") || wanted("wasm") || wanted("e2e") {
+    if ["stack", "js", "wasm", "function", "e2e", "page"].iter().any(|group| wanted(group)) {
         run.suite("pkg: build the wasm package", crate::stack::build_package);
         stack_suites(&mut run, &wanted)?;
     }
@@ -74,6 +71,9 @@ fn test_stack_options() -> crate::stack::Options {
 fn stack_suites(run: &mut Run, wanted: &dyn Fn(&str) -> bool) -> Result<()> {
     let root = crate::project_root();
     let options = test_stack_options();
+    // The function gives up on the generator after 2 s here (20 s by
+    // default), so the tests of a hanging generator finish quickly.
+    std::env::set_var("CREDITGATE_GENERATOR_TIMEOUT_MS", "2000");
     let stack = std::sync::Arc::new(crate::stack::Stack::start(&options)?);
     let serving = stack.clone();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -103,9 +103,23 @@ fn stack_suites(run: &mut Run, wanted: &dyn Fn(&str) -> bool) -> Result<()> {
     let suites: Vec<(&str, &str, Command)> = vec![
         ("js", "js: the packed package from Node, Deno and Chromium (tests/js/run.sh)", script("tests/js/run.sh")),
         ("wasm", "wasm: wasm-pack test --headless --chrome (tests/wasm/run.sh)", script("tests/wasm/run.sh")),
+        ("function", "function: the Edge Function's types and handler under Deno (tests/function)", {
+            let mut command = Command::new("bash");
+            command.arg("-c").arg(
+                "deno check supabase/functions/credits/index.ts && \
+                 deno test --no-check --allow-net --allow-read --allow-env --allow-run=psql tests/function",
+            );
+            command
+        }),
         ("e2e", "e2e: supabase-js against the stack (tests/e2e)", {
             let mut command = Command::new("node");
             command.args(["--experimental-websocket", "--test", "--test-concurrency=1"]).arg(root.join("tests/e2e"));
+            command
+        }),
+        // Last: it spends the demo user's and 127.0.0.1's rate limits.
+        ("page", "page: the demo page in headless Chromium (tests/page; screenshot in tests/output)", {
+            let mut command = Command::new("node");
+            command.args(["--experimental-websocket", "--test"]).arg(root.join("tests/page"));
             command
         }),
     ];
@@ -113,7 +127,12 @@ fn stack_suites(run: &mut Run, wanted: &dyn Fn(&str) -> bool) -> Result<()> {
         if !wanted(group) {
             continue;
         }
-        command.current_dir(&root).envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+        // `cargo run` sets LD_LIBRARY_PATH for us; Deno refuses to spawn
+        // (psql) with it set unless given every run permission.
+        command
+            .current_dir(&root)
+            .env_remove("LD_LIBRARY_PATH")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())));
         run.suite(name, || crate::setup::run(&mut command));
     }
     let _ = stop.send(());
