@@ -11,6 +11,7 @@ pub mod checks;
 pub mod gateway;
 pub mod keys;
 pub mod pg;
+pub mod reliability;
 pub mod setup;
 pub mod stack;
 pub mod testrun;

@@ -34,6 +34,12 @@ pub fn main(args: &[String]) -> Result<()> {
             legacy_upgrade(&cluster, "seed_half_applied", &root.join("tests/upgrade/seed-half-applied"))
         });
         run.suite("db: concurrency", || crate::checks::concurrency(&cluster, FRESH));
+        run.suite("db: privileges, every function and table tried as each role", || {
+            crate::reliability::privilege_sweep(&cluster, FRESH)
+        });
+        run.suite("db: PostgreSQL immediate shutdown under charges, twice: no credit lost or created", || {
+            crate::reliability::postgres_crash()
+        });
     }
     if wanted("rust") {
         run.suite("rust: cargo test (crate units, devstack units, gateway conformance)", || {
