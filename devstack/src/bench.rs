@@ -38,6 +38,7 @@ const GROWTH_LEDGER_ROWS: u32 = 1_000_000;
 const GROWTH_RATE_LIMIT_KEYS: u32 = 100_000;
 
 const USAGE: &str = "usage: cargo dev bench [--runs N] [--seconds S] [--quick] [--only NAME] [--analyze] [--no-http]
+                       [--patch FILE] [--patch-check FILE]
 
   --runs N      runs per series (default 3); the figure is the median
   --seconds S   seconds per pgbench run (default 10)
@@ -45,6 +46,11 @@ const USAGE: &str = "usage: cargo dev bench [--runs N] [--seconds S] [--quick] [
   --only NAME   only the metrics whose name contains NAME
   --analyze     pg_stat_statements (track = all) and a report of where the time goes
   --no-http     skip the HTTP and wasm figures
+  --patch FILE  apply FILE (SQL) after the migrations in every creditgate database:
+                measures a proposed change (bench/proposals/)
+  --patch-check FILE
+                no bench: the migrations plus FILE, then the pgTAP suite and the
+                model-based concurrency test against the result
 ";
 
 #[derive(Clone)]
@@ -56,6 +62,8 @@ struct Options {
     only: Option<String>,
     analyze: bool,
     http: bool,
+    patch: Option<PathBuf>,
+    patch_check: Option<PathBuf>,
 }
 
 fn parse(args: &[String]) -> Result<Options> {
@@ -67,6 +75,8 @@ fn parse(args: &[String]) -> Result<Options> {
         only: None,
         analyze: false,
         http: true,
+        patch: None,
+        patch_check: None,
     };
     let mut args = args.iter();
     while let Some(arg) = args.next() {
@@ -83,6 +93,8 @@ fn parse(args: &[String]) -> Result<Options> {
             }
             "--analyze" => options.analyze = true,
             "--no-http" => options.http = false,
+            "--patch" => options.patch = Some(std::fs::canonicalize(value("--patch")?)?),
+            "--patch-check" => options.patch_check = Some(std::fs::canonicalize(value("--patch-check")?)?),
             "-h" | "--help" => {
                 eprint!("{USAGE}");
                 return Ok(Options { runs: 0, ..options });
@@ -102,6 +114,9 @@ pub fn main(args: &[String]) -> Result<()> {
         return Ok(());
     }
     crate::setup::ensure(crate::setup::Need::Database)?;
+    if let Some(patch) = &options.patch_check {
+        return check_patch(patch);
+    }
     let started = Instant::now();
     let root = crate::project_root();
     let dir = root.join("target/devstack/bench");
@@ -148,6 +163,7 @@ pub fn main(args: &[String]) -> Result<()> {
         }
     }
     report.seconds_total = started.elapsed().as_secs_f64();
+    report.patch = options.patch.as_ref().map(|path| path.display().to_string());
     report.print();
     let path = root.join("target/devstack/bench.json");
     std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
@@ -155,6 +171,36 @@ pub fn main(args: &[String]) -> Result<()> {
     if !report.errors.is_empty() {
         bail!("{} metric(s) could not be measured", report.errors.len());
     }
+    Ok(())
+}
+
+/// `--patch-check`: a proposed change must keep every behaviour the tests
+/// pin down. Migrations, then the patch, then pgTAP and the concurrency test.
+fn check_patch(patch: &Path) -> Result<()> {
+    let root = crate::project_root();
+    let cluster = Cluster::start(&root.join("target/devstack/bench-check"), BENCH_PG_PORT + 1, true)?;
+    cluster.bootstrap("postgres")?;
+    cluster.migrate("postgres")?;
+    cluster.run_file("postgres", patch)?;
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root.join("supabase/tests/database"))?
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| {
+            let name = path.file_name().and_then(|name| name.to_str()).unwrap_or("");
+            name.ends_with(".sql") && name.starts_with(|c: char| c.is_ascii_digit())
+        })
+        .collect();
+    files.sort();
+    let status = Command::new("pg_prove")
+        .env("PGPASSWORD", crate::pg::PASSWORD)
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-p", &cluster.port().to_string(), "-d", "postgres"])
+        .args(&files)
+        .status()?;
+    let concurrency = crate::checks::concurrency(&cluster, "postgres");
+    if !status.success() {
+        bail!("pgTAP fails with {} applied", patch.display());
+    }
+    concurrency.with_context(|| format!("the concurrency test fails with {} applied", patch.display()))?;
+    println!("{}: pgTAP and the concurrency test pass with it applied", patch.display());
     Ok(())
 }
 
@@ -358,6 +404,9 @@ impl Bench<'_> {
     fn load_creditgate(&self, database: &str) -> Result<()> {
         self.create_database(database)?;
         self.cluster.migrate(database).with_context(|| format!("migrations on {database}"))?;
+        if let Some(patch) = &self.options.patch {
+            self.cluster.run_file(database, patch).with_context(|| format!("{} on {database}", patch.display()))?;
+        }
         self.psql_file(database, "harness_common.sql", &[])?;
         self.psql_file(database, "harness_creditgate.sql", &[("users", USERS.to_string())])?;
         self.vacuum(database)
@@ -568,6 +617,8 @@ fn median(mut values: Vec<f64>) -> f64 {
 #[derive(Serialize)]
 struct Report {
     settings: serde_json::Value,
+    /// The SQL applied after the migrations (--patch), if any.
+    patch: Option<String>,
     metrics: Vec<Metric>,
     http: Option<http::Figures>,
     http_missing: Option<String>,
@@ -590,6 +641,7 @@ impl Report {
                 "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
                 "postgres": "15 (fsync on, synchronous_commit on)",
             }),
+            patch: None,
             metrics: Vec::new(),
             http: None,
             http_missing: None,
@@ -603,6 +655,9 @@ impl Report {
             "\ncreditgate bench: pgbench -c {CLIENTS} -j {THREADS}, {} run(s) x {} s per series, medians",
             self.settings["runs"], self.settings["seconds_per_run"]
         );
+        if let Some(patch) = &self.patch {
+            println!("creditgate with {patch} applied after the migrations");
+        }
         println!(
             "{:<24} {:>15} {:>21} {:>7} {:>13} {:>5}",
             "metric", "creditgate tps", "baseline tps", "ratio", "target", "met?"
