@@ -572,3 +572,9 @@ CREATE POLICY credit_ledger_select_own ON public.credit_ledger
 DROP POLICY IF EXISTS credit_ledger_only_own ON public.credit_ledger;
 CREATE POLICY credit_ledger_only_own ON public.credit_ledger AS RESTRICTIVE
   FOR ALL TO anon, authenticated USING (user_id = (SELECT auth.uid()));
+
+-- -----------------------------------------------------------------------------
+-- PostgREST reloads its schema cache at commit, so new and changed functions
+-- are callable at once (as `supabase db push` users expect).
+-- -----------------------------------------------------------------------------
+NOTIFY pgrst, 'reload schema';

@@ -946,3 +946,9 @@ AS $$
 $$;
 REVOKE ALL ON FUNCTION public.verify_credit_ledger() FROM PUBLIC, anon, authenticated;
 GRANT EXECUTE ON FUNCTION public.verify_credit_ledger() TO service_role;
+
+-- -----------------------------------------------------------------------------
+-- PostgREST reloads its schema cache at commit, so new and changed functions
+-- are callable at once (as `supabase db push` users expect).
+-- -----------------------------------------------------------------------------
+NOTIFY pgrst, 'reload schema';

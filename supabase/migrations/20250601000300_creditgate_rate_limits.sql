@@ -333,3 +333,9 @@ AS $$
 $$;
 REVOKE ALL ON FUNCTION public.charge_credits_with_limit(uuid, text, integer, text, integer, integer, text, jsonb, integer, integer) FROM PUBLIC, anon, authenticated;
 GRANT EXECUTE ON FUNCTION public.charge_credits_with_limit(uuid, text, integer, text, integer, integer, text, jsonb, integer, integer) TO service_role;
+
+-- -----------------------------------------------------------------------------
+-- PostgREST reloads its schema cache at commit, so new and changed functions
+-- are callable at once (as `supabase db push` users expect).
+-- -----------------------------------------------------------------------------
+NOTIFY pgrst, 'reload schema';

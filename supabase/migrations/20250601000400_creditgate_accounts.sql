@@ -175,3 +175,9 @@ BEGIN
   END LOOP;
 END
 $$;
+
+-- -----------------------------------------------------------------------------
+-- PostgREST reloads its schema cache at commit, so new and changed functions
+-- are callable at once (as `supabase db push` users expect).
+-- -----------------------------------------------------------------------------
+NOTIFY pgrst, 'reload schema';
