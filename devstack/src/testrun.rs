@@ -11,8 +11,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-/// The test cluster's port: not 54322, so tests can run beside `cargo dev up`.
-pub const TEST_PG_PORT: u16 = 54332;
+// Test ports sit below Linux's ephemeral range (32768-60999), where no
+// outgoing connection can already hold them, and away from `cargo dev up`'s.
+
+/// The test cluster's port.
+pub const TEST_PG_PORT: u16 = 24332;
 
 pub fn main(args: &[String]) -> Result<()> {
     let only: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -55,7 +58,7 @@ pub fn main(args: &[String]) -> Result<()> {
         stack_suites(&mut run, &wanted)?;
     }
     if wanted("up") {
-        run.suite("stack: `cargo dev up` then Ctrl-C leaves no process or port behind", up_and_interrupt);
+        run.suite("stack: `cargo dev up`, Ctrl-C leaves nothing behind, data survives a restart", up_and_interrupt);
     }
     run.finish()
 }
@@ -63,10 +66,10 @@ pub fn main(args: &[String]) -> Result<()> {
 /// The test stack's options: its own ports and data, beside a developer's.
 fn test_stack_options() -> crate::stack::Options {
     crate::stack::Options {
-        api_port: 54421,
-        db_port: 54422,
-        gateway_port: 54430,
-        functions_port: 54431,
+        api_port: 24421,
+        db_port: 24422,
+        gateway_port: 24430,
+        functions_port: 24431,
         data_dir: crate::project_root().join("target/devstack/test-stack"),
         fresh: true,
     }
@@ -170,28 +173,56 @@ fn wait_for_port_while(port: u16, mut child: Option<&mut std::process::Child>) -
     bail!("nothing listens on 127.0.0.1:{port}")
 }
 
-/// Runs `cargo dev up` as a newcomer would, interrupts it as Ctrl-C does, and
-/// checks that every port is free and no process it started is left.
+/// Runs `cargo dev up` as a newcomer would, spends some of the demo user's
+/// credits, interrupts it as Ctrl-C does, and checks that every port is free
+/// and no process it started is left; then runs it again without `--fresh`
+/// and checks the data survived the restart.
 fn up_and_interrupt() -> Result<()> {
     let data_dir = crate::project_root().join("target/devstack/up-test");
-    let ports = [54521u16, 54522, 54530, 54531];
-    let mut child = Command::new(crate::devstack_exe()?)
-        .arg("up")
-        .arg("--fresh")
+    let ports = [24521u16, 24522, 24530, 24531];
+    let first = up_once(&data_dir, ports, true, |api| {
+        let balance = demo_balance(api)?;
+        let charge = format!(
+            r#"{{"p_user_id":"{}","p_operation_type":"image","p_cost":7}}"#,
+            crate::stack::DEMO_USER_ID
+        );
+        let (status, body) = http_post(api, "/rest/v1/rpc/charge_credits", &charge)?;
+        if status != 200 {
+            bail!("charge through the stack: {status} {body}");
+        }
+        Ok(balance - 7)
+    })?;
+    let second = up_once(&data_dir, ports, false, demo_balance)?;
+    if second != first {
+        bail!("the demo user's balance was {first} before the restart and {second} after it");
+    }
+    eprintln!("the demo user's balance ({second}) survived a restart without --fresh");
+    Ok(())
+}
+
+/// One `cargo dev up`: waits until it serves, runs `body` against its API
+/// port, sends SIGINT, and checks that nothing it started is left behind.
+fn up_once<T>(data_dir: &Path, ports: [u16; 4], fresh: bool, body: impl FnOnce(u16) -> Result<T>) -> Result<T> {
+    let mut command = Command::new(crate::devstack_exe()?);
+    command.arg("up");
+    if fresh {
+        command.arg("--fresh");
+    }
+    let mut child = command
         .env("CREDITGATE_API_PORT", ports[0].to_string())
         .env("CREDITGATE_DB_PORT", ports[1].to_string())
         .env("CREDITGATE_GATEWAY_PORT", ports[2].to_string())
         .env("CREDITGATE_FUNCTIONS_PORT", ports[3].to_string())
-        .env("CREDITGATE_DATA_DIR", &data_dir)
+        .env("CREDITGATE_DATA_DIR", data_dir)
         .spawn()?;
-    let started = wait_for_port_while(ports[0], Some(&mut child));
+    let outcome = wait_for_port_while(ports[0], Some(&mut child)).and_then(|()| body(ports[0]));
     // SAFETY: SIGINT to our own child, as a terminal's Ctrl-C sends it.
     unsafe {
         libc::kill(child.id() as libc::pid_t, libc::SIGINT);
     }
     let status = child.wait()?;
-    started?;
-    eprintln!("`cargo dev up` exited with {status} after SIGINT");
+    let value = outcome?;
+    eprintln!("`cargo dev up{}` exited with {status} after SIGINT", if fresh { " --fresh" } else { "" });
     let busy: Vec<u16> = ports
         .iter()
         .copied()
@@ -208,7 +239,40 @@ fn up_and_interrupt() -> Result<()> {
     if !status.success() {
         bail!("`cargo dev up` did not exit cleanly: {status}");
     }
-    Ok(())
+    Ok(value)
+}
+
+/// The demo user's balance, read through the stack's API as a client would.
+fn demo_balance(api_port: u16) -> Result<i64> {
+    let body = format!(r#"{{"p_user_id":"{}"}}"#, crate::stack::DEMO_USER_ID);
+    let (status, text) = http_post(api_port, "/rest/v1/rpc/get_credit_balance", &body)?;
+    if status != 200 {
+        bail!("get_credit_balance through the stack: {status} {text}");
+    }
+    text.trim().parse().with_context(|| format!("a balance, not {text:?}"))
+}
+
+/// A minimal HTTP/1.1 POST with the service-role key: (status, body).
+fn http_post(port: u16, path: &str, body: &str) -> Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let key = crate::keys::service_role_key();
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\napikey: {key}\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .with_context(|| format!("not an HTTP response: {response:?}"))?;
+    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default();
+    Ok((status, body))
 }
 
 /// The command lines of live processes that mention any of `needles`.
