@@ -221,11 +221,13 @@ CREATE UNIQUE INDEX IF NOT EXISTS generation_jobs_user_idempotency_key
   ON public.generation_jobs (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS generation_jobs_user_created
   ON public.generation_jobs (user_id, created_at);
--- Open holds by deadline: the sweeper's scan and each user's release.
-CREATE INDEX IF NOT EXISTS generation_jobs_open_expiry
-  ON public.generation_jobs (expires_at) WHERE status IN ('pending', 'processing');
+-- Open holds by user and deadline: each user's release, and the sweeper's
+-- scan (it lists the users with an expired hold, which is this index's order).
 CREATE INDEX IF NOT EXISTS generation_jobs_open_user_expiry
   ON public.generation_jobs (user_id, expires_at) WHERE status IN ('pending', 'processing');
+-- An earlier version also kept open holds by deadline alone: the index above
+-- serves that scan too, and each charge and settlement wrote both.
+DROP INDEX IF EXISTS public.generation_jobs_open_expiry;
 
 COMMENT ON TABLE public.generation_jobs IS
   'Holds: a charge opens a job; it is settled exactly once (completed, failed = refunded, expired).';
@@ -487,7 +489,11 @@ COMMENT ON TABLE public.idempotency_keys IS
 -- -----------------------------------------------------------------------------
 -- rate_limits: one row per (key, limit, window): sliding-window counters in
 -- at most 21 time buckets of window/20 each (see creditgate.rate_limit_at).
--- Transient state: losing it loses counters, never credits.
+-- Transient state: losing it loses counters, never credits. So the table is
+-- UNLOGGED: its writes skip the WAL, and a commit that wrote only counters
+-- does not wait for the disk. Crash recovery empties it (every key starts a
+-- fresh window), and read replicas do not have it; only the primary's RPCs
+-- read it.
 -- -----------------------------------------------------------------------------
 DO $$
 BEGIN
@@ -500,7 +506,7 @@ BEGIN
 END
 $$;
 
-CREATE TABLE IF NOT EXISTS public.rate_limits (
+CREATE UNLOGGED TABLE IF NOT EXISTS public.rate_limits (
   key text NOT NULL,
   max_requests integer NOT NULL,
   window_seconds integer NOT NULL,
@@ -515,6 +521,17 @@ CREATE TABLE IF NOT EXISTS public.rate_limits (
     cardinality(bucket_ids) = cardinality(bucket_costs) AND cardinality(bucket_ids) <= 21)
 );
 CREATE INDEX IF NOT EXISTS rate_limits_expires_at ON public.rate_limits (expires_at);
+
+DO $$
+BEGIN
+  -- A rate_limits table created logged by an earlier version becomes
+  -- UNLOGGED (a rewrite of transient rows); one that already is stays as it is.
+  IF (SELECT c.relpersistence FROM pg_catalog.pg_class c
+      WHERE c.oid = 'public.rate_limits'::regclass) = 'p' THEN
+    ALTER TABLE public.rate_limits SET UNLOGGED;
+  END IF;
+END
+$$;
 
 COMMENT ON TABLE public.rate_limits IS
   'Rate-limit state, invisible to clients: per (key, limit, window) the costs of allowed requests in time buckets of window/20.';

@@ -52,6 +52,27 @@ REVOKE ALL ON FUNCTION creditgate.cost_credits_max(), creditgate.balance_credits
   creditgate.metadata_bytes_max(), creditgate.reason_length_max(),
   creditgate.result_url_length_max(), creditgate.hold_seconds_max() FROM PUBLIC;
 
+-- The hot functions below (lock_user, charge, complete, refund) check their
+-- arguments inline with these bounds as literals, and call the named checks
+-- only when one fails, to raise the precise error. Every creditgate function
+-- is SECURITY DEFINER with its own search_path, so none is inlined: a call
+-- costs a GUC save and restore, and a charge used to make about 25 of them.
+-- The literals must equal the named limits: a changed limit fails this file
+-- instead of drifting from them.
+DO $$
+BEGIN
+  IF NOT (creditgate.cost_credits_max() = 1000000000
+          AND creditgate.idempotency_key_length_max() = 255
+          AND creditgate.operation_type_length_max() = 64
+          AND creditgate.metadata_bytes_max() = 4096
+          AND creditgate.reason_length_max() = 500
+          AND creditgate.result_url_length_max() = 2048
+          AND creditgate.hold_seconds_max() = 86400) THEN
+    RAISE EXCEPTION 'creditgate: a named limit changed: update the literals of the fast paths in 20250601000200_creditgate_credits.sql';
+  END IF;
+END
+$$;
+
 -- -----------------------------------------------------------------------------
 -- Errors and argument checks
 -- -----------------------------------------------------------------------------
@@ -307,7 +328,9 @@ REVOKE ALL ON FUNCTION creditgate.release_expired_holds(uuid, timestamptz) FROM 
 
 /**
  * Locks the user's row, releases the user's expired holds (so an expired hold
- * never blocks a charge) and returns the balance.
+ * never blocks a charge) and returns the balance. One read of the row; the
+ * release runs only when an index probe finds an expired hold, which most
+ * calls do not.
  * Locks: the users row (FOR UPDATE), then the user's expired jobs.
  * Errors: PT404 user_not_found; also when p_open and the account is closed.
  */
@@ -321,13 +344,17 @@ DECLARE
   v_closed_at timestamptz;
   v_balance integer;
 BEGIN
-  SELECT u.closed_at INTO v_closed_at FROM public.users u WHERE u.id = p_user_id FOR UPDATE;
+  SELECT u.closed_at, u.credits INTO v_closed_at, v_balance
+  FROM public.users u WHERE u.id = p_user_id FOR UPDATE;
   IF NOT FOUND OR (p_open AND v_closed_at IS NOT NULL) THEN
     PERFORM creditgate.fail('PT404', 'user_not_found', 'User not found',
       pg_catalog.jsonb_build_object('user_id', p_user_id));
   END IF;
-  PERFORM creditgate.release_expired_holds(p_user_id, p_now);
-  SELECT u.credits INTO v_balance FROM public.users u WHERE u.id = p_user_id;
+  IF EXISTS (SELECT FROM public.generation_jobs j
+             WHERE j.user_id = p_user_id AND j.status IN ('pending', 'processing') AND j.expires_at <= p_now) THEN
+    PERFORM creditgate.release_expired_holds(p_user_id, p_now);
+    SELECT u.credits INTO v_balance FROM public.users u WHERE u.id = p_user_id;
+  END IF;
   RETURN v_balance;
 END;
 $$;
@@ -454,7 +481,8 @@ REVOKE ALL ON FUNCTION creditgate.require_charge_arguments(uuid, text, integer, 
 /**
  * Takes p_cost credits from the user's balance and opens a job holding them
  * until p_now + p_hold_seconds. With a key, a retry returns the original job
- * and balance (replayed = true) and charges nothing.
+ * and balance (replayed = true) and charges nothing; without one, no
+ * idempotency work is done at all.
  * Locks: idempotency claim, the users row, then the user's expired jobs.
  * Errors: 22023, PT402 insufficient_credits {"balance","needed"}, PT404
  * user_not_found, PT409 idempotency_in_flight, PT422 idempotency_key_reused.
@@ -468,21 +496,36 @@ SECURITY DEFINER
 SET search_path = ''
 AS $$
 DECLARE
-  v_metadata jsonb := creditgate.clean_metadata(p_metadata);
+  v_metadata jsonb := coalesce(p_metadata, '{}'::jsonb);
   v_hash text;
   v_replay jsonb;
   v_balance integer;
   v_job_id uuid;
   v_expires_at timestamptz;
 BEGIN
-  PERFORM creditgate.require_charge_arguments(p_user_id, p_operation_type, p_cost, p_idempotency_key, p_hold_seconds);
+  -- Fast path of creditgate.clean_metadata and require_charge_arguments (the
+  -- literals are the named limits, asserted above); they run only to raise
+  -- the precise error.
+  IF NOT (pg_catalog.jsonb_typeof(v_metadata) = 'object'
+          AND pg_catalog.octet_length(v_metadata::text) <= 4096) THEN
+    v_metadata := creditgate.clean_metadata(p_metadata);
+  END IF;
+  IF NOT (p_user_id IS NOT NULL
+          AND pg_catalog.char_length(p_operation_type) BETWEEN 1 AND 64
+          AND p_cost BETWEEN 1 AND 1000000000
+          AND (p_idempotency_key IS NULL OR pg_catalog.char_length(p_idempotency_key) BETWEEN 1 AND 255)
+          AND p_hold_seconds BETWEEN 1 AND 86400) IS TRUE THEN
+    PERFORM creditgate.require_charge_arguments(p_user_id, p_operation_type, p_cost, p_idempotency_key, p_hold_seconds);
+  END IF;
 
-  v_hash := creditgate.charge_request_hash(p_operation_type, p_cost, v_metadata, p_hold_seconds);
-  v_replay := creditgate.claim_idempotency_key(p_user_id, p_idempotency_key, 'charge', v_hash);
-  IF v_replay IS NOT NULL THEN
-    RETURN QUERY SELECT (v_replay ->> 'job_id')::uuid, (v_replay ->> 'new_balance')::integer, true,
-      (v_replay ->> 'expires_at')::timestamptz;
-    RETURN;
+  IF p_idempotency_key IS NOT NULL THEN
+    v_hash := creditgate.charge_request_hash(p_operation_type, p_cost, v_metadata, p_hold_seconds);
+    v_replay := creditgate.claim_idempotency_key(p_user_id, p_idempotency_key, 'charge', v_hash);
+    IF v_replay IS NOT NULL THEN
+      RETURN QUERY SELECT (v_replay ->> 'job_id')::uuid, (v_replay ->> 'new_balance')::integer, true,
+        (v_replay ->> 'expires_at')::timestamptz;
+      RETURN;
+    END IF;
   END IF;
 
   v_balance := creditgate.lock_user(p_user_id, p_now, true);
@@ -504,9 +547,13 @@ BEGIN
     v_metadata || pg_catalog.jsonb_build_object('job_id', v_job_id, 'idempotency_key', p_idempotency_key),
     v_job_id);
 
-  PERFORM creditgate.record_idempotency_key(p_user_id, p_idempotency_key, 'charge', v_hash,
-    pg_catalog.jsonb_build_object('job_id', v_job_id, 'new_balance', v_balance, 'expires_at', v_expires_at),
-    v_job_id);
+  -- What a retry gets back (creditgate.record_idempotency_key, inline).
+  IF p_idempotency_key IS NOT NULL THEN
+    INSERT INTO public.idempotency_keys (user_id, key, operation, status, request_hash, response, job_id)
+    VALUES (p_user_id, p_idempotency_key, 'charge', 'completed', v_hash,
+      pg_catalog.jsonb_build_object('job_id', v_job_id, 'new_balance', v_balance, 'expires_at', v_expires_at),
+      v_job_id);
+  END IF;
   RETURN QUERY SELECT v_job_id, v_balance, false, v_expires_at;
 END;
 $$;
@@ -540,7 +587,9 @@ SELECT creditgate.drop_other_versions('atomic_charge_credits',
 
 /**
  * The seed's charge, same signature and result: charge_credits with the
- * default hold. A retry with the same key returns the original row.
+ * default hold (900 s), calling creditgate.charge_credits_at directly (one
+ * SECURITY DEFINER call less). A retry with the same key returns the
+ * original row.
  */
 CREATE OR REPLACE FUNCTION public.atomic_charge_credits(
   p_user_id uuid, p_operation_type text, p_cost integer, p_idempotency_key text DEFAULT NULL,
@@ -551,7 +600,8 @@ SECURITY DEFINER
 SET search_path = ''
 AS $$
   SELECT c.job_id, c.new_balance
-  FROM public.charge_credits(p_user_id, p_operation_type, p_cost, p_idempotency_key, p_metadata) c
+  FROM creditgate.charge_credits_at(p_user_id, p_operation_type, p_cost, p_idempotency_key, p_metadata, 900,
+    pg_catalog.clock_timestamp()) c
 $$;
 REVOKE ALL ON FUNCTION public.atomic_charge_credits(uuid, text, integer, text, jsonb) FROM PUBLIC, anon, authenticated;
 GRANT EXECUTE ON FUNCTION public.atomic_charge_credits(uuid, text, integer, text, jsonb) TO service_role;
@@ -580,10 +630,16 @@ DECLARE
   v_captured integer;
   v_balance integer;
 BEGIN
-  PERFORM creditgate.require_id('p_job_id', p_job_id);
-  PERFORM creditgate.require_text('p_result_url', p_result_url, creditgate.result_url_length_max(), true);
-  IF p_actual_cost IS NOT NULL THEN
-    PERFORM creditgate.require_range('p_actual_cost', p_actual_cost, 0, creditgate.cost_credits_max());
+  -- Fast path (literals: the named limits, asserted above); the named checks
+  -- run only to raise the precise error.
+  IF NOT (p_job_id IS NOT NULL
+          AND (p_result_url IS NULL OR pg_catalog.char_length(p_result_url) BETWEEN 1 AND 2048)
+          AND (p_actual_cost IS NULL OR p_actual_cost BETWEEN 0 AND 1000000000)) IS TRUE THEN
+    PERFORM creditgate.require_id('p_job_id', p_job_id);
+    PERFORM creditgate.require_text('p_result_url', p_result_url, creditgate.result_url_length_max(), true);
+    IF p_actual_cost IS NOT NULL THEN
+      PERFORM creditgate.require_range('p_actual_cost', p_actual_cost, 0, creditgate.cost_credits_max());
+    END IF;
   END IF;
 
   SELECT j.user_id INTO v_user_id FROM public.generation_jobs j WHERE j.id = p_job_id;
@@ -592,10 +648,13 @@ BEGIN
   END IF;
   PERFORM creditgate.lock_user(v_user_id, p_now, false);
   SELECT * INTO v_job FROM public.generation_jobs j WHERE j.id = p_job_id FOR UPDATE;
-  PERFORM creditgate.require_open(v_job);
-  PERFORM creditgate.require(p_actual_cost IS NULL OR p_actual_cost <= v_job.cost,
-    'p_actual_cost cannot exceed the held amount',
-    pg_catalog.jsonb_build_object('parameter', 'p_actual_cost', 'value', p_actual_cost, 'held', v_job.cost));
+  IF v_job.status NOT IN ('pending', 'processing') THEN
+    PERFORM creditgate.require_open(v_job);
+  END IF;
+  IF p_actual_cost > v_job.cost THEN
+    PERFORM creditgate.require(false, 'p_actual_cost cannot exceed the held amount',
+      pg_catalog.jsonb_build_object('parameter', 'p_actual_cost', 'value', p_actual_cost, 'held', v_job.cost));
+  END IF;
 
   v_captured := coalesce(p_actual_cost, v_job.cost);
   v_balance := creditgate.settle_job(v_job, 'completed', v_captured, 'capture',
@@ -640,22 +699,31 @@ DECLARE
   v_job public.generation_jobs;
   v_reason text := coalesce(p_reason, 'no reason given');
 BEGIN
-  PERFORM creditgate.require_id('p_user_id', p_user_id);
-  PERFORM creditgate.require_id('p_job_id', p_job_id);
-  IF p_amount IS NOT NULL THEN
-    PERFORM creditgate.require_range('p_amount', p_amount, 1, creditgate.cost_credits_max());
+  -- Fast path (literals: the named limits, asserted above); the named checks
+  -- run only to raise the precise error.
+  IF NOT (p_user_id IS NOT NULL AND p_job_id IS NOT NULL
+          AND (p_amount IS NULL OR p_amount BETWEEN 1 AND 1000000000)
+          AND (p_reason IS NULL OR pg_catalog.char_length(p_reason) BETWEEN 1 AND 500)) IS TRUE THEN
+    PERFORM creditgate.require_id('p_user_id', p_user_id);
+    PERFORM creditgate.require_id('p_job_id', p_job_id);
+    IF p_amount IS NOT NULL THEN
+      PERFORM creditgate.require_range('p_amount', p_amount, 1, creditgate.cost_credits_max());
+    END IF;
+    PERFORM creditgate.require_text('p_reason', p_reason, creditgate.reason_length_max(), true);
   END IF;
-  PERFORM creditgate.require_text('p_reason', p_reason, creditgate.reason_length_max(), true);
 
   PERFORM creditgate.lock_user(p_user_id, p_now, false);
   SELECT * INTO v_job FROM public.generation_jobs j WHERE j.id = p_job_id AND j.user_id = p_user_id FOR UPDATE;
   IF NOT FOUND THEN
     PERFORM creditgate.fail('PT404', 'job_not_found', 'Job not found', pg_catalog.jsonb_build_object('job_id', p_job_id));
   END IF;
-  PERFORM creditgate.require_open(v_job);
-  PERFORM creditgate.require(p_amount IS NULL OR p_amount = v_job.cost,
-    'p_amount must equal the held amount',
-    pg_catalog.jsonb_build_object('parameter', 'p_amount', 'value', p_amount, 'held', v_job.cost));
+  IF v_job.status NOT IN ('pending', 'processing') THEN
+    PERFORM creditgate.require_open(v_job);
+  END IF;
+  IF p_amount <> v_job.cost THEN
+    PERFORM creditgate.require(false, 'p_amount must equal the held amount',
+      pg_catalog.jsonb_build_object('parameter', 'p_amount', 'value', p_amount, 'held', v_job.cost));
+  END IF;
 
   RETURN creditgate.settle_job(v_job, 'failed', 0, 'refund', 'Refund: ' || v_reason, 'Refunded: ' || v_reason, NULL, p_now);
 END;

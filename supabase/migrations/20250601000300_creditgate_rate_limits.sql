@@ -42,6 +42,29 @@ REVOKE ALL ON FUNCTION creditgate.rate_limit_buckets(), creditgate.rate_limit_ma
   creditgate.window_seconds_max(), creditgate.rate_limit_key_length_max(),
   creditgate.rate_limit_type_length_max(), creditgate.rate_limit_identifier_length_max() FROM PUBLIC;
 
+-- The functions below check their arguments inline with these bounds (and,
+-- in the combined call, the charge's) as literals, and call the named checks
+-- only when one fails, to raise the precise error (see the same block in
+-- 20250601000200_creditgate_credits.sql). A changed limit fails this file
+-- instead of drifting from the literals.
+DO $$
+BEGIN
+  IF NOT (creditgate.rate_limit_buckets() = 20
+          AND creditgate.rate_limit_max() = 1000000
+          AND creditgate.window_seconds_max() = 86400
+          AND creditgate.rate_limit_key_length_max() = 255
+          AND creditgate.rate_limit_type_length_max() = 64
+          AND creditgate.rate_limit_identifier_length_max() = 190
+          AND creditgate.cost_credits_max() = 1000000000
+          AND creditgate.idempotency_key_length_max() = 255
+          AND creditgate.operation_type_length_max() = 64
+          AND creditgate.metadata_bytes_max() = 4096
+          AND creditgate.hold_seconds_max() = 86400) THEN
+    RAISE EXCEPTION 'creditgate: a named limit changed: update the literals of the fast paths in 20250601000300_creditgate_rate_limits.sql';
+  END IF;
+END
+$$;
+
 /** Milliseconds to whole seconds, rounded up: a client told to wait never comes back early. */
 CREATE OR REPLACE FUNCTION creditgate.seconds_ceil(p_milliseconds bigint) RETURNS integer
 LANGUAGE sql IMMUTABLE SECURITY DEFINER SET search_path = ''
@@ -58,7 +81,10 @@ REVOKE ALL ON FUNCTION creditgate.seconds_ceil(bigint) FROM PUBLIC;
  * allowed, the cost used in the window (this request included when allowed
  * and consumed), what remains, when the window is empty again (reset_ms) and,
  * when refused, when this request would be allowed (retry_after_ms).
- * Locks: the (key, limit, window) row, FOR UPDATE, when consuming.
+ * A refusal is decided on a plain read: no lock, no write, no transaction id,
+ * so nothing to wait for at commit.
+ * Locks: the (key, limit, window) row, FOR UPDATE, only when consuming a
+ * request that fits.
  * Errors: 22023 (also p_cost above p_limit: such a request can never pass).
  */
 CREATE OR REPLACE FUNCTION creditgate.rate_limit_at(
@@ -69,77 +95,120 @@ SECURITY DEFINER
 SET search_path = ''
 AS $$
 DECLARE
-  v_buckets constant integer := creditgate.rate_limit_buckets();
+  v_buckets constant integer := 20;  -- creditgate.rate_limit_buckets(), asserted above
   v_bucket_ms bigint;
   v_now_ms bigint;
   v_current bigint;
-  v_ids bigint[] := '{}'::bigint[];
-  v_costs integer[] := '{}'::integer[];
-  v_used integer;
-  v_allowed boolean;
-  v_newest bigint;
+  v_ids bigint[];
+  v_costs integer[];
+  v_kept_ids bigint[] := '{}'::bigint[];
+  v_kept_costs integer[] := '{}'::integer[];
+  v_used integer := 0;
+  v_count integer;
+  v_position integer;
+  v_freed integer := 0;
   v_retry_ms bigint := 0::bigint;
+  v_newest bigint;
+  v_locked boolean := false;
 BEGIN
-  PERFORM creditgate.require_text('p_key', p_key, creditgate.rate_limit_key_length_max(), false);
-  PERFORM creditgate.require_range('p_limit', p_limit, 1, creditgate.rate_limit_max());
-  PERFORM creditgate.require_range('p_window_seconds', p_window_seconds, 1, creditgate.window_seconds_max());
-  PERFORM creditgate.require_range('p_cost', p_cost, 1, p_limit);
+  IF NOT (pg_catalog.char_length(p_key) BETWEEN 1 AND 255 AND p_limit BETWEEN 1 AND 1000000
+          AND p_window_seconds BETWEEN 1 AND 86400 AND p_cost BETWEEN 1 AND p_limit) IS TRUE THEN
+    -- Only to raise the precise error: the literals are the named limits.
+    PERFORM creditgate.require_text('p_key', p_key, creditgate.rate_limit_key_length_max(), false);
+    PERFORM creditgate.require_range('p_limit', p_limit, 1, creditgate.rate_limit_max());
+    PERFORM creditgate.require_range('p_window_seconds', p_window_seconds, 1, creditgate.window_seconds_max());
+    PERFORM creditgate.require_range('p_cost', p_cost, 1, p_limit);
+  END IF;
 
   -- W is a whole number of seconds, so W/20 is a whole number of milliseconds.
   v_bucket_ms := p_window_seconds::bigint * 1000 / v_buckets;
   v_now_ms := pg_catalog.floor(EXTRACT(EPOCH FROM p_now) * 1000)::bigint;
   v_current := v_now_ms / v_bucket_ms;
 
-  IF p_consume THEN
-    INSERT INTO public.rate_limits AS r (key, max_requests, window_seconds, expires_at)
-    VALUES (p_key, p_limit, p_window_seconds, p_now)
-    ON CONFLICT DO NOTHING;
-    SELECT r.bucket_ids, r.bucket_costs INTO v_ids, v_costs
-    FROM public.rate_limits r
-    WHERE r.key = p_key AND r.max_requests = p_limit AND r.window_seconds = p_window_seconds
-    FOR UPDATE;
-  ELSE
-    SELECT r.bucket_ids, r.bucket_costs INTO v_ids, v_costs
-    FROM public.rate_limits r
-    WHERE r.key = p_key AND r.max_requests = p_limit AND r.window_seconds = p_window_seconds;
-  END IF;
+  -- A plain read first. For a fixed p_now a key's count in the window only
+  -- grows (allowed requests add to it; cleanup deletes only keys with nothing
+  -- in their window), so a request that does not fit in this snapshot does
+  -- not fit under the lock either: it is refused here, with no lock and no
+  -- write. Only a request that fits locks the row and decides again.
+  LOOP
+    IF v_locked THEN
+      SELECT r.bucket_ids, r.bucket_costs INTO v_ids, v_costs
+      FROM public.rate_limits r
+      WHERE r.key = p_key AND r.max_requests = p_limit AND r.window_seconds = p_window_seconds
+      FOR UPDATE;
+      IF NOT FOUND THEN
+        INSERT INTO public.rate_limits AS r (key, max_requests, window_seconds, expires_at)
+        VALUES (p_key, p_limit, p_window_seconds, p_now)
+        ON CONFLICT DO NOTHING;
+        SELECT r.bucket_ids, r.bucket_costs INTO v_ids, v_costs
+        FROM public.rate_limits r
+        WHERE r.key = p_key AND r.max_requests = p_limit AND r.window_seconds = p_window_seconds
+        FOR UPDATE;
+      END IF;
+    ELSE
+      SELECT r.bucket_ids, r.bucket_costs INTO v_ids, v_costs
+      FROM public.rate_limits r
+      WHERE r.key = p_key AND r.max_requests = p_limit AND r.window_seconds = p_window_seconds;
+    END IF;
 
-  -- Buckets overlapping [now - W, now]: bucket k covers [k, k+1) * bucket_ms.
-  SELECT coalesce(pg_catalog.array_agg(b.id ORDER BY b.id), '{}'),
-         coalesce(pg_catalog.array_agg(b.cost ORDER BY b.id), '{}')
-  INTO v_ids, v_costs
-  FROM ROWS FROM (pg_catalog.unnest(coalesce(v_ids, '{}')), pg_catalog.unnest(coalesce(v_costs, '{}'))) AS b(id, cost)
-  WHERE b.id >= v_current - v_buckets;
-  SELECT coalesce(sum(c), 0)::integer INTO v_used FROM pg_catalog.unnest(v_costs) AS c;
-  v_allowed := v_used + p_cost <= p_limit;
+    -- Buckets overlapping [now - W, now]: bucket k covers [k, k+1) * bucket_ms.
+    v_kept_ids := '{}'::bigint[];
+    v_kept_costs := '{}'::integer[];
+    v_used := 0;
+    FOR v_position IN 1 .. coalesce(pg_catalog.array_length(v_ids, 1), 0) LOOP
+      IF v_ids[v_position] >= v_current - v_buckets THEN
+        v_kept_ids := v_kept_ids || v_ids[v_position];
+        v_kept_costs := v_kept_costs || v_costs[v_position];
+        v_used := v_used + v_costs[v_position];
+      END IF;
+    END LOOP;
 
-  IF v_allowed AND p_consume THEN
-    SELECT pg_catalog.array_agg(x.id ORDER BY x.id), pg_catalog.array_agg(x.cost ORDER BY x.id)
-    INTO v_ids, v_costs
-    FROM (SELECT b.id, sum(b.cost)::integer AS cost
-          FROM (SELECT * FROM ROWS FROM (pg_catalog.unnest(v_ids), pg_catalog.unnest(v_costs))
-                UNION ALL SELECT v_current, p_cost) AS b(id, cost)
-          GROUP BY b.id) x;
+    EXIT WHEN v_locked OR p_consume IS NOT TRUE OR v_used + p_cost > p_limit;
+    v_locked := true;
+  END LOOP;
+
+  IF v_used + p_cost <= p_limit AND p_consume IS TRUE THEN
+    -- Add the cost to the current bucket, keeping the buckets in id order.
+    v_count := coalesce(pg_catalog.array_length(v_kept_ids, 1), 0);
+    v_position := pg_catalog.array_position(v_kept_ids, v_current);
+    IF v_position IS NOT NULL THEN
+      v_kept_costs[v_position] := v_kept_costs[v_position] + p_cost;
+    ELSIF v_count = 0 OR v_kept_ids[v_count] < v_current THEN
+      v_kept_ids := v_kept_ids || v_current;
+      v_kept_costs := v_kept_costs || p_cost;
+    ELSE
+      -- The clock went back (tests drive it): insert in order.
+      SELECT pg_catalog.array_agg(b.id ORDER BY b.id), pg_catalog.array_agg(b.cost ORDER BY b.id)
+      INTO v_kept_ids, v_kept_costs
+      FROM (SELECT * FROM ROWS FROM (pg_catalog.unnest(v_kept_ids), pg_catalog.unnest(v_kept_costs))
+            UNION ALL SELECT v_current, p_cost) AS b(id, cost);
+    END IF;
     v_used := v_used + p_cost;
+    v_newest := v_kept_ids[pg_catalog.array_length(v_kept_ids, 1)];
     UPDATE public.rate_limits r
-    SET bucket_ids = v_ids,
-        bucket_costs = v_costs,
-        expires_at = pg_catalog.to_timestamp(
-          ((SELECT max(i) FROM pg_catalog.unnest(v_ids) AS i) + v_buckets + 1) * v_bucket_ms / 1000.0)
+    SET bucket_ids = v_kept_ids,
+        bucket_costs = v_kept_costs,
+        expires_at = pg_catalog.to_timestamp((v_newest + v_buckets + 1) * v_bucket_ms / 1000.0)
     WHERE r.key = p_key AND r.max_requests = p_limit AND r.window_seconds = p_window_seconds;
+    RETURN QUERY SELECT true, v_used, p_limit - v_used, (v_newest + v_buckets + 1) * v_bucket_ms - v_now_ms, 0::bigint;
+    RETURN;
   END IF;
 
-  SELECT max(i) INTO v_newest FROM pg_catalog.unnest(v_ids) AS i;
-  IF NOT v_allowed THEN
-    -- The oldest buckets leave the window first; find the first moment
-    -- enough of them have left for this request to fit.
-    SELECT min((x.id + v_buckets + 1) * v_bucket_ms - v_now_ms) INTO v_retry_ms
-    FROM (SELECT b.id, sum(b.cost) OVER (ORDER BY b.id) AS freed
-          FROM ROWS FROM (pg_catalog.unnest(v_ids), pg_catalog.unnest(v_costs)) AS b(id, cost)) x
-    WHERE v_used - x.freed + p_cost <= p_limit;
+  v_count := coalesce(pg_catalog.array_length(v_kept_ids, 1), 0);
+  v_newest := CASE WHEN v_count > 0 THEN v_kept_ids[v_count] END;
+  IF v_used + p_cost > p_limit THEN
+    -- The oldest buckets leave the window first: the first moment enough of
+    -- them have left for this request to fit.
+    v_retry_ms := NULL;
+    FOR v_position IN 1 .. v_count LOOP
+      v_freed := v_freed + v_kept_costs[v_position];
+      IF v_used - v_freed + p_cost <= p_limit THEN
+        v_retry_ms := (v_kept_ids[v_position] + v_buckets + 1) * v_bucket_ms - v_now_ms;
+        EXIT;
+      END IF;
+    END LOOP;
   END IF;
-
-  RETURN QUERY SELECT v_allowed, v_used, p_limit - v_used,
+  RETURN QUERY SELECT v_used + p_cost <= p_limit, v_used, p_limit - v_used,
     CASE WHEN v_newest IS NULL THEN 0::bigint ELSE (v_newest + v_buckets + 1) * v_bucket_ms - v_now_ms END,
     v_retry_ms;
 END;
@@ -195,8 +264,11 @@ SECURITY DEFINER
 SET search_path = ''
 AS $$
 BEGIN
-  PERFORM creditgate.require_text('p_identifier', p_identifier, creditgate.rate_limit_identifier_length_max(), false);
-  PERFORM creditgate.require_text('p_type', p_type, creditgate.rate_limit_type_length_max(), false);
+  IF NOT (pg_catalog.char_length(p_identifier) BETWEEN 1 AND 190
+          AND pg_catalog.char_length(p_type) BETWEEN 1 AND 64) IS TRUE THEN
+    PERFORM creditgate.require_text('p_identifier', p_identifier, creditgate.rate_limit_identifier_length_max(), false);
+    PERFORM creditgate.require_text('p_type', p_type, creditgate.rate_limit_type_length_max(), false);
+  END IF;
   RETURN QUERY
   SELECT r.allowed, r.used, p_now + pg_catalog.make_interval(secs => r.reset_ms / 1000.0), r.remaining
   FROM creditgate.rate_limit_at(p_type || ':' || p_identifier, p_max_requests, p_window_seconds, 1, true, p_now) r;
@@ -265,7 +337,8 @@ GRANT EXECUTE ON FUNCTION public.cleanup_expired_rate_limits() TO service_role;
  * the job fields NULL, nothing consumed. A charge error (insufficient
  * credits, ...) rolls the whole call back, the limit included. A replay of an
  * idempotent charge returns the original job and consumes no limit.
- * Locks: idempotency claim, the rate_limits row, the users row, the user's jobs.
+ * Locks: idempotency claim, the rate_limits row (not for a refusal), the
+ * users row, the user's jobs.
  * Errors: those of rate_limit_at and charge_credits_at.
  */
 CREATE OR REPLACE FUNCTION creditgate.charge_credits_with_limit_at(
@@ -279,14 +352,27 @@ SECURITY DEFINER
 SET search_path = ''
 AS $$
 DECLARE
-  v_metadata jsonb := creditgate.clean_metadata(p_metadata);
+  v_metadata jsonb := coalesce(p_metadata, '{}'::jsonb);
   v_replay jsonb;
   v_rate record;
   v_charge record;
 BEGIN
-  PERFORM creditgate.require_charge_arguments(p_user_id, p_operation_type, p_cost, p_idempotency_key, p_hold_seconds);
-  v_replay := creditgate.claim_idempotency_key(p_user_id, p_idempotency_key, 'charge',
-    creditgate.charge_request_hash(p_operation_type, p_cost, v_metadata, p_hold_seconds));
+  -- The fast paths of creditgate.charge_credits_at (literals asserted above).
+  IF NOT (pg_catalog.jsonb_typeof(v_metadata) = 'object'
+          AND pg_catalog.octet_length(v_metadata::text) <= 4096) THEN
+    v_metadata := creditgate.clean_metadata(p_metadata);
+  END IF;
+  IF NOT (p_user_id IS NOT NULL
+          AND pg_catalog.char_length(p_operation_type) BETWEEN 1 AND 64
+          AND p_cost BETWEEN 1 AND 1000000000
+          AND (p_idempotency_key IS NULL OR pg_catalog.char_length(p_idempotency_key) BETWEEN 1 AND 255)
+          AND p_hold_seconds BETWEEN 1 AND 86400) IS TRUE THEN
+    PERFORM creditgate.require_charge_arguments(p_user_id, p_operation_type, p_cost, p_idempotency_key, p_hold_seconds);
+  END IF;
+  IF p_idempotency_key IS NOT NULL THEN
+    v_replay := creditgate.claim_idempotency_key(p_user_id, p_idempotency_key, 'charge',
+      creditgate.charge_request_hash(p_operation_type, p_cost, v_metadata, p_hold_seconds));
+  END IF;
 
   SELECT r.* INTO v_rate
   FROM creditgate.rate_limit_at(p_limit_key, p_limit, p_window_seconds, p_limit_cost, v_replay IS NULL, p_now) r;
