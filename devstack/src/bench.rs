@@ -43,7 +43,7 @@ const USAGE: &str = "usage: cargo dev bench [--runs N] [--seconds S] [--quick] [
   --runs N      runs per series (default 3); the figure is the median
   --seconds S   seconds per pgbench run (default 10)
   --quick       1 run of 3 s each, a smaller growth database: checks the bench itself
-  --only NAME   only the metrics whose name contains NAME
+  --only NAME   only the metrics whose name contains NAME (`--only http`: only HTTP and wasm)
   --analyze     pg_stat_statements (track = all) and a report of where the time goes
   --no-http     skip the HTTP and wasm figures
   --patch FILE  apply FILE (SQL) after the migrations in every creditgate database:
@@ -120,8 +120,39 @@ pub fn main(args: &[String]) -> Result<()> {
     let started = Instant::now();
     let root = crate::project_root();
     let dir = root.join("target/devstack/bench");
-    let cluster = start_cluster(&dir, options.analyze)?;
-    let bench = Bench { cluster: &cluster, root: root.clone(), options: options.clone() };
+    let mut report = Report::new(&options);
+    let http_only = options.only.as_deref() == Some("http");
+    if !http_only {
+        measure_sql(&dir, &options, &mut report)?;
+    }
+    let http_wanted = options.http && (options.only.is_none() || http_only);
+    if http_wanted {
+        eprintln!("\nbench: HTTP and wasm");
+        match http::measure(&root, &options) {
+            Ok(figures) => report.http = Some(figures),
+            Err(error) => {
+                eprintln!("bench: HTTP and wasm figures not measured: {error:#}");
+                report.http_missing = Some(format!("{error:#}"));
+            }
+        }
+    }
+    report.seconds_total = started.elapsed().as_secs_f64();
+    report.patch = options.patch.as_ref().map(|path| path.display().to_string());
+    report.print();
+    let path = root.join("target/devstack/bench.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
+    eprintln!("\nwritten: {}", path.display());
+    if !report.errors.is_empty() {
+        bail!("{} metric(s) could not be measured", report.errors.len());
+    }
+    Ok(())
+}
+
+/// The SQL-level figures: pgbench on the bench cluster.
+fn measure_sql(dir: &Path, options: &Options, report: &mut Report) -> Result<()> {
+    let root = crate::project_root();
+    let cluster = start_cluster(dir, options.analyze)?;
+    let bench = Bench { cluster: &cluster, root, options: options.clone() };
 
     eprintln!("bench: loading the databases");
     bench.load()?;
@@ -129,7 +160,6 @@ pub fn main(args: &[String]) -> Result<()> {
         cluster.query("postgres", "CREATE EXTENSION IF NOT EXISTS pg_stat_statements WITH SCHEMA public")?;
         cluster.query("postgres", "SELECT public.pg_stat_statements_reset()")?;
     }
-    let mut report = Report::new(&options);
     for scenario in scenarios() {
         if let Some(only) = &options.only {
             if !scenario.name.contains(only.as_str()) {
@@ -151,26 +181,6 @@ pub fn main(args: &[String]) -> Result<()> {
     if options.analyze {
         bench.analyze()?;
     }
-    drop(cluster);
-
-    if options.http && options.only.is_none() {
-        match http::measure(&root, &options) {
-            Ok(figures) => report.http = Some(figures),
-            Err(error) => {
-                eprintln!("bench: HTTP and wasm figures not measured: {error:#}");
-                report.http_missing = Some(format!("{error:#}"));
-            }
-        }
-    }
-    report.seconds_total = started.elapsed().as_secs_f64();
-    report.patch = options.patch.as_ref().map(|path| path.display().to_string());
-    report.print();
-    let path = root.join("target/devstack/bench.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
-    eprintln!("\nwritten: {}", path.display());
-    if !report.errors.is_empty() {
-        bail!("{} metric(s) could not be measured", report.errors.len());
-    }
     Ok(())
 }
 
@@ -178,7 +188,8 @@ pub fn main(args: &[String]) -> Result<()> {
 /// pin down. Migrations, then the patch, then pgTAP and the concurrency test.
 fn check_patch(patch: &Path) -> Result<()> {
     let root = crate::project_root();
-    let cluster = Cluster::start(&root.join("target/devstack/bench-check"), BENCH_PG_PORT + 1, true)?;
+    let port = crate::reliability::free_ports(BENCH_PG_PORT + 1, 10, &[0])?;
+    let cluster = Cluster::start(&root.join("target/devstack/bench-check"), port, true)?;
     cluster.bootstrap("postgres")?;
     cluster.migrate("postgres")?;
     cluster.run_file("postgres", patch)?;
@@ -208,7 +219,8 @@ fn check_patch(patch: &Path) -> Result<()> {
 /// run starts with an explicit CHECKPOINT instead), durability untouched
 /// (fsync and synchronous_commit stay on: commits wait for the disk).
 fn start_cluster(dir: &Path, analyze: bool) -> Result<Cluster> {
-    let mut cluster = Cluster::start(dir, BENCH_PG_PORT, true)?;
+    let port = crate::reliability::free_ports(BENCH_PG_PORT, 10, &[0])?;
+    let mut cluster = Cluster::start(dir, port, true)?;
     let conf = cluster.data_dir().join("postgresql.conf");
     let mut text = std::fs::read_to_string(&conf)?;
     text.push_str("\n# cargo dev bench\nmax_wal_size = '8GB'\ncheckpoint_timeout = '30min'\n");
@@ -220,7 +232,7 @@ fn start_cluster(dir: &Path, analyze: bool) -> Result<Cluster> {
     }
     std::fs::write(&conf, text)?;
     cluster.stop();
-    Cluster::start(dir, BENCH_PG_PORT, false)
+    Cluster::start(dir, port, false)
 }
 
 struct Bench<'a> {

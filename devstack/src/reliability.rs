@@ -6,6 +6,12 @@
 //!   refund and grant; twice. Afterwards no credit is lost or created.
 //! - [`privilege_sweep`]: every function and table of the schemas creditgate
 //!   owns, tried for real as `anon`, `authenticated` and `service_role`.
+//! - Over HTTP, on a local stack of their own ([`HttpStack`]): [`hostile_input`]
+//!   against every route, hostile [`tokens`], and [`sigkill`] of the function
+//!   runtime and of the gateway under load.
+
+mod http;
+pub use http::{hostile_input, sigkill, tokens, HttpStack};
 
 use crate::checks::{connect, sqlstate};
 use crate::pg::Cluster;
@@ -27,6 +33,22 @@ const OPENING_CREDITS: i32 = 1_000_000;
 /// Immediate shutdowns injected, and the load between them.
 const CRASHES: usize = 2;
 const LOAD_BETWEEN_CRASHES: Duration = Duration::from_millis(2_500);
+
+/// The first of `bases` (tried in steps of `step`) at which every
+/// `base + offset` can be bound on 127.0.0.1 now. Fixed ports in Linux's
+/// ephemeral range (32768-60999, where Supabase's 5432x ports are) can be
+/// taken for a minute by a client connection's TIME_WAIT: a server started
+/// there fails with "Address already in use". So each run picks free ones.
+pub(crate) fn free_ports(first_base: u16, step: u16, offsets: &[u16]) -> Result<u16> {
+    for attempt in 0..40u16 {
+        let base = first_base + attempt * step;
+        let free = offsets.iter().all(|offset| std::net::TcpListener::bind(("127.0.0.1", base + offset)).is_ok());
+        if free {
+            return Ok(base);
+        }
+    }
+    bail!("no free ports from {first_base} in steps of {step}")
+}
 
 /// What the clients know: only results they received count as committed.
 #[derive(Default)]
@@ -69,7 +91,8 @@ fn connection_lost(error: &tokio_postgres::Error) -> bool {
 
 pub fn postgres_crash() -> Result<()> {
     let dir = crate::project_root().join("target/devstack/crash-pg");
-    let mut cluster = Cluster::start(&dir, CRASH_PG_PORT, true)?;
+    let port = free_ports(CRASH_PG_PORT, 10, &[0])?;
+    let mut cluster = Cluster::start(&dir, port, true)?;
     cluster.bootstrap("postgres")?;
     cluster.migrate("postgres")?;
     let url = cluster.url("postgres", "postgres");
@@ -89,7 +112,7 @@ pub fn postgres_crash() -> Result<()> {
         std::thread::sleep(LOAD_BETWEEN_CRASHES);
         cluster.crash();
         let clock = Instant::now();
-        cluster = Cluster::start(&dir, CRASH_PG_PORT, false).context("start after the immediate shutdown")?;
+        cluster = Cluster::start(&dir, port, false).context("start after the immediate shutdown")?;
         recoveries.push(clock.elapsed());
     }
     std::thread::sleep(LOAD_BETWEEN_CRASHES);

@@ -57,6 +57,20 @@ pub fn main(args: &[String]) -> Result<()> {
         run.suite("pkg: build the wasm package", crate::stack::build_package);
         stack_suites(&mut run, &wanted)?;
     }
+    if wanted("http") {
+        // A stack of its own: the SIGKILL suite kills parts of it.
+        let http = crate::reliability::HttpStack::start();
+        let stack = || http.as_ref().map_err(|error| anyhow::anyhow!("the stack did not start: {error:#}"));
+        run.suite("http: hostile input against every route: no 5xx, no change on a 4xx", || {
+            crate::reliability::hostile_input(stack()?)
+        });
+        run.suite("http: hostile tokens and another user's job: refused, nothing changed", || {
+            crate::reliability::tokens(stack()?)
+        });
+        run.suite("http: SIGKILL of the function runtime and the gateway under charges: no credit lost", || {
+            crate::reliability::sigkill(stack()?)
+        });
+    }
     if wanted("up") {
         run.suite("stack: `cargo dev up`, Ctrl-C leaves nothing behind, data survives a restart", up_and_interrupt);
     }

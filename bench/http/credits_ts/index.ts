@@ -1,0 +1,127 @@
+// A hand-written TypeScript twin of the `credits` Edge Function's
+// `POST /charge`, for `cargo dev bench` only (it is not deployed): the same
+// checks and the same RPC, without wasm, so the ratio of the two is the cost
+// of wasm. It does what src/api does for this route: HS256 JWT check, strict
+// body, price, Idempotency-Key, `charge_credits_with_limit` through PostgREST
+// with the service-role key, the same response and RateLimit headers.
+
+const env = Deno.env.toObject();
+const supabaseUrl = env.SUPABASE_URL;
+const serviceKey = env.SUPABASE_SERVICE_ROLE_KEY;
+const secret = env.CREDITGATE_JWT_SECRET ?? env.SUPABASE_JWT_SECRET ?? env.JWT_SECRET;
+const prices: Record<string, number> = JSON.parse(env.CREDITGATE_PRICES ?? '{"image":10,"text":1}');
+const holdSeconds = Number(env.CREDITGATE_HOLD_SECONDS ?? "900");
+const [limit, windowSeconds] = (env.CREDITGATE_USER_LIMIT ?? "5/60").split("/").map(Number);
+if (!supabaseUrl || !serviceKey || !secret) throw new Error("SUPABASE_URL, SUPABASE_SERVICE_ROLE_KEY and a JWT secret are required");
+
+const encoder = new TextEncoder();
+const hmacKey = await crypto.subtle.importKey("raw", encoder.encode(secret), { name: "HMAC", hash: "SHA-256" }, false, ["verify"]);
+const uuidPattern = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+function fail(status: number, code: string, message: string, details: Record<string, unknown> = {}, headers: Record<string, string> = {}) {
+  return Response.json({ error: { code, message, details } }, { status, headers });
+}
+
+function base64url(text: string): Uint8Array {
+  const padded = text.replace(/-/g, "+").replace(/_/g, "/") + "===".slice((text.length + 3) % 4);
+  return Uint8Array.from(atob(padded), (c) => c.charCodeAt(0));
+}
+
+/** The signed-in user's id, or the 401 to answer. */
+async function userOf(request: Request): Promise<string | Response> {
+  const [scheme, token] = (request.headers.get("authorization") ?? "").trim().split(/\s+/, 2);
+  if (scheme?.toLowerCase() !== "bearer" || !token) return fail(401, "unauthorized", "missing Authorization: Bearer <token>");
+  const parts = token.split(".");
+  if (parts.length !== 3) return fail(401, "unauthorized", "the token is not a valid JWT");
+  try {
+    const header = JSON.parse(new TextDecoder().decode(base64url(parts[0])));
+    if (header.alg !== "HS256") return fail(401, "unauthorized", "the token must be signed with HS256");
+    const signed = await crypto.subtle.verify("HMAC", hmacKey, base64url(parts[2]), encoder.encode(`${parts[0]}.${parts[1]}`));
+    if (!signed) return fail(401, "unauthorized", "the token's signature is invalid");
+    const claims = JSON.parse(new TextDecoder().decode(base64url(parts[1])));
+    if (typeof claims.exp !== "number" || claims.exp <= Date.now() / 1000) return fail(401, "unauthorized", "the token has expired");
+    if (claims.role !== "authenticated" || !uuidPattern.test(claims.sub ?? "")) {
+      return fail(401, "unauthorized", "this route needs a signed-in user's access token");
+    }
+    return claims.sub.toLowerCase();
+  } catch {
+    return fail(401, "unauthorized", "the token is not a valid JWT");
+  }
+}
+
+async function charge(request: Request): Promise<Response> {
+  const user = await userOf(request);
+  if (user instanceof Response) return user;
+  let body: unknown;
+  try {
+    body = await request.json();
+  } catch (error) {
+    return fail(400, "invalid_argument", `the body is not valid JSON: ${error}`, { field: "body" });
+  }
+  if (typeof body !== "object" || body === null || Array.isArray(body)) {
+    return fail(400, "invalid_argument", "the body must be a JSON object", { field: "body" });
+  }
+  const fields = body as Record<string, unknown>;
+  const unknown = Object.keys(fields).find((name) => name !== "operation" && name !== "metadata");
+  if (unknown) return fail(400, "invalid_argument", `unknown field ${JSON.stringify(unknown)}`, { field: unknown });
+  const operation = fields.operation;
+  if (typeof operation !== "string" || operation.length < 1 || operation.length > 64) {
+    return fail(400, "invalid_argument", "operation must be a string of 1 to 64 characters", { field: "operation" });
+  }
+  const cost = prices[operation];
+  if (cost === undefined) return fail(400, "invalid_argument", `unknown operation ${operation}`, { field: "operation" });
+  const metadata = fields.metadata ?? {};
+  if (typeof metadata !== "object" || metadata === null || Array.isArray(metadata) || "creditgate" in metadata) {
+    return fail(400, "invalid_argument", "metadata must be a JSON object without a creditgate key", { field: "metadata" });
+  }
+  const key = request.headers.get("idempotency-key");
+  if (key !== null && (key.length < 1 || key.length > 255)) {
+    return fail(400, "invalid_argument", "Idempotency-Key must be 1 to 255 characters", { field: "Idempotency-Key" });
+  }
+  const rpc = await fetch(`${supabaseUrl}/rest/v1/rpc/charge_credits_with_limit`, {
+    method: "POST",
+    headers: { apikey: serviceKey, authorization: `Bearer ${serviceKey}`, "content-type": "application/json" },
+    body: JSON.stringify({
+      p_user_id: user,
+      p_operation_type: operation,
+      p_cost: cost,
+      ...(key === null ? {} : { p_idempotency_key: key }),
+      p_metadata: { ...metadata, creditgate: { route: "charge" } },
+      p_hold_seconds: holdSeconds,
+      p_limit_key: `creditgate:user:${user}`,
+      p_limit: limit,
+      p_window_seconds: windowSeconds,
+      p_limit_cost: 1,
+    }),
+  });
+  const answer = await rpc.json();
+  if (!rpc.ok) {
+    let details = {};
+    try {
+      details = JSON.parse(answer.details ?? "{}");
+    } catch { /* PostgREST's own errors carry text details */ }
+    return fail(rpc.status, answer.hint ?? "upstream", answer.message ?? "the database refused the charge", details);
+  }
+  const row = Array.isArray(answer) ? answer[0] : answer;
+  const headers = {
+    "ratelimit-policy": `"user";q=${limit};w=${windowSeconds}`,
+    "ratelimit": `"user";r=${row.remaining};t=${row.reset_seconds}`,
+  };
+  if (!row.allowed) {
+    return fail(429, "rate_limited", "too many requests", { retryAfter: row.retry_after_seconds }, {
+      ...headers,
+      "retry-after": String(row.retry_after_seconds),
+    });
+  }
+  return Response.json(
+    { jobId: row.job_id, balance: row.new_balance, replayed: row.replayed, expiresAt: row.expires_at, cost },
+    { headers },
+  );
+}
+
+Deno.serve((request: Request) => {
+  const path = new URL(request.url).pathname.replace(/^\/functions\/v1/, "").replace(/^\/credits_ts/, "");
+  if (path !== "/charge") return fail(404, "route_not_found", "no such route");
+  if (request.method !== "POST") return fail(405, "method_not_allowed", "use POST", {}, { allow: "POST" });
+  return charge(request);
+});
