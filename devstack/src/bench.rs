@@ -670,6 +670,21 @@ impl Report {
         if let Some(patch) = &self.patch {
             println!("creditgate with {patch} applied after the migrations");
         }
+        if !self.metrics.is_empty() {
+            self.print_metrics();
+        }
+        if let Some(http) = &self.http {
+            http.print();
+        } else if let Some(missing) = &self.http_missing {
+            println!("\nHTTP and wasm: not measured: {missing}");
+        }
+        for error in &self.errors {
+            println!("NOT MEASURED: {error}");
+        }
+        println!("(bench took {:.0} s)", self.seconds_total);
+    }
+
+    fn print_metrics(&self) {
         println!(
             "{:<24} {:>15} {:>21} {:>7} {:>13} {:>5}",
             "metric", "creditgate tps", "baseline tps", "ratio", "target", "met?"
@@ -696,15 +711,6 @@ impl Report {
                 metric.name, creditgate, baseline, metric.ratio, target, met
             );
         }
-        if let Some(http) = &self.http {
-            http.print();
-        } else if let Some(missing) = &self.http_missing {
-            println!("\nHTTP and wasm: not measured: {missing}");
-        }
-        for error in &self.errors {
-            println!("NOT MEASURED: {error}");
-        }
-        println!("(bench took {:.0} s)", self.seconds_total);
     }
 }
 

@@ -169,7 +169,7 @@ pub fn measure(root: &Path, options: &Options) -> Result<Figures> {
             }
         }
         let through_proxy = format!("{}/functions/v1/credits/charge", stack_options.api_url());
-        let label = "wasm via the API (front proxy, verify_jwt)";
+        let label = "wasm via the API gateway (front proxy)";
         runtime.block_on(load(&through_proxy, &users, WARM_UP))?;
         let mut proxy_runs = Vec::new();
         for round in 0..options.runs {
