@@ -3,7 +3,8 @@
 // checks and the same RPC, without wasm, so the ratio of the two is the cost
 // of wasm. It does what src/api does for this route: HS256 JWT check, strict
 // body, price, Idempotency-Key, `charge_credits_with_limit` through PostgREST
-// with the service-role key, the same response and RateLimit headers.
+// with the service-role key, the same response and RateLimit headers, and
+// the same log line.
 
 const env = Deno.env.toObject();
 const supabaseUrl = env.SUPABASE_URL;
@@ -119,9 +120,31 @@ async function charge(request: Request): Promise<Response> {
   );
 }
 
+// One JSON line per request, as the wasm handler writes (src/api/log.rs), so
+// that the two differ only in wasm.
+async function logged(request: Request, answer: () => Promise<Response>): Promise<Response> {
+  const started = performance.now();
+  const response = await answer();
+  const line: Record<string, unknown> = {
+    level: response.status >= 500 ? "error" : response.status >= 400 ? "warn" : "info",
+    msg: "credits request",
+    method: request.method,
+    route: "/charge",
+    status: response.status,
+  };
+  if (response.status === 200) {
+    const body = await response.clone().json();
+    line.job = body.jobId;
+    line.replayed = body.replayed;
+  }
+  line.durationMs = Math.round((performance.now() - started) * 10) / 10;
+  console.log(JSON.stringify(line));
+  return response;
+}
+
 Deno.serve((request: Request) => {
   const path = new URL(request.url).pathname.replace(/^\/functions\/v1/, "").replace(/^\/credits_ts/, "");
   if (path !== "/charge") return fail(404, "route_not_found", "no such route");
   if (request.method !== "POST") return fail(405, "method_not_allowed", "use POST", {}, { allow: "POST" });
-  return charge(request);
+  return logged(request, () => charge(request));
 });
