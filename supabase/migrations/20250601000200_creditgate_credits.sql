@@ -6,6 +6,12 @@
 -- an internal creditgate.*_at(..., p_now) that no client may call, so tests
 -- drive time through p_now.
 --
+-- Functions on the request path are plpgsql, even one-line wrappers: a
+-- SECURITY DEFINER function is never inlined, and PostgreSQL (before 18)
+-- parses and plans a LANGUAGE sql function again at every call, where
+-- plpgsql keeps its plans for the session. Only the named limits (constants)
+-- and verify_credit_ledger (one query, run rarely) stay LANGUAGE sql.
+--
 -- Lock order, the same in every function so that no two calls can deadlock:
 -- the rate_limits row (charge_credits_with_limit only), then the users row,
 -- then that user's generation_jobs rows. Idempotency keys use a non-blocking
@@ -317,12 +323,14 @@ REVOKE ALL ON FUNCTION creditgate.void_open_holds(uuid, timestamptz, text, text,
  */
 CREATE OR REPLACE FUNCTION creditgate.release_expired_holds(p_user_id uuid, p_now timestamptz)
 RETURNS integer
-LANGUAGE sql
+LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = ''
 AS $$
-  SELECT creditgate.void_open_holds(p_user_id, p_now, 'expired', 'expiry', 'Hold expired',
-    'Hold expired before completion', p_now)
+BEGIN
+  RETURN creditgate.void_open_holds(p_user_id, p_now, 'expired', 'expiry', 'Hold expired',
+    'Hold expired before completion', p_now);
+END;
 $$;
 REVOKE ALL ON FUNCTION creditgate.release_expired_holds(uuid, timestamptz) FROM PUBLIC;
 
@@ -445,14 +453,16 @@ REVOKE ALL ON FUNCTION creditgate.record_idempotency_key(uuid, text, text, text,
 CREATE OR REPLACE FUNCTION creditgate.charge_request_hash(
   p_operation_type text, p_cost integer, p_metadata jsonb, p_hold_seconds integer)
 RETURNS text
-LANGUAGE sql
+LANGUAGE plpgsql
 IMMUTABLE
 SECURITY DEFINER
 SET search_path = ''
 AS $$
-  SELECT pg_catalog.md5(pg_catalog.jsonb_build_object(
+BEGIN
+  RETURN pg_catalog.md5(pg_catalog.jsonb_build_object(
     'operation_type', p_operation_type, 'cost', p_cost,
-    'metadata', p_metadata, 'hold_seconds', p_hold_seconds)::text)
+    'metadata', p_metadata, 'hold_seconds', p_hold_seconds)::text);
+END;
 $$;
 REVOKE ALL ON FUNCTION creditgate.charge_request_hash(text, integer, jsonb, integer) FROM PUBLIC;
 
@@ -571,12 +581,15 @@ CREATE OR REPLACE FUNCTION public.charge_credits(
   p_user_id uuid, p_operation_type text, p_cost integer, p_idempotency_key text DEFAULT NULL,
   p_metadata jsonb DEFAULT '{}'::jsonb, p_hold_seconds integer DEFAULT 900)
 RETURNS TABLE (job_id uuid, new_balance integer, replayed boolean, expires_at timestamptz)
-LANGUAGE sql
+LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = ''
 AS $$
-  SELECT * FROM creditgate.charge_credits_at(p_user_id, p_operation_type, p_cost, p_idempotency_key,
-    p_metadata, p_hold_seconds, pg_catalog.clock_timestamp())
+BEGIN
+  RETURN QUERY
+    SELECT * FROM creditgate.charge_credits_at(p_user_id, p_operation_type, p_cost, p_idempotency_key,
+      p_metadata, p_hold_seconds, pg_catalog.clock_timestamp());
+END;
 $$;
 REVOKE ALL ON FUNCTION public.charge_credits(uuid, text, integer, text, jsonb, integer) FROM PUBLIC, anon, authenticated;
 GRANT EXECUTE ON FUNCTION public.charge_credits(uuid, text, integer, text, jsonb, integer) TO service_role;
@@ -595,13 +608,16 @@ CREATE OR REPLACE FUNCTION public.atomic_charge_credits(
   p_user_id uuid, p_operation_type text, p_cost integer, p_idempotency_key text DEFAULT NULL,
   p_metadata jsonb DEFAULT '{}'::jsonb)
 RETURNS TABLE (job_id uuid, new_balance integer)
-LANGUAGE sql
+LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = ''
 AS $$
-  SELECT c.job_id, c.new_balance
-  FROM creditgate.charge_credits_at(p_user_id, p_operation_type, p_cost, p_idempotency_key, p_metadata, 900,
-    pg_catalog.clock_timestamp()) c
+BEGIN
+  RETURN QUERY
+    SELECT c.job_id, c.new_balance
+    FROM creditgate.charge_credits_at(p_user_id, p_operation_type, p_cost, p_idempotency_key, p_metadata, 900,
+      pg_catalog.clock_timestamp()) c;
+END;
 $$;
 REVOKE ALL ON FUNCTION public.atomic_charge_credits(uuid, text, integer, text, jsonb) FROM PUBLIC, anon, authenticated;
 GRANT EXECUTE ON FUNCTION public.atomic_charge_credits(uuid, text, integer, text, jsonb) TO service_role;
@@ -672,11 +688,14 @@ SELECT creditgate.drop_other_versions('complete_generation_job',
 CREATE OR REPLACE FUNCTION public.complete_generation_job(
   p_job_id uuid, p_result_url text DEFAULT NULL, p_actual_cost integer DEFAULT NULL)
 RETURNS TABLE (job_id uuid, status text, new_balance integer, refunded integer)
-LANGUAGE sql
+LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = ''
 AS $$
-  SELECT * FROM creditgate.complete_generation_job_at(p_job_id, p_result_url, p_actual_cost, pg_catalog.clock_timestamp())
+BEGIN
+  RETURN QUERY
+    SELECT * FROM creditgate.complete_generation_job_at(p_job_id, p_result_url, p_actual_cost, pg_catalog.clock_timestamp());
+END;
 $$;
 REVOKE ALL ON FUNCTION public.complete_generation_job(uuid, text, integer) FROM PUBLIC, anon, authenticated;
 GRANT EXECUTE ON FUNCTION public.complete_generation_job(uuid, text, integer) TO service_role;
@@ -736,11 +755,13 @@ SELECT creditgate.drop_other_versions('refund_credits',
 /** The seed's refund, same signature and result (the new balance): see creditgate.refund_credits_at. */
 CREATE OR REPLACE FUNCTION public.refund_credits(p_user_id uuid, p_job_id uuid, p_amount integer, p_reason text)
 RETURNS integer
-LANGUAGE sql
+LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = ''
 AS $$
-  SELECT creditgate.refund_credits_at(p_user_id, p_job_id, p_amount, p_reason, pg_catalog.clock_timestamp())
+BEGIN
+  RETURN creditgate.refund_credits_at(p_user_id, p_job_id, p_amount, p_reason, pg_catalog.clock_timestamp());
+END;
 $$;
 REVOKE ALL ON FUNCTION public.refund_credits(uuid, uuid, integer, text) FROM PUBLIC, anon, authenticated;
 GRANT EXECUTE ON FUNCTION public.refund_credits(uuid, uuid, integer, text) TO service_role;
@@ -810,12 +831,14 @@ CREATE OR REPLACE FUNCTION public.grant_credits(
   p_user_id uuid, p_amount integer, p_reason text, p_idempotency_key text DEFAULT NULL,
   p_metadata jsonb DEFAULT '{}'::jsonb)
 RETURNS integer
-LANGUAGE sql
+LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = ''
 AS $$
-  SELECT creditgate.grant_credits_at(p_user_id, p_amount, p_reason, p_idempotency_key, p_metadata,
-    pg_catalog.clock_timestamp())
+BEGIN
+  RETURN creditgate.grant_credits_at(p_user_id, p_amount, p_reason, p_idempotency_key, p_metadata,
+    pg_catalog.clock_timestamp());
+END;
 $$;
 REVOKE ALL ON FUNCTION public.grant_credits(uuid, integer, text, text, jsonb) FROM PUBLIC, anon, authenticated;
 GRANT EXECUTE ON FUNCTION public.grant_credits(uuid, integer, text, text, jsonb) TO service_role;
@@ -858,11 +881,13 @@ SELECT creditgate.drop_other_versions('get_credit_balance', 'p_user_id uuid', 'i
 /** A user's balance, expired holds released: see creditgate.get_credit_balance_at. For service_role. */
 CREATE OR REPLACE FUNCTION public.get_credit_balance(p_user_id uuid)
 RETURNS integer
-LANGUAGE sql
+LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = ''
 AS $$
-  SELECT creditgate.get_credit_balance_at(p_user_id, pg_catalog.clock_timestamp())
+BEGIN
+  RETURN creditgate.get_credit_balance_at(p_user_id, pg_catalog.clock_timestamp());
+END;
 $$;
 REVOKE ALL ON FUNCTION public.get_credit_balance(uuid) FROM PUBLIC, anon, authenticated;
 GRANT EXECUTE ON FUNCTION public.get_credit_balance(uuid) TO service_role;
@@ -929,11 +954,13 @@ SELECT creditgate.drop_other_versions('expire_stale_generation_jobs', '', 'integ
 /** The sweeper (pg_cron runs it every minute where available): see creditgate.expire_stale_generation_jobs_at. */
 CREATE OR REPLACE FUNCTION public.expire_stale_generation_jobs()
 RETURNS integer
-LANGUAGE sql
+LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = ''
 AS $$
-  SELECT creditgate.expire_stale_generation_jobs_at(pg_catalog.clock_timestamp())
+BEGIN
+  RETURN creditgate.expire_stale_generation_jobs_at(pg_catalog.clock_timestamp());
+END;
 $$;
 REVOKE ALL ON FUNCTION public.expire_stale_generation_jobs() FROM PUBLIC, anon, authenticated;
 GRANT EXECUTE ON FUNCTION public.expire_stale_generation_jobs() TO service_role;

@@ -13,6 +13,8 @@
 -- up to W/20 before a strict sliding log would allow it, never allowed early.
 -- Storage per key is at most 21 (bucket, cost) pairs, and
 -- cleanup_expired_rate_limits() deletes keys with nothing left in their window.
+-- Functions on the request path are plpgsql, as in 20250601000200 (a
+-- LANGUAGE sql function is parsed and planned again at every call).
 -- =============================================================================
 
 -- -----------------------------------------------------------------------------
@@ -67,8 +69,8 @@ $$;
 
 /** Milliseconds to whole seconds, rounded up: a client told to wait never comes back early. */
 CREATE OR REPLACE FUNCTION creditgate.seconds_ceil(p_milliseconds bigint) RETURNS integer
-LANGUAGE sql IMMUTABLE SECURITY DEFINER SET search_path = ''
-AS $$ SELECT ((p_milliseconds + 999) / 1000)::integer $$;
+LANGUAGE plpgsql IMMUTABLE SECURITY DEFINER SET search_path = ''
+AS $$ BEGIN RETURN ((p_milliseconds + 999) / 1000)::integer; END $$;
 REVOKE ALL ON FUNCTION creditgate.seconds_ceil(bigint) FROM PUBLIC;
 
 -- -----------------------------------------------------------------------------
@@ -219,12 +221,15 @@ REVOKE ALL ON FUNCTION creditgate.rate_limit_at(text, integer, integer, integer,
 CREATE OR REPLACE FUNCTION creditgate.apply_rate_limit_at(
   p_key text, p_limit integer, p_window_seconds integer, p_cost integer, p_now timestamptz)
 RETURNS TABLE (allowed boolean, "limit" integer, remaining integer, reset_seconds integer, retry_after_seconds integer)
-LANGUAGE sql
+LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = ''
 AS $$
-  SELECT r.allowed, p_limit, r.remaining, creditgate.seconds_ceil(r.reset_ms), creditgate.seconds_ceil(r.retry_after_ms)
-  FROM creditgate.rate_limit_at(p_key, p_limit, p_window_seconds, p_cost, true, p_now) r
+BEGIN
+  RETURN QUERY
+    SELECT r.allowed, p_limit, r.remaining, creditgate.seconds_ceil(r.reset_ms), creditgate.seconds_ceil(r.retry_after_ms)
+    FROM creditgate.rate_limit_at(p_key, p_limit, p_window_seconds, p_cost, true, p_now) r;
+END;
 $$;
 REVOKE ALL ON FUNCTION creditgate.apply_rate_limit_at(text, integer, integer, integer, timestamptz) FROM PUBLIC;
 
@@ -241,11 +246,14 @@ SELECT creditgate.drop_other_versions('apply_rate_limit',
 CREATE OR REPLACE FUNCTION public.apply_rate_limit(
   p_key text, p_limit integer, p_window_seconds integer, p_cost integer DEFAULT 1)
 RETURNS TABLE (allowed boolean, "limit" integer, remaining integer, reset_seconds integer, retry_after_seconds integer)
-LANGUAGE sql
+LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = ''
 AS $$
-  SELECT * FROM creditgate.apply_rate_limit_at(p_key, p_limit, p_window_seconds, p_cost, pg_catalog.clock_timestamp())
+BEGIN
+  RETURN QUERY
+    SELECT * FROM creditgate.apply_rate_limit_at(p_key, p_limit, p_window_seconds, p_cost, pg_catalog.clock_timestamp());
+END;
 $$;
 REVOKE ALL ON FUNCTION public.apply_rate_limit(text, integer, integer, integer) FROM PUBLIC, anon, authenticated;
 GRANT EXECUTE ON FUNCTION public.apply_rate_limit(text, integer, integer, integer) TO service_role;
@@ -284,12 +292,15 @@ SELECT creditgate.drop_other_versions('check_rate_limit',
 CREATE OR REPLACE FUNCTION public.check_rate_limit(
   p_identifier text, p_type text, p_max_requests integer, p_window_seconds integer)
 RETURNS TABLE (allowed boolean, current_count integer, window_end timestamptz, remaining integer)
-LANGUAGE sql
+LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = ''
 AS $$
-  SELECT * FROM creditgate.check_rate_limit_at(p_identifier, p_type, p_max_requests, p_window_seconds,
-    pg_catalog.clock_timestamp())
+BEGIN
+  RETURN QUERY
+    SELECT * FROM creditgate.check_rate_limit_at(p_identifier, p_type, p_max_requests, p_window_seconds,
+      pg_catalog.clock_timestamp());
+END;
 $$;
 REVOKE ALL ON FUNCTION public.check_rate_limit(text, text, integer, integer) FROM PUBLIC, anon, authenticated;
 GRANT EXECUTE ON FUNCTION public.check_rate_limit(text, text, integer, integer) TO service_role;
@@ -318,11 +329,13 @@ SELECT creditgate.drop_other_versions('cleanup_expired_rate_limits', '', 'intege
 /** Bounded storage: see creditgate.cleanup_expired_rate_limits_at. pg_cron runs it where available. */
 CREATE OR REPLACE FUNCTION public.cleanup_expired_rate_limits()
 RETURNS integer
-LANGUAGE sql
+LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = ''
 AS $$
-  SELECT creditgate.cleanup_expired_rate_limits_at(pg_catalog.clock_timestamp())
+BEGIN
+  RETURN creditgate.cleanup_expired_rate_limits_at(pg_catalog.clock_timestamp());
+END;
 $$;
 REVOKE ALL ON FUNCTION public.cleanup_expired_rate_limits() FROM PUBLIC, anon, authenticated;
 GRANT EXECUTE ON FUNCTION public.cleanup_expired_rate_limits() TO service_role;
@@ -409,13 +422,16 @@ CREATE OR REPLACE FUNCTION public.charge_credits_with_limit(
   p_hold_seconds integer DEFAULT 900, p_limit_cost integer DEFAULT 1)
 RETURNS TABLE (allowed boolean, job_id uuid, new_balance integer, replayed boolean, expires_at timestamptz,
                "limit" integer, remaining integer, reset_seconds integer, retry_after_seconds integer)
-LANGUAGE sql
+LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = ''
 AS $$
-  SELECT * FROM creditgate.charge_credits_with_limit_at(p_user_id, p_operation_type, p_cost, p_limit_key,
-    p_limit, p_window_seconds, p_idempotency_key, p_metadata, p_hold_seconds, p_limit_cost,
-    pg_catalog.clock_timestamp())
+BEGIN
+  RETURN QUERY
+    SELECT * FROM creditgate.charge_credits_with_limit_at(p_user_id, p_operation_type, p_cost, p_limit_key,
+      p_limit, p_window_seconds, p_idempotency_key, p_metadata, p_hold_seconds, p_limit_cost,
+      pg_catalog.clock_timestamp());
+END;
 $$;
 REVOKE ALL ON FUNCTION public.charge_credits_with_limit(uuid, text, integer, text, integer, integer, text, jsonb, integer, integer) FROM PUBLIC, anon, authenticated;
 GRANT EXECUTE ON FUNCTION public.charge_credits_with_limit(uuid, text, integer, text, integer, integer, text, jsonb, integer, integer) TO service_role;
