@@ -97,6 +97,10 @@ impl Cluster {
             init(dir, &data_dir)?;
         }
         stop_leftover(&data_dir);
+        // Another server on the port would answer our readiness checks.
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            bail!("127.0.0.1:{port} is already in use (another cluster or test run?)");
+        }
         let log = std::fs::File::create(dir.join("postgres.log"))?;
         let mut command = server_command(&bin_dir().join("postgres"))?;
         command
