@@ -217,7 +217,7 @@ fn start_gateway(options: &Options, cluster: &Cluster) -> Result<Child> {
         .stderr(log)
         .spawn()
         .context("start the gateway")?;
-    wait_for_port(options.gateway_port, &mut child, &log_path)?;
+    wait_for_port(options.gateway_port, Some(&mut child), Some(&log_path), Duration::from_secs(60))?;
     Ok(child)
 }
 
@@ -380,7 +380,7 @@ fn start_functions(options: &Options) -> Result<Option<Child>> {
         .stdout(log.try_clone()?)
         .stderr(log);
     let mut child = command.spawn().context("start deno")?;
-    wait_for_port(options.functions_port, &mut child, &log_path)?;
+    wait_for_port(options.functions_port, Some(&mut child), Some(&log_path), Duration::from_secs(60))?;
     Ok(Some(child))
 }
 
@@ -414,17 +414,24 @@ fn function_env(options: &Options) -> Result<Vec<(String, String)>> {
     Ok(env)
 }
 
-fn wait_for_port(port: u16, child: &mut Child, log: &Path) -> Result<()> {
-    for _ in 0..600 {
+/// Waits until something listens on 127.0.0.1:`port`, for at most `timeout`,
+/// failing early if `child` exits first; `log` (the child's output) goes
+/// into the error.
+pub fn wait_for_port(port: u16, mut child: Option<&mut Child>, log: Option<&Path>, timeout: Duration) -> Result<()> {
+    let log_text = || log.map(|log| std::fs::read_to_string(log).unwrap_or_default()).unwrap_or_default();
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
             return Ok(());
         }
-        if let Some(status) = child.try_wait()? {
-            bail!("{} exited ({status}): {}", log.display(), std::fs::read_to_string(log).unwrap_or_default());
+        if let Some(child) = child.as_mut() {
+            if let Some(status) = child.try_wait()? {
+                bail!("it exited ({status}) before listening on 127.0.0.1:{port}: {}", log_text());
+            }
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    bail!("nothing listened on {port} within 60 s: {}", std::fs::read_to_string(log).unwrap_or_default())
+    bail!("nothing listened on 127.0.0.1:{port} within {timeout:?}: {}", log_text())
 }
 
 // -----------------------------------------------------------------------------

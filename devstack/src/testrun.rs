@@ -165,26 +165,11 @@ fn stack_suites(run: &mut Run, wanted: &dyn Fn(&str) -> bool) -> Result<()> {
     Ok(())
 }
 
-fn wait_for_http(port: u16) -> Result<()> {
-    wait_for_port_while(port, None)
-}
+/// `cargo dev up` builds the package first, which takes minutes cold.
+const STACK_START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(900);
 
-/// Waits until something listens on `port`, as long as `child` (if given)
-/// runs; `cargo dev up` builds the package first, which takes minutes cold.
-fn wait_for_port_while(port: u16, mut child: Option<&mut std::process::Child>) -> Result<()> {
-    let deadline = Instant::now() + std::time::Duration::from_secs(900);
-    while Instant::now() < deadline {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok(());
-        }
-        if let Some(child) = child.as_mut() {
-            if let Some(status) = child.try_wait()? {
-                bail!("it exited ({status}) before listening on 127.0.0.1:{port}");
-            }
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    bail!("nothing listens on 127.0.0.1:{port}")
+fn wait_for_http(port: u16) -> Result<()> {
+    crate::stack::wait_for_port(port, None, None, STACK_START_TIMEOUT)
 }
 
 /// Runs `cargo dev up` as a newcomer would, spends some of the demo user's
@@ -229,7 +214,7 @@ fn up_once<T>(data_dir: &Path, ports: [u16; 4], fresh: bool, body: impl FnOnce(u
         .env("CREDITGATE_FUNCTIONS_PORT", ports[3].to_string())
         .env("CREDITGATE_DATA_DIR", data_dir)
         .spawn()?;
-    let outcome = wait_for_port_while(ports[0], Some(&mut child)).and_then(|()| body(ports[0]));
+    let outcome = crate::stack::wait_for_port(ports[0], Some(&mut child), None, STACK_START_TIMEOUT).and_then(|()| body(ports[0]));
     // SAFETY: SIGINT to our own child, as a terminal's Ctrl-C sends it.
     unsafe {
         libc::kill(child.id() as libc::pid_t, libc::SIGINT);
