@@ -37,7 +37,7 @@ CREATE OR REPLACE FUNCTION creditgate.ensure_constraint(p_table regclass, p_name
 RETURNS void
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   v_validated boolean;
@@ -70,7 +70,7 @@ CREATE OR REPLACE FUNCTION creditgate.drop_foreign_keys(p_table regclass, p_refe
 RETURNS void
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   v_name name;
@@ -93,7 +93,7 @@ RETURNS boolean
 LANGUAGE sql
 STABLE
 SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
   SELECT EXISTS (
     SELECT FROM pg_catalog.pg_attribute a
@@ -399,7 +399,7 @@ CREATE OR REPLACE FUNCTION creditgate.forbid_ledger_change()
 RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
   RAISE EXCEPTION 'credit_ledger is append-only: % is not allowed', TG_OP
@@ -423,7 +423,7 @@ CREATE OR REPLACE FUNCTION creditgate.fill_legacy_amount()
 RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
   IF pg_catalog.to_jsonb(NEW) ->> 'amount' IS NULL THEN

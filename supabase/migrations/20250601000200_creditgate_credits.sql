@@ -30,28 +30,28 @@
 
 -- One charge or grant: two of them cannot overflow an integer.
 CREATE OR REPLACE FUNCTION creditgate.cost_credits_max() RETURNS integer
-LANGUAGE sql IMMUTABLE SECURITY DEFINER SET search_path = '' AS $$ SELECT 1000000000 $$;
+LANGUAGE sql IMMUTABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$ SELECT 1000000000 $$;
 -- Balance plus open holds: every sum a function computes stays below 2^31.
 CREATE OR REPLACE FUNCTION creditgate.balance_credits_max() RETURNS integer
-LANGUAGE sql IMMUTABLE SECURITY DEFINER SET search_path = '' AS $$ SELECT 2000000000 $$;
+LANGUAGE sql IMMUTABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$ SELECT 2000000000 $$;
 -- Stripe's limit for idempotency keys, and an index bound.
 CREATE OR REPLACE FUNCTION creditgate.idempotency_key_length_max() RETURNS integer
-LANGUAGE sql IMMUTABLE SECURITY DEFINER SET search_path = '' AS $$ SELECT 255 $$;
+LANGUAGE sql IMMUTABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$ SELECT 255 $$;
 -- An operation type is a name ("image_generation"), not a payload.
 CREATE OR REPLACE FUNCTION creditgate.operation_type_length_max() RETURNS integer
-LANGUAGE sql IMMUTABLE SECURITY DEFINER SET search_path = '' AS $$ SELECT 64 $$;
+LANGUAGE sql IMMUTABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$ SELECT 64 $$;
 -- Metadata is copied into the job and the ledger: keep rows small.
 CREATE OR REPLACE FUNCTION creditgate.metadata_bytes_max() RETURNS integer
-LANGUAGE sql IMMUTABLE SECURITY DEFINER SET search_path = '' AS $$ SELECT 4096 $$;
+LANGUAGE sql IMMUTABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$ SELECT 4096 $$;
 -- A refund or grant reason is a sentence.
 CREATE OR REPLACE FUNCTION creditgate.reason_length_max() RETURNS integer
-LANGUAGE sql IMMUTABLE SECURITY DEFINER SET search_path = '' AS $$ SELECT 500 $$;
+LANGUAGE sql IMMUTABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$ SELECT 500 $$;
 -- The common URL limit of browsers and CDNs.
 CREATE OR REPLACE FUNCTION creditgate.result_url_length_max() RETURNS integer
-LANGUAGE sql IMMUTABLE SECURITY DEFINER SET search_path = '' AS $$ SELECT 2048 $$;
+LANGUAGE sql IMMUTABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$ SELECT 2048 $$;
 -- A hold longer than a day is a lost job, not a slow one.
 CREATE OR REPLACE FUNCTION creditgate.hold_seconds_max() RETURNS integer
-LANGUAGE sql IMMUTABLE SECURITY DEFINER SET search_path = '' AS $$ SELECT 86400 $$;
+LANGUAGE sql IMMUTABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$ SELECT 86400 $$;
 
 REVOKE ALL ON FUNCTION creditgate.cost_credits_max(), creditgate.balance_credits_max(),
   creditgate.idempotency_key_length_max(), creditgate.operation_type_length_max(),
@@ -91,7 +91,7 @@ CREATE OR REPLACE FUNCTION creditgate.fail(p_sqlstate text, p_code text, p_messa
 RETURNS void
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
   RAISE EXCEPTION USING
@@ -108,7 +108,7 @@ CREATE OR REPLACE FUNCTION creditgate.require(p_ok boolean, p_message text, p_de
 RETURNS void
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
   IF p_ok IS NOT TRUE THEN
@@ -123,7 +123,7 @@ CREATE OR REPLACE FUNCTION creditgate.require_range(p_name text, p_value integer
 RETURNS void
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
   PERFORM creditgate.require(p_value BETWEEN p_min AND p_max,
@@ -138,7 +138,7 @@ CREATE OR REPLACE FUNCTION creditgate.require_text(p_name text, p_value text, p_
 RETURNS void
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
   IF p_value IS NULL THEN
@@ -158,7 +158,7 @@ CREATE OR REPLACE FUNCTION creditgate.require_id(p_name text, p_value uuid)
 RETURNS void
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
   PERFORM creditgate.require(p_value IS NOT NULL, pg_catalog.format('%s is required', p_name),
@@ -172,7 +172,7 @@ CREATE OR REPLACE FUNCTION creditgate.clean_metadata(p_metadata jsonb)
 RETURNS jsonb
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   v_metadata jsonb := coalesce(p_metadata, '{}'::jsonb);
@@ -198,7 +198,7 @@ CREATE OR REPLACE FUNCTION creditgate.drop_other_versions(p_name text, p_argumen
 RETURNS void
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   v_function regprocedure;
@@ -231,7 +231,7 @@ CREATE OR REPLACE FUNCTION creditgate.apply_delta(
 RETURNS integer
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   v_balance integer;
@@ -260,7 +260,7 @@ CREATE OR REPLACE FUNCTION creditgate.settle_job(
 RETURNS integer
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   v_returned integer := p_job.cost - p_captured;
@@ -296,7 +296,7 @@ CREATE OR REPLACE FUNCTION creditgate.void_open_holds(
 RETURNS integer
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   v_job public.generation_jobs;
@@ -325,7 +325,7 @@ CREATE OR REPLACE FUNCTION creditgate.release_expired_holds(p_user_id uuid, p_no
 RETURNS integer
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
   RETURN creditgate.void_open_holds(p_user_id, p_now, 'expired', 'expiry', 'Hold expired',
@@ -346,7 +346,7 @@ CREATE OR REPLACE FUNCTION creditgate.lock_user(p_user_id uuid, p_now timestampt
 RETURNS integer
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   v_closed_at timestamptz;
@@ -373,7 +373,7 @@ CREATE OR REPLACE FUNCTION creditgate.require_open(p_job public.generation_jobs)
 RETURNS void
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
   IF p_job.status NOT IN ('pending', 'processing') THEN
@@ -402,7 +402,7 @@ CREATE OR REPLACE FUNCTION creditgate.claim_idempotency_key(
 RETURNS jsonb
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   v_stored public.idempotency_keys;
@@ -438,7 +438,7 @@ CREATE OR REPLACE FUNCTION creditgate.record_idempotency_key(
 RETURNS void
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
   IF p_key IS NOT NULL THEN
@@ -456,7 +456,7 @@ RETURNS text
 LANGUAGE plpgsql
 IMMUTABLE
 SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
   RETURN pg_catalog.md5(pg_catalog.jsonb_build_object(
@@ -476,7 +476,7 @@ CREATE OR REPLACE FUNCTION creditgate.require_charge_arguments(
 RETURNS void
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
   PERFORM creditgate.require_id('p_user_id', p_user_id);
@@ -503,7 +503,7 @@ CREATE OR REPLACE FUNCTION creditgate.charge_credits_at(
 RETURNS TABLE (job_id uuid, new_balance integer, replayed boolean, expires_at timestamptz)
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   v_metadata jsonb := coalesce(p_metadata, '{}'::jsonb);
@@ -583,7 +583,7 @@ CREATE OR REPLACE FUNCTION public.charge_credits(
 RETURNS TABLE (job_id uuid, new_balance integer, replayed boolean, expires_at timestamptz)
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
   RETURN QUERY
@@ -610,7 +610,7 @@ CREATE OR REPLACE FUNCTION public.atomic_charge_credits(
 RETURNS TABLE (job_id uuid, new_balance integer)
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
   RETURN QUERY
@@ -638,7 +638,7 @@ CREATE OR REPLACE FUNCTION creditgate.complete_generation_job_at(
 RETURNS TABLE (job_id uuid, status text, new_balance integer, refunded integer)
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   v_user_id uuid;
@@ -690,7 +690,7 @@ CREATE OR REPLACE FUNCTION public.complete_generation_job(
 RETURNS TABLE (job_id uuid, status text, new_balance integer, refunded integer)
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
   RETURN QUERY
@@ -712,7 +712,7 @@ CREATE OR REPLACE FUNCTION creditgate.refund_credits_at(
 RETURNS integer
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   v_job public.generation_jobs;
@@ -757,7 +757,7 @@ CREATE OR REPLACE FUNCTION public.refund_credits(p_user_id uuid, p_job_id uuid, 
 RETURNS integer
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
   RETURN creditgate.refund_credits_at(p_user_id, p_job_id, p_amount, p_reason, pg_catalog.clock_timestamp());
@@ -783,7 +783,7 @@ CREATE OR REPLACE FUNCTION creditgate.grant_credits_at(
 RETURNS integer
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   v_metadata jsonb := creditgate.clean_metadata(p_metadata);
@@ -833,7 +833,7 @@ CREATE OR REPLACE FUNCTION public.grant_credits(
 RETURNS integer
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
   RETURN creditgate.grant_credits_at(p_user_id, p_amount, p_reason, p_idempotency_key, p_metadata,
@@ -857,7 +857,7 @@ CREATE OR REPLACE FUNCTION creditgate.get_credit_balance_at(p_user_id uuid, p_no
 RETURNS integer
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   v_balance integer;
@@ -883,7 +883,7 @@ CREATE OR REPLACE FUNCTION public.get_credit_balance(p_user_id uuid)
 RETURNS integer
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
   RETURN creditgate.get_credit_balance_at(p_user_id, pg_catalog.clock_timestamp());
@@ -903,7 +903,7 @@ CREATE OR REPLACE FUNCTION public.get_my_credit_balance()
 RETURNS integer
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   v_user_id uuid := auth.uid();
@@ -928,7 +928,7 @@ CREATE OR REPLACE FUNCTION creditgate.expire_stale_generation_jobs_at(p_now time
 RETURNS integer
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   v_user_id uuid;
@@ -956,7 +956,7 @@ CREATE OR REPLACE FUNCTION public.expire_stale_generation_jobs()
 RETURNS integer
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
   RETURN creditgate.expire_stale_generation_jobs_at(pg_catalog.clock_timestamp());
@@ -987,7 +987,7 @@ RETURNS TABLE (user_id uuid, problem text, details jsonb)
 LANGUAGE sql
 STABLE
 SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
   WITH sums AS (
     SELECT l.user_id, sum(l.delta) AS delta_sum FROM public.credit_ledger l GROUP BY l.user_id

@@ -23,22 +23,22 @@
 
 -- Buckets per window: W/20 is the most a request can be refused early.
 CREATE OR REPLACE FUNCTION creditgate.rate_limit_buckets() RETURNS integer
-LANGUAGE sql IMMUTABLE SECURITY DEFINER SET search_path = '' AS $$ SELECT 20 $$;
+LANGUAGE sql IMMUTABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$ SELECT 20 $$;
 -- Requests (or cost units) per window: far above any per-user policy, and
 -- small enough that no sum of costs in a window can overflow an integer.
 CREATE OR REPLACE FUNCTION creditgate.rate_limit_max() RETURNS integer
-LANGUAGE sql IMMUTABLE SECURITY DEFINER SET search_path = '' AS $$ SELECT 1000000 $$;
+LANGUAGE sql IMMUTABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$ SELECT 1000000 $$;
 -- Windows from one second to one day.
 CREATE OR REPLACE FUNCTION creditgate.window_seconds_max() RETURNS integer
-LANGUAGE sql IMMUTABLE SECURITY DEFINER SET search_path = '' AS $$ SELECT 86400 $$;
+LANGUAGE sql IMMUTABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$ SELECT 86400 $$;
 -- A key names a subject ("user:<uuid>", "ip:<address>"); also an index bound.
 CREATE OR REPLACE FUNCTION creditgate.rate_limit_key_length_max() RETURNS integer
-LANGUAGE sql IMMUTABLE SECURITY DEFINER SET search_path = '' AS $$ SELECT 255 $$;
+LANGUAGE sql IMMUTABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$ SELECT 255 $$;
 -- check_rate_limit's key is p_type || ':' || p_identifier: 64 + 1 + 190 = 255.
 CREATE OR REPLACE FUNCTION creditgate.rate_limit_type_length_max() RETURNS integer
-LANGUAGE sql IMMUTABLE SECURITY DEFINER SET search_path = '' AS $$ SELECT 64 $$;
+LANGUAGE sql IMMUTABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$ SELECT 64 $$;
 CREATE OR REPLACE FUNCTION creditgate.rate_limit_identifier_length_max() RETURNS integer
-LANGUAGE sql IMMUTABLE SECURITY DEFINER SET search_path = '' AS $$ SELECT 190 $$;
+LANGUAGE sql IMMUTABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$ SELECT 190 $$;
 
 REVOKE ALL ON FUNCTION creditgate.rate_limit_buckets(), creditgate.rate_limit_max(),
   creditgate.window_seconds_max(), creditgate.rate_limit_key_length_max(),
@@ -69,7 +69,7 @@ $$;
 
 /** Milliseconds to whole seconds, rounded up: a client told to wait never comes back early. */
 CREATE OR REPLACE FUNCTION creditgate.seconds_ceil(p_milliseconds bigint) RETURNS integer
-LANGUAGE plpgsql IMMUTABLE SECURITY DEFINER SET search_path = ''
+LANGUAGE plpgsql IMMUTABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$ BEGIN RETURN ((p_milliseconds + 999) / 1000)::integer; END $$;
 REVOKE ALL ON FUNCTION creditgate.seconds_ceil(bigint) FROM PUBLIC;
 
@@ -94,7 +94,7 @@ CREATE OR REPLACE FUNCTION creditgate.rate_limit_at(
 RETURNS TABLE (allowed boolean, used integer, remaining integer, reset_ms bigint, retry_after_ms bigint)
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   v_buckets constant integer := 20;  -- creditgate.rate_limit_buckets(), asserted above
@@ -223,7 +223,7 @@ CREATE OR REPLACE FUNCTION creditgate.apply_rate_limit_at(
 RETURNS TABLE (allowed boolean, "limit" integer, remaining integer, reset_seconds integer, retry_after_seconds integer)
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
   RETURN QUERY
@@ -248,7 +248,7 @@ CREATE OR REPLACE FUNCTION public.apply_rate_limit(
 RETURNS TABLE (allowed boolean, "limit" integer, remaining integer, reset_seconds integer, retry_after_seconds integer)
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
   RETURN QUERY
@@ -269,7 +269,7 @@ CREATE OR REPLACE FUNCTION creditgate.check_rate_limit_at(
 RETURNS TABLE (allowed boolean, current_count integer, window_end timestamptz, remaining integer)
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
   IF NOT (pg_catalog.char_length(p_identifier) BETWEEN 1 AND 190
@@ -294,7 +294,7 @@ CREATE OR REPLACE FUNCTION public.check_rate_limit(
 RETURNS TABLE (allowed boolean, current_count integer, window_end timestamptz, remaining integer)
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
   RETURN QUERY
@@ -312,7 +312,7 @@ CREATE OR REPLACE FUNCTION creditgate.cleanup_expired_rate_limits_at(p_now times
 RETURNS integer
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   v_deleted integer;
@@ -331,7 +331,7 @@ CREATE OR REPLACE FUNCTION public.cleanup_expired_rate_limits()
 RETURNS integer
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
   RETURN creditgate.cleanup_expired_rate_limits_at(pg_catalog.clock_timestamp());
@@ -362,7 +362,7 @@ RETURNS TABLE (allowed boolean, job_id uuid, new_balance integer, replayed boole
                "limit" integer, remaining integer, reset_seconds integer, retry_after_seconds integer)
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   v_metadata jsonb := coalesce(p_metadata, '{}'::jsonb);
@@ -424,7 +424,7 @@ RETURNS TABLE (allowed boolean, job_id uuid, new_balance integer, replayed boole
                "limit" integer, remaining integer, reset_seconds integer, retry_after_seconds integer)
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
   RETURN QUERY

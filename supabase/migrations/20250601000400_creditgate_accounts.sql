@@ -25,7 +25,7 @@ CREATE OR REPLACE FUNCTION creditgate.record_opening_balance(p_user_id uuid)
 RETURNS void
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   v_balance integer;
@@ -60,7 +60,7 @@ CREATE OR REPLACE FUNCTION creditgate.on_auth_user_created()
 RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
   INSERT INTO public.users AS u (id) VALUES (NEW.id)
@@ -89,7 +89,7 @@ CREATE OR REPLACE FUNCTION creditgate.close_account(p_user_id uuid, p_now timest
 RETURNS void
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   v_balance integer;
@@ -116,7 +116,7 @@ CREATE OR REPLACE FUNCTION creditgate.on_auth_user_deleted()
 RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
   PERFORM creditgate.close_account(OLD.id, pg_catalog.clock_timestamp());

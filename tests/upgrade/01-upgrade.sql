@@ -5,7 +5,7 @@
 -- and the legacy tables locked down like fresh ones.
 BEGIN;
 \ir ../../supabase/tests/database/_helpers.psql
-SELECT plan(36);
+SELECT plan(37);
 
 \set alice '''a11ce000-0000-4000-8000-000000000001''::uuid'
 \set bob '''b0b00000-0000-4000-8000-000000000002''::uuid'
@@ -127,6 +127,16 @@ SELECT results_eq(format($$SELECT credits, closed_at IS NOT NULL FROM public.use
 SELECT is((SELECT count(*)::integer FROM public.credit_ledger WHERE user_id = :alice AND entry_type = 'legacy'), 3,
   'keeping its legacy history');
 SELECT is_empty($$SELECT * FROM public.verify_credit_ledger()$$, 'the ledger reconciles after all of it');
+
+-- search_path hardening reaches upgraded databases too: every SECURITY DEFINER
+-- function of public and creditgate runs with search_path = pg_catalog, pg_temp
+-- (the project's own legacy trigger function handle_new_user, not creditgate's, is left as it was).
+SELECT is_empty(
+  $$SELECT p.oid::regprocedure::text FROM pg_proc p
+    WHERE p.prosecdef AND p.pronamespace IN ('public'::regnamespace, 'creditgate'::regnamespace)
+      AND p.proname <> 'handle_new_user'
+      AND p.proconfig IS DISTINCT FROM ARRAY['search_path=pg_catalog, pg_temp']$$,
+  'upgraded: every SECURITY DEFINER function of public and creditgate has search_path = pg_catalog, pg_temp');
 
 SELECT * FROM finish();
 ROLLBACK;

@@ -54,15 +54,16 @@ SELECT is(
      'cleanup_expired_rate_limits')),
   13, 'each contract function has exactly one version (no older overload left callable)');
 
--- Security: SECURITY DEFINER, search_path pinned to '' (so every name is qualified).
+-- Security: SECURITY DEFINER, search_path pinned to pg_catalog, pg_temp (every name is
+-- qualified; the temporary schema searched last, so a session cannot shadow a type).
 SELECT is_empty($$
   SELECT p.oid::regprocedure::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
   WHERE (n.nspname = 'creditgate' OR (n.nspname = 'public' AND p.proname IN (
            'atomic_charge_credits', 'charge_credits', 'complete_generation_job', 'refund_credits', 'grant_credits',
            'get_credit_balance', 'get_my_credit_balance', 'expire_stale_generation_jobs', 'verify_credit_ledger',
            'check_rate_limit', 'apply_rate_limit', 'charge_credits_with_limit', 'cleanup_expired_rate_limits')))
-    AND NOT (p.prosecdef AND p.proconfig = ARRAY['search_path=""'])
-$$, 'every creditgate function is SECURITY DEFINER with search_path pinned to ''''');
+    AND NOT (p.prosecdef AND p.proconfig = ARRAY['search_path=pg_catalog, pg_temp'])
+$$, 'every creditgate function is SECURITY DEFINER with search_path pinned to pg_catalog, pg_temp');
 SELECT cmp_ok(
   (SELECT count(*)::integer FROM pg_proc p WHERE p.pronamespace = 'creditgate'::regnamespace), '>=', 40,
   'the check above saw the internal functions');

@@ -3,7 +3,7 @@
 -- functions, rate limiter) are replaced, the rows and balances kept.
 BEGIN;
 \ir ../../../supabase/tests/database/_helpers.psql
-SELECT plan(30);
+SELECT plan(31);
 
 \set alice '''a11ce000-0000-4000-8000-000000000001''::uuid'
 \set bob '''b0b00000-0000-4000-8000-000000000002''::uuid'
@@ -64,6 +64,16 @@ SELECT is((SELECT count(*)::integer FROM public.credit_ledger WHERE user_id = :a
   'and her history is kept');
 SELECT is((SELECT count(*)::integer FROM public.generation_jobs WHERE user_id = :alice), 3, 'with her jobs');
 SELECT is_empty($$SELECT * FROM public.verify_credit_ledger()$$, 'the ledger reconciles after all of it');
+
+-- search_path hardening reaches upgraded databases too: every SECURITY DEFINER
+-- function of public and creditgate runs with search_path = pg_catalog, pg_temp
+-- (the project's own legacy trigger function handle_new_user, not creditgate's, is left as it was).
+SELECT is_empty(
+  $$SELECT p.oid::regprocedure::text FROM pg_proc p
+    WHERE p.prosecdef AND p.pronamespace IN ('public'::regnamespace, 'creditgate'::regnamespace)
+      AND p.proname <> 'handle_new_user'
+      AND p.proconfig IS DISTINCT FROM ARRAY['search_path=pg_catalog, pg_temp']$$,
+  'upgraded: every SECURITY DEFINER function of public and creditgate has search_path = pg_catalog, pg_temp');
 
 SELECT * FROM finish();
 ROLLBACK;
