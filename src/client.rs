@@ -6,6 +6,7 @@ use crate::request::{self, Config, RpcRequest};
 use crate::response::{self, RpcResponse};
 use crate::types::{
     BalanceResult, ChargeRequest, ChargeResult, ChargeWithLimitRequest, ChargeWithLimitResult,
+    ChargeWithLimitsRequest, ChargeWithLimitsResult,
     CompleteRequest, CompleteResult, GrantRequest, JobId, LimitRequest, RateLimitResult, Reason,
     RefundRequest, RunOutput, UserId,
 };
@@ -111,6 +112,15 @@ impl CreditClient {
     ) -> Result<ChargeWithLimitResult, CreditError> {
         let rpc = request::charge_with_limit(&self.config, request);
         response::charge_with_limit(&request.limit, &self.send(&rpc).await?)
+    }
+
+    /// A charge and several limits in one transaction, all or nothing.
+    pub async fn charge_with_limits(
+        &self,
+        request: &ChargeWithLimitsRequest,
+    ) -> Result<ChargeWithLimitsResult, CreditError> {
+        let rpc = request::charge_with_limits(&self.config, request);
+        response::charge_with_limits(&request.limits, &self.send(&rpc).await?)
     }
 
     /// Charges, runs `work` with the job, then completes the job with what

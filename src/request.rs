@@ -8,7 +8,7 @@
 
 use crate::error::CreditError;
 use crate::types::{
-    ChargeRequest, ChargeWithLimitRequest, CompleteRequest, GrantRequest, LimitRequest,
+    ChargeRequest, ChargeWithLimitRequest, ChargeWithLimitsRequest, CompleteRequest, GrantRequest, LimitRequest,
     RefundRequest, UserId,
 };
 use serde_json::{json, Map, Value};
@@ -55,6 +55,11 @@ impl Config {
     /// The PostgREST root, ending in `/rest/v1` (no trailing slash).
     pub fn rest_url(&self) -> &str {
         &self.rest_url
+    }
+
+    /// The project URL itself, without `/rest/v1` (no trailing slash).
+    pub fn project_url(&self) -> &str {
+        self.rest_url.strip_suffix("/rest/v1").unwrap_or(&self.rest_url)
     }
 
     /// The headers every request carries. `apikey` is what Supabase's API
@@ -286,6 +291,21 @@ pub fn charge_with_limit(config: &Config, request: &ChargeWithLimitRequest) -> R
         ("p_limit_cost", Some(json!(request.limit.cost.get()))),
     ]));
     RpcRequest::new(config, "charge_credits_with_limit", body)
+}
+
+/// `charge_credits_with_limits`: the charge's arguments and `p_limits`.
+pub fn charge_with_limits(config: &Config, request: &ChargeWithLimitsRequest) -> RpcRequest {
+    let mut body = charge_args(&request.charge);
+    let limits: Vec<Value> = request
+        .limits
+        .iter()
+        .map(|limit| {
+            json!({"key": limit.key.as_str(), "limit": limit.limit.get(),
+                   "window_seconds": limit.window_seconds.get(), "cost": limit.cost.get()})
+        })
+        .collect();
+    body.extend(args([("p_limits", Some(Value::Array(limits)))]));
+    RpcRequest::new(config, "charge_credits_with_limits", body)
 }
 
 #[cfg(test)]

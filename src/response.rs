@@ -6,8 +6,8 @@
 
 use crate::error::{CreditError, ErrorCode};
 use crate::types::{
-    BalanceResult, ChargeResult, ChargeWithLimitResult, CompleteResult, LimitRequest,
-    RateLimitResult,
+    BalanceResult, ChargeResult, ChargeWithLimitResult, ChargeWithLimitsResult, CompleteResult,
+    LimitRequest, RateLimitResult,
 };
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -198,6 +198,44 @@ pub fn charge_with_limit(
     })
 }
 
+#[derive(Deserialize)]
+struct ChargeWithLimitsRow {
+    allowed: bool,
+    job_id: Option<String>,
+    new_balance: Option<i64>,
+    replayed: Option<bool>,
+    expires_at: Option<String>,
+    limits: Vec<LimitRow>,
+}
+
+/// `charge_credits_with_limits`.
+pub fn charge_with_limits(
+    requests: &[LimitRequest],
+    response: &RpcResponse,
+) -> Result<ChargeWithLimitsResult, CreditError> {
+    let function = "charge_credits_with_limits";
+    let row: ChargeWithLimitsRow = response.row(function)?;
+    if row.limits.len() != requests.len() {
+        return Err(unexpected(function, &format!("{} limits for {} asked", row.limits.len(), requests.len())));
+    }
+    let limits: Vec<RateLimitResult> =
+        row.limits.into_iter().zip(requests).map(|(limit, request)| limit.into_result(request)).collect();
+    if row.allowed != limits.iter().all(|limit| limit.success) {
+        return Err(unexpected(function, "allowed disagrees with the limits"));
+    }
+    let charge = match (row.allowed, row.job_id, row.new_balance) {
+        (false, _, _) => None,
+        (true, Some(job_id), Some(balance)) => Some(ChargeResult {
+            job_id,
+            balance,
+            replayed: row.replayed.unwrap_or(false),
+            expires_at: row.expires_at,
+        }),
+        (true, _, _) => return Err(unexpected(function, "allowed but no job_id or new_balance")),
+    };
+    Ok(ChargeWithLimitsResult { charge, limits })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,6 +250,33 @@ mod tests {
     fn limit_request() -> LimitRequest {
         LimitRequest::from_json(&json!({"key": "k", "limit": 10, "windowSeconds": 60}))
             .expect("valid")
+    }
+
+    #[test]
+    fn charge_with_limits_decodes_every_limit_in_order() {
+        let requests = vec![limit_request(), limit_request()];
+        let limit = |allowed: bool, remaining: i64, retry: i64| {
+            json!({"key": "k", "allowed": allowed, "limit": 10, "remaining": remaining,
+                   "reset_seconds": 30, "retry_after_seconds": retry})
+        };
+        let allowed = ok(json!([{"allowed": true, "job_id": JOB, "new_balance": 90, "replayed": false,
+                                 "expires_at": null, "limits": [limit(true, 9, 0), limit(true, 4, 0)]}]));
+        let result = charge_with_limits(&requests, &allowed).expect("decodes");
+        assert_eq!(result.charge.map(|charge| (charge.job_id, charge.balance)), Some((JOB.to_owned(), 90)));
+        assert_eq!(result.limits.iter().map(|limit| limit.remaining).collect::<Vec<_>>(), vec![9, 4]);
+        let refused = ok(json!([{"allowed": false, "job_id": null, "new_balance": null, "replayed": false,
+                                 "expires_at": null, "limits": [limit(true, 9, 0), limit(false, 0, 12)]}]));
+        let result = charge_with_limits(&requests, &refused).expect("decodes");
+        assert_eq!(result.charge, None);
+        assert_eq!((result.limits[1].success, result.limits[1].retry_after), (false, 12));
+        // Disagreements between the row and what was asked are upstream errors.
+        let short = ok(json!([{"allowed": true, "job_id": JOB, "new_balance": 1, "limits": [limit(true, 9, 0)]}]));
+        assert_eq!(charge_with_limits(&requests, &short).expect_err("1 of 2").code(), ErrorCode::Upstream);
+        let lying = ok(json!([{"allowed": true, "job_id": JOB, "new_balance": 1,
+                               "limits": [limit(true, 9, 0), limit(false, 0, 3)]}]));
+        assert_eq!(charge_with_limits(&requests, &lying).expect_err("disagrees").code(), ErrorCode::Upstream);
+        let jobless = ok(json!([{"allowed": true, "job_id": null, "new_balance": null, "limits": []}]));
+        assert_eq!(charge_with_limits(&[], &jobless).expect_err("no job").code(), ErrorCode::Upstream);
     }
 
     #[test]

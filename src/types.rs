@@ -127,6 +127,9 @@ fn check_text(
 
 macro_rules! text_newtype {
     ($(#[$doc:meta])* $name:ident, $field:literal, $max:expr, $rule:expr) => {
+        text_newtype!($(#[$doc])* $name, $field, $max, $rule, |_text: &str| Ok(()));
+    };
+    ($(#[$doc:meta])* $name:ident, $field:literal, $max:expr, $rule:expr, $extra:expr) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, Hash)]
         pub struct $name(String);
@@ -138,6 +141,8 @@ macro_rules! text_newtype {
             pub fn new(text: impl Into<String>) -> Result<Self, CreditError> {
                 let text = text.into();
                 check_text($field, &text, $max, $rule)?;
+                let extra: fn(&str) -> Result<(), CreditError> = $extra;
+                extra(&text)?;
                 Ok($name(text))
             }
 
@@ -163,16 +168,60 @@ text_newtype!(
     IdempotencyKey, "idempotencyKey", IDEMPOTENCY_KEY_CHARS_MAX, TextRule::Name
 );
 text_newtype!(
-    /// What a rate limit counts (`"user:<id>:generate"`): 1 to 255 chars.
-    LimitKey, "key", LIMIT_KEY_CHARS_MAX, TextRule::Name
+    /// What a rate limit counts (`"user:<id>:generate"`): 1 to 255 chars,
+    /// not starting with [`RESERVED_KEY_PREFIX`].
+    ///
+    /// ```
+    /// use creditgate::LimitKey;
+    /// assert!(LimitKey::new("ip:198.51.100.9").is_ok());
+    /// assert!(LimitKey::new("creditgate:ip:198.51.100.9").is_err());
+    /// ```
+    LimitKey, "key", LIMIT_KEY_CHARS_MAX, TextRule::Name,
+    |text: &str| {
+        if text.starts_with(RESERVED_KEY_PREFIX) {
+            return Err(CreditError::invalid_argument(
+                "key",
+                format!("keys starting with {RESERVED_KEY_PREFIX:?} are reserved for creditgate's own limits"),
+            ));
+        }
+        Ok(())
+    }
 );
+
+/// The prefix of the Edge Function's own rate-limit keys: callers' keys
+/// cannot start with it (here and in SQL), so they never share a counter.
+pub const RESERVED_KEY_PREFIX: &str = "creditgate:";
+
+impl LimitKey {
+    /// One of creditgate's own keys: [`RESERVED_KEY_PREFIX`] + `suffix`.
+    pub fn reserved(suffix: &str) -> Result<LimitKey, CreditError> {
+        let text = format!("{RESERVED_KEY_PREFIX}{suffix}");
+        check_text("key", &text, LIMIT_KEY_CHARS_MAX, TextRule::Name)?;
+        Ok(LimitKey(text))
+    }
+}
 text_newtype!(
     /// Why credits moved, for the ledger: 1 to 500 chars.
     Reason, "reason", REASON_CHARS_MAX, TextRule::Prose
 );
 text_newtype!(
-    /// Where a completed job's result lives: 1 to 2048 chars.
-    ResultUrl, "resultUrl", RESULT_URL_CHARS_MAX, TextRule::Name
+    /// Where a completed job's result lives: an `http(s)` URL of 1 to 2048
+    /// chars (never `javascript:` or `data:`, which a page would run).
+    ///
+    /// ```
+    /// use creditgate::ResultUrl;
+    /// assert!(ResultUrl::new("https://cdn.example/1.png").is_ok());
+    /// assert!(ResultUrl::new("javascript:alert(1)").is_err());
+    /// ```
+    ResultUrl, "resultUrl", RESULT_URL_CHARS_MAX, TextRule::Name,
+    |text: &str| {
+        let scheme = text.split_once(':').map(|(scheme, _)| scheme.to_ascii_lowercase());
+        let authority = text.split_once(':').is_some_and(|(_, rest)| rest.starts_with("//") && rest.len() > 2);
+        if !(matches!(scheme.as_deref(), Some("http" | "https")) && authority) {
+            return Err(CreditError::invalid_argument("resultUrl", "resultUrl must be an http(s) URL"));
+        }
+        Ok(())
+    }
 );
 
 fn check_int(field: &str, value: i64, min: u32, max: u32) -> Result<u32, CreditError> {
@@ -661,6 +710,27 @@ impl ChargeWithLimitRequest {
     }
 }
 
+/// A charge and several limits in one transaction, all or nothing: when any
+/// limit refuses, nothing is spent and nothing charged; an idempotent
+/// replay, or a charge refused (402, 409, 422), spends no limit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChargeWithLimitsRequest {
+    pub charge: ChargeRequest,
+    /// In the order the results come back; at most [`LIMITS_PER_CALL_MAX`].
+    pub limits: Vec<LimitRequest>,
+}
+
+/// The most limits one call may check.
+pub const LIMITS_PER_CALL_MAX: usize = 16;
+
+/// `charge_credits_with_limits`' result: every limit's outcome, in the
+/// request's order, and the charge when every limit allowed it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChargeWithLimitsResult {
+    pub charge: Option<ChargeResult>,
+    pub limits: Vec<RateLimitResult>,
+}
+
 /// The value `run`'s callback may return: what `complete` should record.
 /// Any other fields of the value are the caller's own and are ignored.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -1095,11 +1165,15 @@ mod tests {
             "jobId"
         );
         assert_eq!(field_of(CompleteRequest::from_json(&json!({}))), "jobId");
-        let url_at_max = "u".repeat(RESULT_URL_CHARS_MAX);
-        let url_past_max = "u".repeat(RESULT_URL_CHARS_MAX + 1);
+        let url_at_max = format!("https://x/{}", "u".repeat(RESULT_URL_CHARS_MAX - 10));
+        let url_past_max = format!("{url_at_max}u");
         assert!(
             CompleteRequest::from_json(&json!({"jobId": JOB, "resultUrl": url_at_max})).is_ok()
         );
+        for bad in ["javascript:alert(1)", "JavaScript://x%0aalert(1)", "data:text/html,x", "ftp://x/y", "//x/y", "https:", "https://", "u"] {
+            assert_eq!(field_of(CompleteRequest::from_json(&json!({"jobId": JOB, "resultUrl": bad}))), "resultUrl", "{bad}");
+        }
+        assert!(CompleteRequest::from_json(&json!({"jobId": JOB, "resultUrl": "HTTP://cdn.example/1.png"})).is_ok());
         assert_eq!(
             field_of(CompleteRequest::from_json(
                 &json!({"jobId": JOB, "resultUrl": url_past_max})

@@ -1,6 +1,7 @@
 //! The routes' behaviour: who may call what, and the flows behind them.
 
 use super::auth::{authenticate, Caller};
+use super::keys::KeyStore;
 use super::backend::{self, Generated, JobView, LedgerView, Sender};
 use super::error::ApiError;
 use super::http::{ApiRequest, ApiResponse};
@@ -12,17 +13,19 @@ use crate::client::CreditClient;
 use crate::error::{CreditError, ErrorCode};
 use crate::ratelimit::rate_limit_headers;
 use crate::types::{
-    ChargeRequest, ChargeResult, ChargeWithLimitRequest, CompleteRequest, HoldSeconds, JobId, LimitCost, LimitKey,
+    ChargeRequest, ChargeResult, ChargeWithLimitsRequest, CompleteRequest, HoldSeconds, JobId, LimitCost, LimitKey,
     LimitRequest, RateLimitResult, Reason, RefundRequest, ResultUrl, UserId,
 };
+use std::net::{IpAddr, Ipv6Addr};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
 /// The CORS headers every response carries: the API is called from
 /// browsers, and they may read the rate-limit fields.
-pub const CORS_HEADERS: [(&str, &str); 3] = [
+pub const CORS_HEADERS: [(&str, &str); 4] = [
     ("access-control-allow-origin", "*"),
     ("access-control-allow-headers", "authorization, x-client-info, apikey, content-type, idempotency-key"),
+    ("access-control-allow-methods", "GET, POST, OPTIONS"),
     ("access-control-expose-headers", "ratelimit-policy, ratelimit, retry-after"),
 ];
 
@@ -40,6 +43,7 @@ pub struct Api {
     settings: Settings,
     client: CreditClient,
     sender: Sender,
+    keys: KeyStore,
 }
 
 /// The RateLimit results of a request so far, by policy name.
@@ -48,7 +52,8 @@ type Limits = Vec<(&'static str, RateLimitResult)>;
 impl Api {
     pub fn new(settings: Settings) -> Result<Api, CreditError> {
         let client = CreditClient::new(settings.config.clone());
-        Ok(Api { settings, client, sender: Sender::new()? })
+        let keys = KeyStore::new(settings.jwks.clone(), settings.jwks_url.clone());
+        Ok(Api { settings, client, sender: Sender::new()?, keys })
     }
 
     /// Reads the settings from the environment (see `settings.rs`).
@@ -89,7 +94,7 @@ impl Api {
     async fn dispatch(&self, request: &ApiRequest, trace: &mut Trace) -> Result<ApiResponse, ApiError> {
         let route = route(&request.method, &request.path)?;
         trace.route = route.template();
-        let caller = authenticate(request, &self.settings, (super::now_ms() / 1000.0) as i64)?;
+        let caller = authenticate(request, &self.settings, &self.keys, &self.sender, super::now_ms()).await?;
         if let Caller::User(user) = caller {
             trace.user = Some(user.to_string());
         }
@@ -155,7 +160,7 @@ impl Api {
             metadata: Some(body.metadata),
             hold_seconds: Some(self.settings.hold_seconds),
         };
-        let (charged, limits) = self.charge_within_limits(request, charge).await?;
+        let (charged, limits) = self.charge_within_limits(request, charge, trace).await?;
         trace.job = Some(charged.job_id.clone());
         trace.replayed = Some(charged.replayed);
         let body = json!({
@@ -184,7 +189,7 @@ impl Api {
             metadata: Some(body.metadata),
             hold_seconds: Some(HoldSeconds::new(i64::from(hold_seconds))?),
         };
-        let (charged, limits) = self.charge_within_limits(request, charge).await?;
+        let (charged, limits) = self.charge_within_limits(request, charge, trace).await?;
         trace.job = Some(charged.job_id.clone());
         trace.replayed = Some(charged.replayed);
         let job_id = JobId::parse("jobId", &charged.job_id)?;
@@ -261,43 +266,39 @@ impl Api {
         }
     }
 
-    /// The IP limit (if on), then the user limit and the charge in one RPC
-    /// (all or nothing). A denial answers 429 with `Retry-After`.
+    /// The IP limit and the user limit (each if on) and the charge, in one
+    /// RPC and one transaction: a refusal by either spends neither, and a
+    /// replay or a refused charge (402, 409, 422) spends no limit at all.
+    /// A denial answers 429 with `Retry-After`. Without a usable client
+    /// address only the user limit applies (pooling every such request in
+    /// one bucket would let one client lock out all the others).
     async fn charge_within_limits(
         &self,
         request: &ApiRequest,
         charge: ChargeRequest,
+        trace: &mut Trace,
     ) -> Result<(ChargeResult, Limits), ApiError> {
-        let mut limits: Limits = Vec::new();
+        let mut names: Vec<&'static str> = Vec::new();
+        let mut limits = Vec::new();
+        if let Some(policy) = self.settings.user_limit {
+            names.push("user");
+            limits.push(limit_request(&format!("user:{}", charge.user_id), policy)?);
+        }
         if let Some(policy) = self.settings.ip_limit {
-            let key = format!("creditgate:ip:{}", client_ip(request));
-            let result = self.client.limit(&limit_request(&key, policy)?).await?;
-            limits.push(("ip", result));
-            if !limits[0].1.success {
-                return Err(rate_limited(&limits));
+            match client_ip(request, self.settings.trusted_proxy_hops) {
+                Some(address) => {
+                    names.push("ip");
+                    limits.push(limit_request(&format!("ip:{address}"), policy)?);
+                }
+                None => trace.ip_limit_skipped = true,
             }
         }
-        let Some(policy) = self.settings.user_limit else {
-            let charged = self.client.charge(&charge).await.map_err(|e| ApiError::from(e).with_headers(limit_headers(&limits)))?;
-            return Ok((charged, limits));
-        };
-        let key = format!("creditgate:user:{}", charge.user_id);
-        let both = ChargeWithLimitRequest { charge, limit: limit_request(&key, policy)? };
-        let result = self
-            .client
-            .charge_with_limit(&both)
-            .await
-            .map_err(|e| ApiError::from(e).with_headers(limit_headers(&limits)))?;
-        limits.insert(0, ("user", result.rate_limit.clone()));
-        if !result.rate_limit.success {
-            return Err(rate_limited(&limits));
+        let result = self.client.charge_with_limits(&ChargeWithLimitsRequest { charge, limits }).await?;
+        let limits: Limits = names.into_iter().zip(result.limits).collect();
+        match result.charge {
+            Some(charged) => Ok((charged, limits)),
+            None => Err(rate_limited(&limits)),
         }
-        let (Some(job_id), Some(balance)) = (result.job_id, result.balance) else {
-            return Err(ApiError::from_code(ErrorCode::Upstream, "the charge was allowed but returned no job"));
-        };
-        let charged =
-            ChargeResult { job_id, balance, replayed: result.replayed.unwrap_or(false), expires_at: result.expires_at };
-        Ok((charged, limits))
     }
 
     /// Refunds a job, returning the new balance; `None` if it could not be
@@ -377,19 +378,52 @@ impl Api {
     }
 }
 
-/// The first `X-Forwarded-For` hop (Supabase's gateway puts the client
-/// there), as a canonical IP; `unknown` when absent or not an IP.
-pub fn client_ip(request: &ApiRequest) -> String {
-    request
-        .header("x-forwarded-for")
-        .and_then(|value| value.split(',').next())
-        .and_then(|hop| hop.trim().parse::<std::net::IpAddr>().ok())
-        .map_or_else(|| "unknown".to_owned(), |ip| ip.to_string())
+/// The client's address as the trusted proxy saw it: the `hops`-th entry of
+/// `X-Forwarded-For` from the right (1: the last, which the proxy in front
+/// of the function appended; everything left of it the client may have
+/// written). IPv4-mapped IPv6 is IPv4; other IPv6 is its /64, the block one
+/// subscriber gets. `None` when that entry is missing or not an address.
+pub fn client_ip(request: &ApiRequest, hops: u8) -> Option<String> {
+    // Several X-Forwarded-For headers are one list, in order.
+    let hops_seen: Vec<&str> = request
+        .headers
+        .iter()
+        .filter(|(name, _)| name == "x-forwarded-for")
+        .flat_map(|(_, value)| value.split(','))
+        .collect();
+    let hop = hops_seen.len().checked_sub(usize::from(hops)).map(|index| hops_seen[index].trim())?;
+    let address = parse_hop(hop)?;
+    Some(match address {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let segments = v6.segments();
+                let prefix = Ipv6Addr::new(segments[0], segments[1], segments[2], segments[3], 0, 0, 0, 0);
+                format!("{prefix}/64")
+            }
+        },
+    })
 }
 
-fn limit_request(key: &str, policy: LimitPolicy) -> Result<LimitRequest, ApiError> {
+/// One hop: an address, optionally with a port (`1.2.3.4:80`, `[::1]:80`).
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    if let Ok(address) = hop.parse::<IpAddr>() {
+        return Some(address);
+    }
+    if let Some(rest) = hop.strip_prefix('[') {
+        return rest.split_once(']').and_then(|(address, _)| address.parse::<Ipv6Addr>().ok()).map(IpAddr::V6);
+    }
+    let (address, port) = hop.rsplit_once(':')?;
+    port.parse::<u16>().ok()?;
+    address.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4)
+}
+
+/// One of the function's own limits: its key is reserved (see
+/// [`LimitKey::reserved`]), so no caller's key shares its counter.
+fn limit_request(suffix: &str, policy: LimitPolicy) -> Result<LimitRequest, ApiError> {
     Ok(LimitRequest {
-        key: LimitKey::new(key)?,
+        key: LimitKey::reserved(suffix)?,
         limit: policy.limit,
         window_seconds: policy.window_seconds,
         cost: LimitCost::new(1)?,

@@ -16,6 +16,9 @@ pub struct Trace {
     pub job: Option<String>,
     pub replayed: Option<bool>,
     pub cause: Option<String>,
+    /// A paid request without a usable client address: the IP limit was
+    /// skipped (the address itself is never logged).
+    pub ip_limit_skipped: bool,
 }
 
 impl Trace {
@@ -40,6 +43,7 @@ impl Trace {
             ("job", self.job.clone().map(Value::from)),
             ("replayed", self.replayed.map(Value::from)),
             ("cause", self.cause.clone().map(Value::from)),
+            ("ipLimit", self.ip_limit_skipped.then(|| Value::from("skipped: no client address"))),
         ];
         for (name, value) in optional {
             if let Some(value) = value {
@@ -64,6 +68,7 @@ mod tests {
             job: Some("j1".into()),
             replayed: Some(false),
             cause: Some("generator_timeout".into()),
+            ip_limit_skipped: false,
         };
         let line = trace.line("POST", 502, 12.345);
         assert!(!line.contains('\n'));

@@ -28,6 +28,7 @@ mod error;
 mod handler;
 mod http;
 mod input;
+mod keys;
 mod log;
 mod routes;
 mod settings;
@@ -40,7 +41,8 @@ pub use handler::{client_ip, Api, Handled, CORS_HEADERS};
 pub use http::{ApiRequest, ApiResponse, BODY_BYTES_MAX, HEADERS_READ};
 pub use input::PROMPT_CHARS_MAX;
 pub use routes::{route, Route};
-pub use settings::{GeneratorSettings, JwtCheck, LimitPolicy, Settings};
+pub use keys::{parse_jwks, Algorithm, KeyStore, PublicKey};
+pub use settings::{GeneratorSettings, LimitPolicy, Secret, Settings};
 
 /// Milliseconds since the Unix epoch.
 #[cfg(target_arch = "wasm32")]

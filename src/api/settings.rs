@@ -18,6 +18,7 @@
 
 use crate::error::CreditError;
 use crate::request::Config;
+use super::keys::{parse_jwks, PublicKey};
 use crate::types::{Cost, HoldSeconds, Limit, Operation, WindowSeconds};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -41,6 +42,12 @@ pub const GENERATE_HOLD_MARGIN_SECONDS: u32 = 60;
 pub const PRICES_MAX: usize = 100;
 /// HS256 secrets shorter than this are guessable; Supabase requires 32.
 pub const JWT_SECRET_BYTES_MIN: usize = 32;
+/// Where a Supabase project publishes its signing keys, under `SUPABASE_URL`.
+pub const JWKS_PATH: &str = "/auth/v1/.well-known/jwks.json";
+/// The client is the hop the last proxy appended: Supabase's edge, in front
+/// of every function, appends the address it saw (see the README).
+pub const DEFAULT_TRUSTED_PROXY_HOPS: u8 = 1;
+pub const TRUSTED_PROXY_HOPS_MAX: i64 = 10;
 
 /// A rate limit: `limit` requests per `window_seconds`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,21 +86,19 @@ impl LimitPolicy {
     }
 }
 
-/// How callers' tokens are checked (see `auth.rs`).
+/// A secret from the environment: compared and used, never printed.
 #[derive(Clone, PartialEq, Eq)]
-pub enum JwtCheck {
-    /// Verify the HS256 signature with this secret, and `exp`.
-    Verify(String),
-    /// The Edge Runtime verified the token (`verify_jwt = true`); check `exp` only.
-    TrustRuntime,
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
 }
 
-impl std::fmt::Debug for JwtCheck {
+impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            JwtCheck::Verify(_) => f.write_str("Verify(<redacted>)"),
-            JwtCheck::TrustRuntime => f.write_str("TrustRuntime"),
-        }
+        f.write_str("Secret(<redacted>)")
     }
 }
 
@@ -121,9 +126,21 @@ pub struct Settings {
     /// The project URL and service-role key the RPCs use.
     pub config: Config,
     /// Tokens that are the service role when presented exactly (the
-    /// service-role key): secrets, so never printed.
-    pub service_keys: ServiceKeys,
-    pub jwt: JwtCheck,
+    /// service-role key, `sb_secret_` keys): secrets, so never printed.
+    pub service_keys: ExactKeys,
+    /// Tokens that are anonymous when presented exactly (the anon key,
+    /// `sb_publishable_` keys).
+    pub anonymous_keys: ExactKeys,
+    /// The legacy HS256 JWT secret, if this project still has one.
+    pub jwt_secret: Option<Secret>,
+    /// `SUPABASE_JWKS`: the project's public signing keys, inline.
+    pub jwks: Vec<PublicKey>,
+    /// Where the JWKS is fetched from (`None`: never fetched).
+    pub jwks_url: Option<String>,
+    /// The `iss` every user token must carry, if set.
+    pub jwt_issuer: Option<String>,
+    /// Which `X-Forwarded-For` hop, counted from the right, is the client.
+    pub trusted_proxy_hops: u8,
     pub prices: BTreeMap<String, Cost>,
     pub user_limit: Option<LimitPolicy>,
     pub ip_limit: Option<LimitPolicy>,
@@ -131,13 +148,13 @@ pub struct Settings {
     pub generator: Option<GeneratorSettings>,
 }
 
-/// The exact tokens that mean "the service role".
+/// Keys that mean a caller when presented exactly.
 #[derive(Clone, PartialEq, Eq)]
-pub struct ServiceKeys(pub Vec<String>);
+pub struct ExactKeys(pub Vec<String>);
 
-impl std::fmt::Debug for ServiceKeys {
+impl std::fmt::Debug for ExactKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ServiceKeys(<{} redacted>)", self.0.len())
+        write!(f, "ExactKeys(<{} redacted>)", self.0.len())
     }
 }
 
@@ -157,15 +174,40 @@ impl Settings {
         let config = Config::new(url, service_role_key)
             .map_err(|error| invalid(if error.details()["field"] == "url" { "SUPABASE_URL" } else { "SUPABASE_SERVICE_ROLE_KEY" }, error.message()))?;
 
-        let jwt = match ["CREDITGATE_JWT_SECRET", "SUPABASE_JWT_SECRET", "JWT_SECRET"]
+        let jwt_secret = match ["CREDITGATE_JWT_SECRET", "SUPABASE_JWT_SECRET", "JWT_SECRET"]
             .into_iter()
             .find_map(|name| get(name).map(|secret| (name, secret)))
         {
             Some((name, secret)) if secret.len() < JWT_SECRET_BYTES_MIN => {
                 return Err(invalid(name, format!("{name} must be at least {JWT_SECRET_BYTES_MIN} bytes")));
             }
-            Some((_, secret)) => JwtCheck::Verify(secret.to_owned()),
-            None => JwtCheck::TrustRuntime,
+            Some((_, secret)) => Some(Secret(secret.to_owned())),
+            None => None,
+        };
+        let jwks = match get("SUPABASE_JWKS") {
+            None => Vec::new(),
+            Some(text) => serde_json::from_str::<Value>(text)
+                .map_err(|error| error.to_string())
+                .and_then(|value| parse_jwks(&value))
+                .map_err(|why| invalid("SUPABASE_JWKS", format!("SUPABASE_JWKS must be a JSON Web Key Set: {why}")))?,
+        };
+        let jwks_url = match get("CREDITGATE_JWKS_URL") {
+            Some(off) if off.eq_ignore_ascii_case("off") => None,
+            Some(text) => Some(http_url("CREDITGATE_JWKS_URL", text)?),
+            None => Some(format!("{}{JWKS_PATH}", config.project_url())),
+        };
+        let jwt_issuer = get("CREDITGATE_JWT_ISSUER").map(str::to_owned);
+        let trusted_proxy_hops = match get("CREDITGATE_TRUSTED_PROXY_HOPS") {
+            None => DEFAULT_TRUSTED_PROXY_HOPS,
+            Some(text) => match whole_number("CREDITGATE_TRUSTED_PROXY_HOPS", text)? {
+                hops @ 1..=TRUSTED_PROXY_HOPS_MAX => hops as u8,
+                _ => {
+                    return Err(invalid(
+                        "CREDITGATE_TRUSTED_PROXY_HOPS",
+                        format!("CREDITGATE_TRUSTED_PROXY_HOPS must be from 1 to {TRUSTED_PROXY_HOPS_MAX}"),
+                    ))
+                }
+            },
         };
 
         let prices = match get("CREDITGATE_PRICES") {
@@ -186,11 +228,7 @@ impl Settings {
         let generator = match get("GENERATOR_URL") {
             None => None,
             Some(url) => {
-                let parsed = url::Url::parse(url)
-                    .map_err(|error| invalid("GENERATOR_URL", format!("GENERATOR_URL must be an http(s) URL: {error}")))?;
-                if !matches!(parsed.scheme(), "http" | "https") {
-                    return Err(invalid("GENERATOR_URL", "GENERATOR_URL must be an http(s) URL"));
-                }
+                http_url("GENERATOR_URL", url)?;
                 let timeout_ms = match get("CREDITGATE_GENERATOR_TIMEOUT_MS") {
                     None => DEFAULT_GENERATOR_TIMEOUT_MS,
                     Some(text) => {
@@ -213,17 +251,21 @@ impl Settings {
         };
 
         let mut service_keys = vec![service_role_key.to_owned()];
-        if let Some(text) = get("SUPABASE_SECRET_KEYS") {
-            let keys: BTreeMap<String, String> = serde_json::from_str(text).map_err(|_| {
-                invalid("SUPABASE_SECRET_KEYS", "SUPABASE_SECRET_KEYS must be a JSON object of name: key")
-            })?;
-            service_keys.extend(keys.into_values().filter(|key| !key.is_empty()));
-        }
+        service_keys.extend(named_keys(get("SUPABASE_SECRET_KEYS"), "SUPABASE_SECRET_KEYS")?);
+        let mut anonymous_keys: Vec<String> = get("SUPABASE_ANON_KEY").map(str::to_owned).into_iter().collect();
+        anonymous_keys.extend(named_keys(get("SUPABASE_PUBLISHABLE_KEYS"), "SUPABASE_PUBLISHABLE_KEYS")?);
+        // A key listed as both is the service role's: never downgrade it.
+        anonymous_keys.retain(|key| !service_keys.contains(key));
 
         Ok(Settings {
             config,
-            service_keys: ServiceKeys(service_keys),
-            jwt,
+            service_keys: ExactKeys(service_keys),
+            anonymous_keys: ExactKeys(anonymous_keys),
+            jwt_secret,
+            jwks,
+            jwks_url,
+            jwt_issuer,
+            trusted_proxy_hops,
             prices,
             user_limit: limit("CREDITGATE_USER_LIMIT", DEFAULT_USER_LIMIT)?,
             ip_limit: limit("CREDITGATE_IP_LIMIT", DEFAULT_IP_LIMIT)?,
@@ -243,6 +285,25 @@ impl Settings {
             .with_detail("known", known)
         })
     }
+}
+
+/// `{"name": "key", ...}` (Supabase's `SUPABASE_SECRET_KEYS` and
+/// `SUPABASE_PUBLISHABLE_KEYS`): the keys, empty ones skipped.
+fn named_keys(text: Option<&str>, variable: &str) -> Result<Vec<String>, CreditError> {
+    let Some(text) = text else { return Ok(Vec::new()) };
+    let keys: BTreeMap<String, String> = serde_json::from_str(text)
+        .map_err(|_| invalid(variable, format!("{variable} must be a JSON object of name: key")))?;
+    Ok(keys.into_values().filter(|key| !key.is_empty()).collect())
+}
+
+/// An absolute `http(s)` URL.
+fn http_url(variable: &str, text: &str) -> Result<String, CreditError> {
+    let parsed =
+        url::Url::parse(text).map_err(|error| invalid(variable, format!("{variable} must be an http(s) URL: {error}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(invalid(variable, format!("{variable} must be an http(s) URL")));
+    }
+    Ok(text.to_owned())
 }
 
 fn whole_number(variable: &str, text: &str) -> Result<i64, CreditError> {
@@ -306,7 +367,9 @@ mod tests {
         assert_eq!(settings.user_limit.map(|p| (p.limit.get(), p.window_seconds.get())), Some((5, 60)));
         assert_eq!(settings.ip_limit.map(|p| (p.limit.get(), p.window_seconds.get())), Some((30, 60)));
         assert_eq!(settings.hold_seconds.get(), 900);
-        assert_eq!(settings.jwt, JwtCheck::TrustRuntime);
+        assert_eq!(settings.jwt_secret, None);
+        assert_eq!(settings.jwks_url.as_deref(), Some("http://127.0.0.1:54321/auth/v1/.well-known/jwks.json"));
+        assert_eq!(settings.trusted_proxy_hops, 1);
         assert_eq!(settings.generator, None);
         assert_eq!(settings.config.rest_url(), "http://127.0.0.1:54321/rest/v1");
     }
@@ -326,10 +389,10 @@ mod tests {
     fn the_jwt_secret_is_taken_in_order_and_must_be_long() {
         let secret = "s".repeat(32);
         let settings = Settings::from_env(&env(&[("JWT_SECRET", &secret)])).expect("valid");
-        assert_eq!(settings.jwt, JwtCheck::Verify(secret.clone()));
+        assert_eq!(settings.jwt_secret.as_ref().map(Secret::expose), Some(secret.as_str()));
         let ours = "o".repeat(40);
         let settings = Settings::from_env(&env(&[("JWT_SECRET", &secret), ("CREDITGATE_JWT_SECRET", &ours)])).expect("valid");
-        assert_eq!(settings.jwt, JwtCheck::Verify(ours));
+        assert_eq!(settings.jwt_secret.as_ref().map(Secret::expose), Some(ours.as_str()));
         assert_eq!(variable_of(Settings::from_env(&env(&[("SUPABASE_JWT_SECRET", &"s".repeat(31))]))), "SUPABASE_JWT_SECRET");
         assert!(!format!("{settings:?}").contains(&secret), "secrets are never printed");
         assert!(!format!("{settings:?}").contains("service-key"));
@@ -398,6 +461,37 @@ mod tests {
         assert_eq!(settings.service_keys.0, vec!["service-key".to_owned(), "sb_secret_abc".to_owned()]);
         assert!(!format!("{settings:?}").contains("sb_secret_abc"));
         assert_eq!(variable_of(Settings::from_env(&env(&[("SUPABASE_SECRET_KEYS", "[1]")]))), "SUPABASE_SECRET_KEYS");
+    }
+
+    #[test]
+    fn signing_keys_proxy_hops_and_issuer_are_read() {
+        let jwks = r#"{"keys":[{"kty":"EC","crv":"P-256","x":"eA","y":"eQ","kid":"k1"}]}"#;
+        let settings = Settings::from_env(&env(&[
+            ("SUPABASE_JWKS", jwks),
+            ("CREDITGATE_JWKS_URL", "off"),
+            ("CREDITGATE_TRUSTED_PROXY_HOPS", "2"),
+            ("CREDITGATE_JWT_ISSUER", "https://abc.supabase.co/auth/v1"),
+            ("SUPABASE_PUBLISHABLE_KEYS", r#"{"web": "sb_publishable_x"}"#),
+        ]))
+        .expect("valid");
+        assert_eq!(settings.jwks.len(), 1);
+        assert_eq!(settings.jwks_url, None);
+        assert_eq!(settings.trusted_proxy_hops, 2);
+        assert_eq!(settings.anonymous_keys.0, vec!["sb_publishable_x".to_owned()]);
+        for (name, bad) in [
+            ("SUPABASE_JWKS", "not json"),
+            ("SUPABASE_JWKS", r#"{"no": "keys"}"#),
+            ("CREDITGATE_JWKS_URL", "ftp://x/jwks"),
+            ("CREDITGATE_TRUSTED_PROXY_HOPS", "0"),
+            ("CREDITGATE_TRUSTED_PROXY_HOPS", "11"),
+            ("CREDITGATE_TRUSTED_PROXY_HOPS", "one"),
+            ("SUPABASE_PUBLISHABLE_KEYS", "sb_publishable_x"),
+        ] {
+            assert_eq!(variable_of(Settings::from_env(&env(&[(name, bad)]))), name, "{bad}");
+        }
+        // A key listed as secret and as publishable stays the service role's.
+        let both = Settings::from_env(&env(&[("SUPABASE_PUBLISHABLE_KEYS", r#"{"oops": "service-key"}"#)])).expect("valid");
+        assert!(both.anonymous_keys.0.is_empty());
     }
 
     #[test]

@@ -10,7 +10,7 @@
 use super::http::{ApiRequest, ApiResponse, BODY_BYTES_MAX, HEADERS_READ};
 use super::Api;
 use crate::wasm::to_js_error;
-use js_sys::{Array, Function, Object, Promise, Uint8Array};
+use js_sys::{Array, Function, Object, Promise, Reflect, Uint8Array};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -108,7 +108,10 @@ fn env_map(env: &JsValue) -> BTreeMap<String, String> {
 }
 
 /// Copies what the API reads from a JS `Request`. A body over the bound is
-/// refused by its `Content-Length` before it is read, and by its length after.
+/// refused by its `Content-Length` before it is read, and otherwise while it
+/// is read: the stream is cancelled at the first chunk past the bound, so a
+/// streamed body without a length is never buffered whole. All of this
+/// happens before any token check or database call.
 async fn read_request(request: &web_sys::Request) -> Result<ApiRequest, ApiResponse> {
     let mut api_request = ApiRequest::new(&request.method(), &request.url());
     let headers = request.headers();
@@ -122,17 +125,36 @@ async fn read_request(request: &web_sys::Request) -> Result<ApiRequest, ApiRespo
     if declared.is_some_and(|length| length > BODY_BYTES_MAX as u64) {
         return Err(too_large());
     }
-    if matches!(api_request.method.as_str(), "GET" | "HEAD" | "OPTIONS") || request.body().is_none() {
+    if matches!(api_request.method.as_str(), "GET" | "HEAD" | "OPTIONS") {
         return Ok(api_request);
     }
+    let Some(stream) = request.body() else { return Ok(api_request) };
     let unreadable = || super::ApiError::invalid("body", "the request body could not be read").into_response();
-    let promise = request.array_buffer().map_err(|_| unreadable())?;
-    let buffer = JsFuture::from(promise).await.map_err(|_| unreadable())?;
-    let bytes = Uint8Array::new(&buffer);
-    if bytes.length() as usize > BODY_BYTES_MAX {
-        return Err(too_large());
+    let reader: Object = stream.get_reader().dyn_into().map_err(|_| unreadable())?;
+    let read = method(&reader, "read").ok_or_else(unreadable)?;
+    let mut body: Vec<u8> = Vec::new();
+    loop {
+        let promise: Promise = read.call0(&reader).and_then(JsCast::dyn_into).map_err(|_| unreadable())?;
+        let chunk = JsFuture::from(promise).await.map_err(|_| unreadable())?;
+        if Reflect::get(&chunk, &JsValue::from_str("done")).ok().and_then(|done| done.as_bool()) == Some(true) {
+            break;
+        }
+        let value = Reflect::get(&chunk, &JsValue::from_str("value")).map_err(|_| unreadable())?;
+        let bytes: Uint8Array = value.dyn_into().map_err(|_| unreadable())?;
+        if body.len() + bytes.length() as usize > BODY_BYTES_MAX {
+            if let Some(cancel) = method(&reader, "cancel") {
+                let _ = cancel.call0(&reader);
+            }
+            return Err(too_large());
+        }
+        body.extend(bytes.to_vec());
     }
-    Ok(api_request.with_body(bytes.to_vec()))
+    Ok(api_request.with_body(body))
+}
+
+/// `object[name]` if it is a function.
+fn method(object: &Object, name: &str) -> Option<Function> {
+    Reflect::get(object, &JsValue::from_str(name)).ok()?.dyn_into().ok()
 }
 
 fn to_response(response: &ApiResponse) -> Result<JsValue, JsValue> {

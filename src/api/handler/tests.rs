@@ -34,7 +34,7 @@ fn user_request(method: &str, path: &str, body: &str) -> ApiRequest {
 /// A user token valid now (the auth tests' tokens are for a fixed clock).
 fn live_user_token() -> String {
     let now = (crate::api::now_ms() / 1000.0) as i64;
-    sign(&json!({"sub": USER, "role": "authenticated", "exp": now + 600}), SECRET, "HS256")
+    sign(&json!({"sub": USER, "role": "authenticated", "aud": "authenticated", "exp": now + 600}), SECRET, "HS256")
 }
 
 fn service_request(method: &str, path: &str, body: &str) -> ApiRequest {
@@ -161,12 +161,32 @@ async fn every_response_has_cors_and_a_log_line_without_secrets() {
 }
 
 #[test]
-fn the_client_ip_is_the_first_forwarded_hop() {
+fn the_client_is_the_hop_the_trusted_proxy_appended() {
     let request = |value: &str| ApiRequest::new("GET", "/").with_header("X-Forwarded-For", value);
-    assert_eq!(client_ip(&request("203.0.113.7, 10.0.0.1")), "203.0.113.7");
-    assert_eq!(client_ip(&request(" 2001:DB8::1 ")), "2001:db8::1");
-    assert_eq!(client_ip(&request("not-an-ip, 10.0.0.1")), "unknown");
-    assert_eq!(client_ip(&ApiRequest::new("GET", "/")), "unknown");
+    // What the client wrote (left) never counts: the proxy's hop (right) does.
+    assert_eq!(client_ip(&request("203.0.113.7, 198.51.100.9"), 1).as_deref(), Some("198.51.100.9"));
+    for spoof in 1..4 {
+        let spoofed = request(&format!("203.0.113.{spoof}, 198.51.100.9"));
+        assert_eq!(client_ip(&spoofed, 1).as_deref(), Some("198.51.100.9"), "a fresh bucket per spoofed hop");
+    }
+    // Behind one more trusted proxy, the second from the right.
+    assert_eq!(client_ip(&request("6.6.6.6, 198.51.100.9, 10.0.0.2"), 2).as_deref(), Some("198.51.100.9"));
+    assert_eq!(client_ip(&request("198.51.100.9"), 2), None, "fewer hops than trusted proxies: no address");
+    // Several headers are one list.
+    let two = ApiRequest::new("GET", "/").with_header("X-Forwarded-For", "6.6.6.6").with_header("x-forwarded-for", "198.51.100.9");
+    assert_eq!(client_ip(&two, 1).as_deref(), Some("198.51.100.9"));
+    // IPv6 by /64; IPv4-mapped as IPv4; ports dropped.
+    assert_eq!(client_ip(&request("2001:DB8:1:2:aaaa::1"), 1).as_deref(), Some("2001:db8:1:2::/64"));
+    assert_eq!(client_ip(&request("2001:db8:1:2:ffff:ffff:ffff:ffff"), 1).as_deref(), Some("2001:db8:1:2::/64"));
+    assert_ne!(client_ip(&request("2001:db8:1:3::1"), 1), client_ip(&request("2001:db8:1:2::1"), 1));
+    assert_eq!(client_ip(&request("::ffff:198.51.100.9"), 1).as_deref(), Some("198.51.100.9"));
+    assert_eq!(client_ip(&request("198.51.100.9:4711"), 1).as_deref(), Some("198.51.100.9"));
+    assert_eq!(client_ip(&request("[2001:db8::1]:443"), 1).as_deref(), Some("2001:db8::/64"));
+    // Nothing usable: no address, not a shared "unknown" bucket.
+    for bad in ["not-an-ip", "198.51.100.9, not-an-ip", "", " , ", "1.2.3.4:99999"] {
+        assert_eq!(client_ip(&request(bad), 1), None, "{bad:?}");
+    }
+    assert_eq!(client_ip(&ApiRequest::new("GET", "/"), 1), None);
 }
 
 #[test]
