@@ -514,13 +514,19 @@ CREATE UNLOGGED TABLE IF NOT EXISTS public.rate_limits (
   bucket_costs integer[] NOT NULL DEFAULT '{}',
   expires_at timestamptz NOT NULL,
   PRIMARY KEY (key, max_requests, window_seconds),
-  CONSTRAINT rate_limits_key_length CHECK (char_length(key) BETWEEN 1 AND 255),
+  -- 320: a caller's key is at most 255, check_rate_limit's encoded pair at most 275.
+  CONSTRAINT rate_limits_stored_key_length CHECK (char_length(key) BETWEEN 1 AND 320),
   CONSTRAINT rate_limits_max_requests_range CHECK (max_requests BETWEEN 1 AND 1000000),
   CONSTRAINT rate_limits_window_seconds_range CHECK (window_seconds BETWEEN 1 AND 86400),
   CONSTRAINT rate_limits_buckets_bounded CHECK (
     cardinality(bucket_ids) = cardinality(bucket_costs) AND cardinality(bucket_ids) <= 21)
 );
 CREATE INDEX IF NOT EXISTS rate_limits_expires_at ON public.rate_limits (expires_at);
+-- An earlier version bounded stored keys at 255; check_rate_limit's encoded
+-- pairs (20250601000300) need up to 275.
+ALTER TABLE public.rate_limits DROP CONSTRAINT IF EXISTS rate_limits_key_length;
+SELECT creditgate.ensure_constraint('public.rate_limits', 'rate_limits_stored_key_length',
+  'CHECK (char_length(key) BETWEEN 1 AND 320)');
 
 DO $$
 BEGIN

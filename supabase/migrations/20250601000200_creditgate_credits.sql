@@ -489,6 +489,59 @@ $$;
 REVOKE ALL ON FUNCTION creditgate.require_charge_arguments(uuid, text, integer, text, integer) FROM PUBLIC;
 
 /**
+ * The hold itself, once the arguments are checked and the key claimed (or
+ * NULL): locks the user, takes p_cost credits, opens the job until p_now +
+ * p_hold_seconds and stores what a retry with p_idempotency_key gets back
+ * (p_request_hash is its fingerprint). Every charge ends here, so the key is
+ * validated, hashed and claimed once per call, by the caller.
+ * Locks: the users row, then the user's expired jobs.
+ * Errors: PT402 insufficient_credits {"balance","needed"}, PT404 user_not_found.
+ */
+CREATE OR REPLACE FUNCTION creditgate.open_hold(
+  p_user_id uuid, p_operation_type text, p_cost integer, p_idempotency_key text, p_request_hash text,
+  p_metadata jsonb, p_hold_seconds integer, p_now timestamptz)
+RETURNS TABLE (job_id uuid, new_balance integer, replayed boolean, expires_at timestamptz)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  v_balance integer;
+  v_job_id uuid;
+  v_expires_at timestamptz;
+BEGIN
+  v_balance := creditgate.lock_user(p_user_id, p_now, true);
+  IF v_balance < p_cost THEN
+    PERFORM creditgate.fail('PT402', 'insufficient_credits',
+      pg_catalog.format('Insufficient credits: has %s needs %s', v_balance, p_cost),
+      pg_catalog.jsonb_build_object('balance', v_balance, 'needed', p_cost));
+  END IF;
+
+  v_expires_at := p_now + pg_catalog.make_interval(secs => p_hold_seconds);
+  INSERT INTO public.generation_jobs AS j
+    (user_id, operation_type, status, cost, idempotency_key, metadata, created_at, expires_at)
+  VALUES
+    (p_user_id, p_operation_type, 'pending', p_cost, p_idempotency_key, p_metadata, p_now, v_expires_at)
+  RETURNING j.id INTO v_job_id;
+
+  v_balance := creditgate.apply_delta(p_user_id, -p_cost, 'charge', p_operation_type,
+    p_operation_type || ' generation',
+    p_metadata || pg_catalog.jsonb_build_object('job_id', v_job_id, 'idempotency_key', p_idempotency_key),
+    v_job_id);
+
+  -- What a retry gets back (creditgate.record_idempotency_key, inline).
+  IF p_idempotency_key IS NOT NULL THEN
+    INSERT INTO public.idempotency_keys (user_id, key, operation, status, request_hash, response, job_id)
+    VALUES (p_user_id, p_idempotency_key, 'charge', 'completed', p_request_hash,
+      pg_catalog.jsonb_build_object('job_id', v_job_id, 'new_balance', v_balance, 'expires_at', v_expires_at),
+      v_job_id);
+  END IF;
+  RETURN QUERY SELECT v_job_id, v_balance, false, v_expires_at;
+END;
+$$;
+REVOKE ALL ON FUNCTION creditgate.open_hold(uuid, text, integer, text, text, jsonb, integer, timestamptz) FROM PUBLIC;
+
+/**
  * Takes p_cost credits from the user's balance and opens a job holding them
  * until p_now + p_hold_seconds. With a key, a retry returns the original job
  * and balance (replayed = true) and charges nothing; without one, no
@@ -509,9 +562,6 @@ DECLARE
   v_metadata jsonb := coalesce(p_metadata, '{}'::jsonb);
   v_hash text;
   v_replay jsonb;
-  v_balance integer;
-  v_job_id uuid;
-  v_expires_at timestamptz;
 BEGIN
   -- Fast path of creditgate.clean_metadata and require_charge_arguments (the
   -- literals are the named limits, asserted above); they run only to raise
@@ -538,33 +588,8 @@ BEGIN
     END IF;
   END IF;
 
-  v_balance := creditgate.lock_user(p_user_id, p_now, true);
-  IF v_balance < p_cost THEN
-    PERFORM creditgate.fail('PT402', 'insufficient_credits',
-      pg_catalog.format('Insufficient credits: has %s needs %s', v_balance, p_cost),
-      pg_catalog.jsonb_build_object('balance', v_balance, 'needed', p_cost));
-  END IF;
-
-  v_expires_at := p_now + pg_catalog.make_interval(secs => p_hold_seconds);
-  INSERT INTO public.generation_jobs AS j
-    (user_id, operation_type, status, cost, idempotency_key, metadata, created_at, expires_at)
-  VALUES
-    (p_user_id, p_operation_type, 'pending', p_cost, p_idempotency_key, v_metadata, p_now, v_expires_at)
-  RETURNING j.id INTO v_job_id;
-
-  v_balance := creditgate.apply_delta(p_user_id, -p_cost, 'charge', p_operation_type,
-    p_operation_type || ' generation',
-    v_metadata || pg_catalog.jsonb_build_object('job_id', v_job_id, 'idempotency_key', p_idempotency_key),
-    v_job_id);
-
-  -- What a retry gets back (creditgate.record_idempotency_key, inline).
-  IF p_idempotency_key IS NOT NULL THEN
-    INSERT INTO public.idempotency_keys (user_id, key, operation, status, request_hash, response, job_id)
-    VALUES (p_user_id, p_idempotency_key, 'charge', 'completed', v_hash,
-      pg_catalog.jsonb_build_object('job_id', v_job_id, 'new_balance', v_balance, 'expires_at', v_expires_at),
-      v_job_id);
-  END IF;
-  RETURN QUERY SELECT v_job_id, v_balance, false, v_expires_at;
+  RETURN QUERY SELECT * FROM creditgate.open_hold(p_user_id, p_operation_type, p_cost, p_idempotency_key, v_hash,
+    v_metadata, p_hold_seconds, p_now);
 END;
 $$;
 REVOKE ALL ON FUNCTION creditgate.charge_credits_at(uuid, text, integer, text, jsonb, integer, timestamptz) FROM PUBLIC;

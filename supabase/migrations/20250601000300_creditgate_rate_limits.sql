@@ -34,7 +34,14 @@ LANGUAGE sql IMMUTABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS
 -- A key names a subject ("user:<uuid>", "ip:<address>"); also an index bound.
 CREATE OR REPLACE FUNCTION creditgate.rate_limit_key_length_max() RETURNS integer
 LANGUAGE sql IMMUTABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$ SELECT 255 $$;
--- check_rate_limit's key is p_type || ':' || p_identifier: 64 + 1 + 190 = 255.
+-- A key as stored: a caller's key (at most 255), or check_rate_limit's encoded
+-- pair 'creditgate:check:' || length(type) || ':' || type || ':' || identifier,
+-- at most 17 + 2 + 1 + 64 + 1 + 190 = 275 characters.
+CREATE OR REPLACE FUNCTION creditgate.rate_limit_stored_key_length_max() RETURNS integer
+LANGUAGE sql IMMUTABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$ SELECT 320 $$;
+-- Entries of one apply_rate_limits / charge_credits_with_limits call.
+CREATE OR REPLACE FUNCTION creditgate.rate_limits_per_call_max() RETURNS integer
+LANGUAGE sql IMMUTABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$ SELECT 16 $$;
 CREATE OR REPLACE FUNCTION creditgate.rate_limit_type_length_max() RETURNS integer
 LANGUAGE sql IMMUTABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$ SELECT 64 $$;
 CREATE OR REPLACE FUNCTION creditgate.rate_limit_identifier_length_max() RETURNS integer
@@ -42,7 +49,8 @@ LANGUAGE sql IMMUTABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS
 
 REVOKE ALL ON FUNCTION creditgate.rate_limit_buckets(), creditgate.rate_limit_max(),
   creditgate.window_seconds_max(), creditgate.rate_limit_key_length_max(),
-  creditgate.rate_limit_type_length_max(), creditgate.rate_limit_identifier_length_max() FROM PUBLIC;
+  creditgate.rate_limit_type_length_max(), creditgate.rate_limit_identifier_length_max(),
+  creditgate.rate_limit_stored_key_length_max(), creditgate.rate_limits_per_call_max() FROM PUBLIC;
 
 -- The functions below check their arguments inline with these bounds (and,
 -- in the combined call, the charge's) as literals, and call the named checks
@@ -57,6 +65,7 @@ BEGIN
           AND creditgate.rate_limit_key_length_max() = 255
           AND creditgate.rate_limit_type_length_max() = 64
           AND creditgate.rate_limit_identifier_length_max() = 190
+          AND creditgate.rate_limit_stored_key_length_max() = 320
           AND creditgate.cost_credits_max() = 1000000000
           AND creditgate.idempotency_key_length_max() = 255
           AND creditgate.operation_type_length_max() = 64
@@ -113,10 +122,12 @@ DECLARE
   v_newest bigint;
   v_locked boolean := false;
 BEGIN
-  IF NOT (pg_catalog.char_length(p_key) BETWEEN 1 AND 255 AND p_limit BETWEEN 1 AND 1000000
+  -- Callers check a caller's key against rate_limit_key_length_max() (255);
+  -- here the bound is that of a stored key (check_rate_limit's encoded pairs).
+  IF NOT (pg_catalog.char_length(p_key) BETWEEN 1 AND 320 AND p_limit BETWEEN 1 AND 1000000
           AND p_window_seconds BETWEEN 1 AND 86400 AND p_cost BETWEEN 1 AND p_limit) IS TRUE THEN
     -- Only to raise the precise error: the literals are the named limits.
-    PERFORM creditgate.require_text('p_key', p_key, creditgate.rate_limit_key_length_max(), false);
+    PERFORM creditgate.require_text('p_key', p_key, creditgate.rate_limit_stored_key_length_max(), false);
     PERFORM creditgate.require_range('p_limit', p_limit, 1, creditgate.rate_limit_max());
     PERFORM creditgate.require_range('p_window_seconds', p_window_seconds, 1, creditgate.window_seconds_max());
     PERFORM creditgate.require_range('p_cost', p_cost, 1, p_limit);
@@ -217,6 +228,35 @@ END;
 $$;
 REVOKE ALL ON FUNCTION creditgate.rate_limit_at(text, integer, integer, integer, boolean, timestamptz) FROM PUBLIC;
 
+/**
+ * Checks a key given by a caller of apply_rate_limit(s): 1 to 255 characters
+ * and not in the reserved namespace 'creditgate:' (check_rate_limit's encoded
+ * pairs and the Edge Function's own keys live there). p_name names the
+ * parameter in the error; p_allow_reserved lets the Edge Function's path
+ * (charge_credits_with_limit[s]) use 'creditgate:' keys, except
+ * check_rate_limit's 'creditgate:check:'.
+ * Errors: 22023 invalid_argument.
+ */
+CREATE OR REPLACE FUNCTION creditgate.require_rate_limit_key(p_name text, p_key text, p_allow_reserved boolean)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  PERFORM creditgate.require_text(p_name, p_key, creditgate.rate_limit_key_length_max(), false);
+  IF pg_catalog.starts_with(p_key, 'creditgate:')
+     AND (p_allow_reserved IS NOT TRUE OR pg_catalog.starts_with(p_key, 'creditgate:check:')) THEN
+    PERFORM creditgate.require(false,
+      pg_catalog.format('%s: the key prefix ''%s'' is reserved for creditgate''s own limits', p_name,
+        CASE WHEN p_allow_reserved IS TRUE THEN 'creditgate:check:' ELSE 'creditgate:' END),
+      pg_catalog.jsonb_build_object('parameter', p_name, 'reserved_prefix',
+        CASE WHEN p_allow_reserved IS TRUE THEN 'creditgate:check:' ELSE 'creditgate:' END));
+  END IF;
+END;
+$$;
+REVOKE ALL ON FUNCTION creditgate.require_rate_limit_key(text, text, boolean) FROM PUBLIC;
+
 /** apply_rate_limit at time p_now: see creditgate.rate_limit_at. */
 CREATE OR REPLACE FUNCTION creditgate.apply_rate_limit_at(
   p_key text, p_limit integer, p_window_seconds integer, p_cost integer, p_now timestamptz)
@@ -226,6 +266,9 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+  IF NOT (pg_catalog.char_length(p_key) BETWEEN 1 AND 255 AND NOT pg_catalog.starts_with(p_key, 'creditgate:')) IS TRUE THEN
+    PERFORM creditgate.require_rate_limit_key('p_key', p_key, false);
+  END IF;
   RETURN QUERY
     SELECT r.allowed, p_limit, r.remaining, creditgate.seconds_ceil(r.reset_ms), creditgate.seconds_ceil(r.retry_after_ms)
     FROM creditgate.rate_limit_at(p_key, p_limit, p_window_seconds, p_cost, true, p_now) r;
@@ -259,8 +302,26 @@ REVOKE ALL ON FUNCTION public.apply_rate_limit(text, integer, integer, integer) 
 GRANT EXECUTE ON FUNCTION public.apply_rate_limit(text, integer, integer, integer) TO service_role;
 
 /**
- * The seed's check_rate_limit at time p_now: one request for the key
- * p_type || ':' || p_identifier. current_count is the count in the window
+ * The stored key of check_rate_limit's (p_type, p_identifier): in the reserved
+ * namespace, with the type length-prefixed, so that no two pairs share a key
+ * (('b:c', 'a') and ('c', 'a:b') differ) and no apply_rate_limit key is one.
+ */
+CREATE OR REPLACE FUNCTION creditgate.check_rate_limit_key(p_type text, p_identifier text)
+RETURNS text
+LANGUAGE plpgsql
+IMMUTABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  RETURN 'creditgate:check:' || pg_catalog.char_length(p_type) || ':' || p_type || ':' || p_identifier;
+END;
+$$;
+REVOKE ALL ON FUNCTION creditgate.check_rate_limit_key(text, text) FROM PUBLIC;
+
+/**
+ * The seed's check_rate_limit at time p_now: one request for the pair
+ * (p_type, p_identifier), stored under creditgate.check_rate_limit_key. current_count is the count in the window
  * after this request; window_end is when the window is empty again.
  * Errors: 22023.
  */
@@ -279,7 +340,8 @@ BEGIN
   END IF;
   RETURN QUERY
   SELECT r.allowed, r.used, p_now + pg_catalog.make_interval(secs => r.reset_ms / 1000.0), r.remaining
-  FROM creditgate.rate_limit_at(p_type || ':' || p_identifier, p_max_requests, p_window_seconds, 1, true, p_now) r;
+  FROM creditgate.rate_limit_at(creditgate.check_rate_limit_key(p_type, p_identifier), p_max_requests,
+    p_window_seconds, 1, true, p_now) r;
 END;
 $$;
 REVOKE ALL ON FUNCTION creditgate.check_rate_limit_at(text, text, integer, integer, timestamptz) FROM PUBLIC;
@@ -341,33 +403,263 @@ REVOKE ALL ON FUNCTION public.cleanup_expired_rate_limits() FROM PUBLIC, anon, a
 GRANT EXECUTE ON FUNCTION public.cleanup_expired_rate_limits() TO service_role;
 
 -- -----------------------------------------------------------------------------
--- A rate limit and a charge, all or nothing
+-- Several rate limits at once, all or nothing
 -- -----------------------------------------------------------------------------
 
 /**
- * Applies the rate limit (p_limit_cost against p_limit per p_window_seconds
- * for p_limit_key), then the charge. Refused by the limit: allowed = false,
- * the job fields NULL, nothing consumed. A charge error (insufficient
- * credits, ...) rolls the whole call back, the limit included. A replay of an
- * idempotent charge returns the original job and consumes no limit.
- * Locks: idempotency claim, the rate_limits row (not for a refusal), the
- * users row, the user's jobs.
- * Errors: those of rate_limit_at and charge_credits_at.
+ * Checks p_limits, a JSON array of {"key", "limit", "window_seconds", "cost"}
+ * (cost optional, default 1; no other fields), p_min to
+ * rate_limits_per_call_max() entries, and returns it normalised (every entry
+ * with its cost). Keys follow creditgate.require_rate_limit_key (p_allow_reserved).
+ * The same (key, limit, window_seconds) twice is refused: it would count twice.
+ * Errors: 22023 invalid_argument, naming the entry (p_limits[i], from 0).
  */
-CREATE OR REPLACE FUNCTION creditgate.charge_credits_with_limit_at(
-  p_user_id uuid, p_operation_type text, p_cost integer, p_limit_key text, p_limit integer,
-  p_window_seconds integer, p_idempotency_key text, p_metadata jsonb, p_hold_seconds integer,
-  p_limit_cost integer, p_now timestamptz)
+CREATE OR REPLACE FUNCTION creditgate.parse_rate_limits(p_limits jsonb, p_min integer, p_allow_reserved boolean)
+RETURNS jsonb
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  v_count integer;
+  v_entry jsonb;
+  v_name text;
+  v_field text;
+  v_values integer[];
+  v_value jsonb;
+  v_number numeric;
+  v_index integer;
+  v_position integer;
+  v_out jsonb := '[]'::jsonb;
+  v_seen text[] := '{}'::text[];
+  v_identity text;
+BEGIN
+  PERFORM creditgate.require(pg_catalog.jsonb_typeof(p_limits) = 'array', 'p_limits must be a JSON array',
+    pg_catalog.jsonb_build_object('parameter', 'p_limits', 'type', pg_catalog.jsonb_typeof(p_limits)));
+  v_count := pg_catalog.jsonb_array_length(p_limits);
+  PERFORM creditgate.require(v_count BETWEEN p_min AND creditgate.rate_limits_per_call_max(),
+    pg_catalog.format('p_limits must have %s to %s entries', p_min, creditgate.rate_limits_per_call_max()),
+    pg_catalog.jsonb_build_object('parameter', 'p_limits', 'entries', v_count, 'min', p_min,
+      'max', creditgate.rate_limits_per_call_max()));
+
+  FOR v_index IN 0 .. v_count - 1 LOOP
+    v_entry := p_limits -> v_index;
+    v_name := pg_catalog.format('p_limits[%s]', v_index);
+    PERFORM creditgate.require(pg_catalog.jsonb_typeof(v_entry) = 'object',
+      v_name || ' must be a JSON object {"key", "limit", "window_seconds", "cost"}',
+      pg_catalog.jsonb_build_object('parameter', v_name, 'type', pg_catalog.jsonb_typeof(v_entry)));
+    SELECT pg_catalog.min(k) INTO v_field FROM pg_catalog.jsonb_object_keys(v_entry) AS f(k)
+    WHERE k NOT IN ('key', 'limit', 'window_seconds', 'cost');
+    PERFORM creditgate.require(v_field IS NULL,
+      pg_catalog.format('%s has an unknown field "%s" (allowed: key, limit, window_seconds, cost)', v_name, v_field),
+      pg_catalog.jsonb_build_object('parameter', v_name || '.' || v_field));
+    PERFORM creditgate.require(pg_catalog.jsonb_typeof(v_entry -> 'key') = 'string',
+      v_name || '.key must be a string', pg_catalog.jsonb_build_object('parameter', v_name || '.key'));
+    PERFORM creditgate.require_rate_limit_key(v_name || '.key', v_entry ->> 'key', p_allow_reserved);
+
+    v_values := '{}'::integer[];
+    FOREACH v_field IN ARRAY ARRAY['limit', 'window_seconds', 'cost'] LOOP
+      v_value := coalesce(v_entry -> v_field, CASE WHEN v_field = 'cost' THEN '1'::jsonb END);
+      PERFORM creditgate.require(pg_catalog.jsonb_typeof(v_value) = 'number',
+        pg_catalog.format('%s.%s must be an integer', v_name, v_field),
+        pg_catalog.jsonb_build_object('parameter', v_name || '.' || v_field, 'value', v_value));
+      v_number := (v_value #>> '{}')::numeric;
+      PERFORM creditgate.require(v_number = pg_catalog.trunc(v_number) AND v_number BETWEEN 1 AND 1000000000,
+        pg_catalog.format('%s.%s must be an integer', v_name, v_field),
+        pg_catalog.jsonb_build_object('parameter', v_name || '.' || v_field, 'value', v_value));
+      v_values := v_values || v_number::integer;
+    END LOOP;
+    PERFORM creditgate.require_range(v_name || '.limit', v_values[1], 1, creditgate.rate_limit_max());
+    PERFORM creditgate.require_range(v_name || '.window_seconds', v_values[2], 1, creditgate.window_seconds_max());
+    PERFORM creditgate.require_range(v_name || '.cost', v_values[3], 1, v_values[1]);
+
+    v_identity := pg_catalog.jsonb_build_array(v_entry ->> 'key', v_values[1], v_values[2])::text;
+    v_position := pg_catalog.array_position(v_seen, v_identity);
+    PERFORM creditgate.require(v_position IS NULL,
+      pg_catalog.format('%s repeats p_limits[%s]: the same key, limit and window_seconds may appear once',
+        v_name, v_position - 1),
+      pg_catalog.jsonb_build_object('parameter', v_name, 'same_as', pg_catalog.format('p_limits[%s]', v_position - 1)));
+    v_seen := v_seen || v_identity;
+    v_out := v_out || pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object(
+      'key', v_entry ->> 'key', 'limit', v_values[1], 'window_seconds', v_values[2], 'cost', v_values[3]));
+  END LOOP;
+  RETURN v_out;
+END;
+$$;
+REVOKE ALL ON FUNCTION creditgate.parse_rate_limits(jsonb, integer, boolean) FROM PUBLIC;
+
+/**
+ * One result entry {"key", "allowed", "limit", "remaining", "reset_seconds",
+ * "retry_after_seconds"} from creditgate.rate_limit_at's answer p_rate for
+ * the normalised entry p_entry. p_mode: 'consumed' (the answer of a
+ * consuming call), 'would' (a plain read of a request that fits: what it
+ * would have had, had the call been allowed), 'peek' (the state, nothing
+ * requested: an idempotent replay).
+ */
+CREATE OR REPLACE FUNCTION creditgate.rate_limit_entry(p_entry jsonb, p_allowed boolean, p_remaining integer,
+  p_reset_ms bigint, p_retry_after_ms bigint, p_mode text, p_now timestamptz)
+RETURNS jsonb
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  v_limit integer := (p_entry ->> 'limit')::integer;
+  v_cost integer := (p_entry ->> 'cost')::integer;
+  v_bucket_ms bigint := (p_entry ->> 'window_seconds')::bigint * 1000 / 20;
+  v_now_ms bigint := pg_catalog.floor(EXTRACT(EPOCH FROM p_now) * 1000)::bigint;
+  v_remaining integer := p_remaining;
+  v_reset_ms bigint := p_reset_ms;
+BEGIN
+  IF p_mode = 'would' AND p_allowed THEN
+    -- As rate_limit_at would have answered had it consumed: the cost taken,
+    -- the window running until the current bucket leaves it.
+    v_remaining := p_remaining - v_cost;
+    v_reset_ms := GREATEST(p_reset_ms, (v_now_ms / v_bucket_ms + 21) * v_bucket_ms - v_now_ms);
+  END IF;
+  RETURN pg_catalog.jsonb_build_object(
+    'key', p_entry ->> 'key',
+    'allowed', p_allowed OR p_mode = 'peek',
+    'limit', v_limit,
+    'remaining', v_remaining,
+    'reset_seconds', creditgate.seconds_ceil(v_reset_ms),
+    'retry_after_seconds', CASE WHEN p_allowed OR p_mode = 'peek' THEN 0
+                                ELSE creditgate.seconds_ceil(p_retry_after_ms) END);
+END;
+$$;
+REVOKE ALL ON FUNCTION creditgate.rate_limit_entry(jsonb, boolean, integer, bigint, bigint, text, timestamptz) FROM PUBLIC;
+
+/**
+ * Applies the normalised limits p_limits (creditgate.parse_rate_limits) at
+ * p_now, all or nothing: {"allowed": every limit allows, "limits": one entry
+ * per limit in input order (creditgate.rate_limit_entry)}. When one refuses,
+ * none is spent: refusing entries carry their retry_after_seconds, allowed
+ * ones what they would have had. p_consume false only reads (a replay).
+ * How: a plain read of every limit first, as rate_limit_at does, so that a
+ * refusal takes no lock and writes nothing. When all fit, the limits are
+ * consumed in a canonical order (key in "C" collation, limit, window), so
+ * two calls naming the same keys in different orders cannot deadlock; if
+ * one refuses under its lock (another call took the room meanwhile), a
+ * subtransaction takes back what the others consumed.
+ * Locks: the rate_limits rows, in canonical order, only when all fit.
+ */
+CREATE OR REPLACE FUNCTION creditgate.apply_rate_limits_at(p_limits jsonb, p_consume boolean, p_now timestamptz)
+RETURNS jsonb
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  v_count integer := pg_catalog.jsonb_array_length(p_limits);
+  v_entries jsonb[];
+  v_entry jsonb;
+  v_rate record;
+  v_all boolean := true;
+  v_index integer;
+BEGIN
+  IF v_count = 0 THEN
+    RETURN '{"allowed": true, "limits": []}'::jsonb;
+  END IF;
+  v_entries := pg_catalog.array_fill(NULL::jsonb, ARRAY[v_count]);
+
+  FOR v_index IN 1 .. v_count LOOP
+    v_entry := p_limits -> (v_index - 1);
+    SELECT r.* INTO v_rate FROM creditgate.rate_limit_at(v_entry ->> 'key', (v_entry ->> 'limit')::integer,
+      (v_entry ->> 'window_seconds')::integer, (v_entry ->> 'cost')::integer, false, p_now) r;
+    v_entries[v_index] := creditgate.rate_limit_entry(v_entry, v_rate.allowed, v_rate.remaining, v_rate.reset_ms,
+      v_rate.retry_after_ms, CASE WHEN p_consume THEN 'would' ELSE 'peek' END, p_now);
+    v_all := v_all AND v_rate.allowed;
+  END LOOP;
+  IF NOT v_all OR NOT p_consume THEN
+    RETURN pg_catalog.jsonb_build_object('allowed', v_all OR NOT p_consume, 'limits', pg_catalog.to_jsonb(v_entries));
+  END IF;
+
+  BEGIN
+    FOR v_index IN
+      SELECT e.position FROM pg_catalog.jsonb_array_elements(p_limits) WITH ORDINALITY AS e(value, position)
+      ORDER BY (e.value ->> 'key') COLLATE "C", (e.value ->> 'limit')::integer, (e.value ->> 'window_seconds')::integer
+    LOOP
+      v_entry := p_limits -> (v_index::integer - 1);
+      SELECT r.* INTO v_rate FROM creditgate.rate_limit_at(v_entry ->> 'key', (v_entry ->> 'limit')::integer,
+        (v_entry ->> 'window_seconds')::integer, (v_entry ->> 'cost')::integer, true, p_now) r;
+      v_entries[v_index] := creditgate.rate_limit_entry(v_entry, v_rate.allowed, v_rate.remaining, v_rate.reset_ms,
+        v_rate.retry_after_ms, 'consumed', p_now);
+      v_all := v_all AND v_rate.allowed;
+    END LOOP;
+    IF NOT v_all THEN
+      -- Takes back what the others consumed; the entries (plain variables) stay.
+      RAISE EXCEPTION USING ERRCODE = 'CGRL1', MESSAGE = 'creditgate: rate limits refused under lock';
+    END IF;
+  EXCEPTION WHEN SQLSTATE 'CGRL1' THEN
+    NULL;
+  END;
+  RETURN pg_catalog.jsonb_build_object('allowed', v_all, 'limits', pg_catalog.to_jsonb(v_entries));
+END;
+$$;
+REVOKE ALL ON FUNCTION creditgate.apply_rate_limits_at(jsonb, boolean, timestamptz) FROM PUBLIC;
+
+SELECT creditgate.drop_other_versions('apply_rate_limits', 'p_limits jsonb',
+  'TABLE(key text, allowed boolean, "limit" integer, remaining integer, reset_seconds integer, retry_after_seconds integer)');
+
+/**
+ * Several limits for one request, all or nothing (a per-IP and a per-user
+ * limit, say): p_limits is a JSON array of 1 to 16 {"key", "limit",
+ * "window_seconds", "cost"} (cost optional, default 1). One row per limit,
+ * in input order. When any refuses, none is spent. Keys must not start with
+ * 'creditgate:' (reserved). For service_role.
+ */
+CREATE OR REPLACE FUNCTION public.apply_rate_limits(p_limits jsonb)
+RETURNS TABLE (key text, allowed boolean, "limit" integer, remaining integer, reset_seconds integer,
+               retry_after_seconds integer)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  RETURN QUERY
+    SELECT e.value ->> 'key', (e.value ->> 'allowed')::boolean, (e.value ->> 'limit')::integer,
+           (e.value ->> 'remaining')::integer, (e.value ->> 'reset_seconds')::integer,
+           (e.value ->> 'retry_after_seconds')::integer
+    FROM pg_catalog.jsonb_array_elements(
+           creditgate.apply_rate_limits_at(creditgate.parse_rate_limits(p_limits, 1, false), true,
+             pg_catalog.clock_timestamp()) -> 'limits') WITH ORDINALITY AS e(value, position)
+    ORDER BY e.position;
+END;
+$$;
+REVOKE ALL ON FUNCTION public.apply_rate_limits(jsonb) FROM PUBLIC, anon, authenticated;
+GRANT EXECUTE ON FUNCTION public.apply_rate_limits(jsonb) TO service_role;
+
+-- -----------------------------------------------------------------------------
+-- Rate limits and a charge, all or nothing
+-- -----------------------------------------------------------------------------
+
+/**
+ * Applies the limits p_limits (a JSON array as for apply_rate_limits, 0 to
+ * 16 entries; 'creditgate:' keys allowed, except 'creditgate:check:'), then
+ * the charge. Refused by a limit: allowed = false, the job fields NULL,
+ * nothing spent or charged. A charge error (insufficient credits, ...)
+ * rolls the whole call back, the limits included. An idempotent replay
+ * returns the original job and spends no limit (`limits` then shows each
+ * limit's state, allowed). The key is validated, hashed and claimed once
+ * (creditgate.open_hold does the hold).
+ * Locks: idempotency claim, the rate_limits rows (canonical order; not for a
+ * refusal), the users row, the user's jobs.
+ * Errors: 22023 and those of charge_credits_at.
+ */
+CREATE OR REPLACE FUNCTION creditgate.charge_credits_with_limits_at(
+  p_user_id uuid, p_operation_type text, p_cost integer, p_limits jsonb, p_idempotency_key text,
+  p_metadata jsonb, p_hold_seconds integer, p_now timestamptz)
 RETURNS TABLE (allowed boolean, job_id uuid, new_balance integer, replayed boolean, expires_at timestamptz,
-               "limit" integer, remaining integer, reset_seconds integer, retry_after_seconds integer)
+               limits jsonb)
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   v_metadata jsonb := coalesce(p_metadata, '{}'::jsonb);
+  v_hash text;
   v_replay jsonb;
-  v_rate record;
+  v_rates jsonb;
   v_charge record;
 BEGIN
   -- The fast paths of creditgate.charge_credits_at (literals asserted above).
@@ -382,31 +674,99 @@ BEGIN
           AND p_hold_seconds BETWEEN 1 AND 86400) IS TRUE THEN
     PERFORM creditgate.require_charge_arguments(p_user_id, p_operation_type, p_cost, p_idempotency_key, p_hold_seconds);
   END IF;
+  v_rates := creditgate.parse_rate_limits(p_limits, 0, true);
+
   IF p_idempotency_key IS NOT NULL THEN
-    v_replay := creditgate.claim_idempotency_key(p_user_id, p_idempotency_key, 'charge',
-      creditgate.charge_request_hash(p_operation_type, p_cost, v_metadata, p_hold_seconds));
+    v_hash := creditgate.charge_request_hash(p_operation_type, p_cost, v_metadata, p_hold_seconds);
+    v_replay := creditgate.claim_idempotency_key(p_user_id, p_idempotency_key, 'charge', v_hash);
   END IF;
 
-  SELECT r.* INTO v_rate
-  FROM creditgate.rate_limit_at(p_limit_key, p_limit, p_window_seconds, p_limit_cost, v_replay IS NULL, p_now) r;
+  v_rates := creditgate.apply_rate_limits_at(v_rates, v_replay IS NULL, p_now);
 
   IF v_replay IS NOT NULL THEN
     RETURN QUERY SELECT true, (v_replay ->> 'job_id')::uuid, (v_replay ->> 'new_balance')::integer, true,
-      (v_replay ->> 'expires_at')::timestamptz, p_limit, v_rate.remaining,
-      creditgate.seconds_ceil(v_rate.reset_ms), 0;
+      (v_replay ->> 'expires_at')::timestamptz, v_rates -> 'limits';
     RETURN;
   END IF;
-  IF NOT v_rate.allowed THEN
-    RETURN QUERY SELECT false, NULL::uuid, NULL::integer, false, NULL::timestamptz, p_limit, v_rate.remaining,
-      creditgate.seconds_ceil(v_rate.reset_ms), creditgate.seconds_ceil(v_rate.retry_after_ms);
+  IF NOT (v_rates ->> 'allowed')::boolean THEN
+    RETURN QUERY SELECT false, NULL::uuid, NULL::integer, false, NULL::timestamptz, v_rates -> 'limits';
     RETURN;
   END IF;
 
-  SELECT c.* INTO v_charge
-  FROM creditgate.charge_credits_at(p_user_id, p_operation_type, p_cost, p_idempotency_key, v_metadata,
-    p_hold_seconds, p_now) c;
-  RETURN QUERY SELECT true, v_charge.job_id, v_charge.new_balance, v_charge.replayed, v_charge.expires_at,
-    p_limit, v_rate.remaining, creditgate.seconds_ceil(v_rate.reset_ms), 0;
+  SELECT h.* INTO v_charge
+  FROM creditgate.open_hold(p_user_id, p_operation_type, p_cost, p_idempotency_key, v_hash, v_metadata,
+    p_hold_seconds, p_now) h;
+  RETURN QUERY SELECT true, v_charge.job_id, v_charge.new_balance, false, v_charge.expires_at, v_rates -> 'limits';
+END;
+$$;
+REVOKE ALL ON FUNCTION creditgate.charge_credits_with_limits_at(uuid, text, integer, jsonb, text, jsonb, integer, timestamptz) FROM PUBLIC;
+
+SELECT creditgate.drop_other_versions('charge_credits_with_limits',
+  $a$p_user_id uuid, p_operation_type text, p_cost integer, p_limits jsonb, p_idempotency_key text DEFAULT NULL::text, p_metadata jsonb DEFAULT '{}'::jsonb, p_hold_seconds integer DEFAULT 900$a$,
+  'TABLE(allowed boolean, job_id uuid, new_balance integer, replayed boolean, expires_at timestamp with time zone, limits jsonb)');
+
+/** Rate limits and a charge in one transaction, all or nothing: see creditgate.charge_credits_with_limits_at. For service_role. */
+CREATE OR REPLACE FUNCTION public.charge_credits_with_limits(
+  p_user_id uuid, p_operation_type text, p_cost integer, p_limits jsonb, p_idempotency_key text DEFAULT NULL,
+  p_metadata jsonb DEFAULT '{}'::jsonb, p_hold_seconds integer DEFAULT 900)
+RETURNS TABLE (allowed boolean, job_id uuid, new_balance integer, replayed boolean, expires_at timestamptz,
+               limits jsonb)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  RETURN QUERY
+    SELECT * FROM creditgate.charge_credits_with_limits_at(p_user_id, p_operation_type, p_cost, p_limits,
+      p_idempotency_key, p_metadata, p_hold_seconds, pg_catalog.clock_timestamp());
+END;
+$$;
+REVOKE ALL ON FUNCTION public.charge_credits_with_limits(uuid, text, integer, jsonb, text, jsonb, integer) FROM PUBLIC, anon, authenticated;
+GRANT EXECUTE ON FUNCTION public.charge_credits_with_limits(uuid, text, integer, jsonb, text, jsonb, integer) TO service_role;
+
+/**
+ * One rate limit and a charge, all or nothing: creditgate.charge_credits_with_limits_at
+ * with the one limit (p_limit_cost against p_limit per p_window_seconds for
+ * p_limit_key), its entry's fields as columns.
+ * Errors: those of charge_credits_with_limits_at (the limit's named by these parameters).
+ */
+CREATE OR REPLACE FUNCTION creditgate.charge_credits_with_limit_at(
+  p_user_id uuid, p_operation_type text, p_cost integer, p_limit_key text, p_limit integer,
+  p_window_seconds integer, p_idempotency_key text, p_metadata jsonb, p_hold_seconds integer,
+  p_limit_cost integer, p_now timestamptz)
+RETURNS TABLE (allowed boolean, job_id uuid, new_balance integer, replayed boolean, expires_at timestamptz,
+               "limit" integer, remaining integer, reset_seconds integer, retry_after_seconds integer)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  -- The charge's arguments first (an invalid charge is refused as such),
+  -- then the limit's, named by this function's parameters.
+  IF NOT (p_user_id IS NOT NULL
+          AND pg_catalog.char_length(p_operation_type) BETWEEN 1 AND 64
+          AND p_cost BETWEEN 1 AND 1000000000
+          AND (p_idempotency_key IS NULL OR pg_catalog.char_length(p_idempotency_key) BETWEEN 1 AND 255)
+          AND p_hold_seconds BETWEEN 1 AND 86400) IS TRUE THEN
+    PERFORM creditgate.require_charge_arguments(p_user_id, p_operation_type, p_cost, p_idempotency_key, p_hold_seconds);
+  END IF;
+  IF NOT (pg_catalog.char_length(p_limit_key) BETWEEN 1 AND 255 AND p_limit BETWEEN 1 AND 1000000
+          AND p_window_seconds BETWEEN 1 AND 86400 AND p_limit_cost BETWEEN 1 AND p_limit
+          AND NOT pg_catalog.starts_with(p_limit_key, 'creditgate:check:')) IS TRUE THEN
+    PERFORM creditgate.require_rate_limit_key('p_limit_key', p_limit_key, true);
+    PERFORM creditgate.require_range('p_limit', p_limit, 1, creditgate.rate_limit_max());
+    PERFORM creditgate.require_range('p_window_seconds', p_window_seconds, 1, creditgate.window_seconds_max());
+    PERFORM creditgate.require_range('p_limit_cost', p_limit_cost, 1, p_limit);
+  END IF;
+
+  RETURN QUERY
+    SELECT c.allowed, c.job_id, c.new_balance, c.replayed, c.expires_at,
+           (c.limits -> 0 ->> 'limit')::integer, (c.limits -> 0 ->> 'remaining')::integer,
+           (c.limits -> 0 ->> 'reset_seconds')::integer, (c.limits -> 0 ->> 'retry_after_seconds')::integer
+    FROM creditgate.charge_credits_with_limits_at(p_user_id, p_operation_type, p_cost,
+      pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object('key', p_limit_key, 'limit', p_limit,
+        'window_seconds', p_window_seconds, 'cost', p_limit_cost)),
+      p_idempotency_key, p_metadata, p_hold_seconds, p_now) c;
 END;
 $$;
 REVOKE ALL ON FUNCTION creditgate.charge_credits_with_limit_at(uuid, text, integer, text, integer, integer, text, jsonb, integer, integer, timestamptz) FROM PUBLIC;

@@ -2,7 +2,7 @@
 -- signatures and result shapes, security definer everywhere, plpgsql_check.
 BEGIN;
 \ir _helpers.psql
-SELECT plan(39);
+SELECT plan(41);
 
 SELECT has_schema('creditgate', 'internals live in the private creditgate schema');
 SELECT tables_are('public', ARRAY['users', 'generation_jobs', 'credit_ledger', 'idempotency_keys', 'rate_limits'],
@@ -43,7 +43,11 @@ FROM (VALUES
    $$p_key text, p_limit integer, p_window_seconds integer, p_cost integer DEFAULT 1 -> TABLE(allowed boolean, "limit" integer, remaining integer, reset_seconds integer, retry_after_seconds integer)$$),
   ('charge_credits_with_limit(uuid,text,integer,text,integer,integer,text,jsonb,integer,integer)',
    $$p_user_id uuid, p_operation_type text, p_cost integer, p_limit_key text, p_limit integer, p_window_seconds integer, p_idempotency_key text DEFAULT NULL::text, p_metadata jsonb DEFAULT '{}'::jsonb, p_hold_seconds integer DEFAULT 900, p_limit_cost integer DEFAULT 1 -> TABLE(allowed boolean, job_id uuid, new_balance integer, replayed boolean, expires_at timestamp with time zone, "limit" integer, remaining integer, reset_seconds integer, retry_after_seconds integer)$$),
-  ('cleanup_expired_rate_limits()', $$ -> integer$$)
+  ('cleanup_expired_rate_limits()', $$ -> integer$$),
+  ('apply_rate_limits(jsonb)',
+   $$p_limits jsonb -> TABLE(key text, allowed boolean, "limit" integer, remaining integer, reset_seconds integer, retry_after_seconds integer)$$),
+  ('charge_credits_with_limits(uuid,text,integer,jsonb,text,jsonb,integer)',
+   $$p_user_id uuid, p_operation_type text, p_cost integer, p_limits jsonb, p_idempotency_key text DEFAULT NULL::text, p_metadata jsonb DEFAULT '{}'::jsonb, p_hold_seconds integer DEFAULT 900 -> TABLE(allowed boolean, job_id uuid, new_balance integer, replayed boolean, expires_at timestamp with time zone, limits jsonb)$$)
 ) AS f(signature, expected);
 
 SELECT is(
@@ -51,8 +55,8 @@ SELECT is(
    WHERE n.nspname = 'public' AND p.proname IN ('atomic_charge_credits', 'charge_credits', 'complete_generation_job',
      'refund_credits', 'grant_credits', 'get_credit_balance', 'get_my_credit_balance', 'expire_stale_generation_jobs',
      'verify_credit_ledger', 'check_rate_limit', 'apply_rate_limit', 'charge_credits_with_limit',
-     'cleanup_expired_rate_limits')),
-  13, 'each contract function has exactly one version (no older overload left callable)');
+     'cleanup_expired_rate_limits', 'apply_rate_limits', 'charge_credits_with_limits')),
+  15, 'each contract function has exactly one version (no older overload left callable)');
 
 -- Security: SECURITY DEFINER, search_path pinned to pg_catalog, pg_temp (every name is
 -- qualified; the temporary schema searched last, so a session cannot shadow a type).
@@ -61,7 +65,8 @@ SELECT is_empty($$
   WHERE (n.nspname = 'creditgate' OR (n.nspname = 'public' AND p.proname IN (
            'atomic_charge_credits', 'charge_credits', 'complete_generation_job', 'refund_credits', 'grant_credits',
            'get_credit_balance', 'get_my_credit_balance', 'expire_stale_generation_jobs', 'verify_credit_ledger',
-           'check_rate_limit', 'apply_rate_limit', 'charge_credits_with_limit', 'cleanup_expired_rate_limits')))
+           'check_rate_limit', 'apply_rate_limit', 'charge_credits_with_limit', 'cleanup_expired_rate_limits',
+           'apply_rate_limits', 'charge_credits_with_limits')))
     AND NOT (p.prosecdef AND p.proconfig = ARRAY['search_path=pg_catalog, pg_temp'])
 $$, 'every creditgate function is SECURITY DEFINER with search_path pinned to pg_catalog, pg_temp');
 SELECT cmp_ok(
