@@ -127,8 +127,10 @@ struct Fetched {
     keys: Vec<PublicKey>,
     /// When `keys` were fetched (ms since the epoch); `None`: never.
     at_ms: Option<f64>,
-    /// When a fetch last started, successful or not.
-    attempted_ms: Option<f64>,
+    /// When a fetch last failed.
+    failed_ms: Option<f64>,
+    /// When a fresh set was last fetched again for an unknown `kid`.
+    refetched_ms: Option<f64>,
 }
 
 /// What looking a key up found.
@@ -164,36 +166,49 @@ impl KeyStore {
             return Ok(Lookup::Found(key));
         }
         let Some(url) = &self.url else { return Ok(Lookup::Unknown) };
-        let (cached, fresh, may_fetch) = {
+        let within = |at: Option<f64>| at.is_some_and(|at| now_ms - at < REFETCH_COOLDOWN_MS);
+        let (cached, may_fetch) = {
             let fetched = self.fetched.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             let fresh = fetched.at_ms.is_some_and(|at| now_ms - at < JWKS_TTL_MS);
-            let may_fetch = fetched.attempted_ms.is_none_or(|at| now_ms - at >= REFETCH_COOLDOWN_MS);
-            (pick(&fetched.keys, kid, algorithm), fresh, may_fetch)
+            let cached = pick(&fetched.keys, kid, algorithm);
+            if let (Some(key), true) = (&cached, fresh) {
+                return Ok(Lookup::Found(key.clone()));
+            }
+            // Stale or never fetched: fetch, unless one just failed. Fresh
+            // but without this kid (a key rotated in): fetch again, at most
+            // once per cooldown.
+            let may_fetch = !within(fetched.failed_ms) && (!fresh || !within(fetched.refetched_ms));
+            (cached, may_fetch)
         };
-        if let (Some(key), true) = (&cached, fresh) {
-            return Ok(Lookup::Found(key.clone()));
-        }
         if !may_fetch {
-            // Within the cooldown: what is cached (even if stale) is the answer.
             return Ok(cached.map_or(Lookup::Unknown, Lookup::Found));
         }
-        self.fetched.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).attempted_ms = Some(now_ms);
-        match fetch(sender, url).await {
+        let result = fetch(sender, url).await;
+        let mut fetched = self.fetched.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match result {
             Ok(keys) => {
+                if fetched.at_ms.is_some_and(|at| now_ms - at < JWKS_TTL_MS) {
+                    fetched.refetched_ms = Some(now_ms);
+                }
                 let found = pick(&keys, kid, algorithm);
-                let mut fetched = self.fetched.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                 fetched.keys = keys;
                 fetched.at_ms = Some(now_ms);
                 Ok(found.map_or(Lookup::Unknown, Lookup::Found))
             }
             // A stale key still verifies what it signed: a JWKS outage does
             // not log everyone out. Without one, the caller cannot be known.
-            Err(_) if cached.is_some() => Ok(cached.map_or(Lookup::Unknown, Lookup::Found)),
-            Err(why) => Err(ApiError::from_code(
-                ErrorCode::Network,
-                format!("the project's signing keys could not be fetched ({why}); try again"),
-            )
-            .with_detail("cause", "jwks_unavailable")),
+            Err(_) if cached.is_some() => {
+                fetched.failed_ms = Some(now_ms);
+                Ok(cached.map_or(Lookup::Unknown, Lookup::Found))
+            }
+            Err(why) => {
+                fetched.failed_ms = Some(now_ms);
+                Err(ApiError::from_code(
+                    ErrorCode::Network,
+                    format!("the project's signing keys could not be fetched ({why}); try again"),
+                )
+                .with_detail("cause", "jwks_unavailable"))
+            }
         }
     }
 }
@@ -371,8 +386,12 @@ mod tests {
         let store = KeyStore::new(Vec::new(), Some(url.clone()));
         let error = store.find(&sender, Some("k"), Algorithm::Es256, 1e12).await.expect_err("nothing known");
         assert_eq!((error.status, error.code), (503, "network"));
-        // Within the cooldown, no second fetch: the key is unknown.
+        // Within the cooldown after a failure, no second fetch: still a 503
+        // would be wrong (nothing was tried), so the key is unknown (401).
         assert_eq!(store.find(&sender, Some("k"), Algorithm::Es256, 1e12 + 1.0).await, Ok(Lookup::Unknown));
+        // After it, fetched again (and failing again, 503).
+        let again = store.find(&sender, Some("k"), Algorithm::Es256, 1e12 + REFETCH_COOLDOWN_MS).await;
+        assert_eq!(again.map_err(|error| error.status), Err(503));
         // An inline key is found without any fetch.
         let inline = KeyStore::new(parse_jwks(&json!([ec("k")])).expect("set"), Some(url));
         assert!(matches!(inline.find(&sender, Some("k"), Algorithm::Es256, 1e12).await, Ok(Lookup::Found(_))));

@@ -10,47 +10,10 @@
 // The generator here is a small HTTP server started by the test itself, so
 // the test can count what reached it.
 import assert from "node:assert/strict";
-import { createHmac, randomUUID } from "node:crypto";
+import { Buffer } from "node:buffer";
+import { randomUUID } from "node:crypto";
 import { CreditError, createHandler } from "../../pkg/deno.js";
-
-const URL_ = Deno.env.get("CREDITGATE_URL") ?? "http://127.0.0.1:54321";
-const DB_URL = Deno.env.get("CREDITGATE_DB_URL") ?? "postgresql://postgres:postgres@127.0.0.1:54322/postgres";
-const JWT_SECRET = Deno.env.get("CREDITGATE_JWT_SECRET") ?? "super-secret-jwt-token-with-at-least-32-characters-long";
-const SERVICE_ROLE_KEY = Deno.env.get("CREDITGATE_SERVICE_ROLE_KEY") ??
-  sign({ iss: "supabase-demo", role: "service_role", exp: 1983812996 });
-
-function sign(claims: Record<string, unknown>): string {
-  const part = (value: unknown) => Buffer.from(JSON.stringify(value)).toString("base64url");
-  const input = `${part({ alg: "HS256", typ: "JWT" })}.${part(claims)}`;
-  return `${input}.${createHmac("sha256", JWT_SECRET).update(input).digest("base64url")}`;
-}
-
-function userToken(userId: string): string {
-  const now = Math.floor(Date.now() / 1000);
-  return sign({ sub: userId, role: "authenticated", aud: "authenticated", iat: now, exp: now + 600 });
-}
-
-async function sql(text: string): Promise<string> {
-  const output = await new Deno.Command("psql", {
-    args: ["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", DB_URL, "-c", text],
-  }).output();
-  if (!output.success) throw new Error(new TextDecoder().decode(output.stderr));
-  return new TextDecoder().decode(output.stdout).trim();
-}
-
-/** A new user (its public.users row comes from the trigger) with `credits`. */
-async function makeUser(credits: number): Promise<string> {
-  const id = randomUUID();
-  await sql(`INSERT INTO auth.users (id, email) VALUES ('${id}', 'fn-${id}@function.test')`);
-  if (credits > 0) {
-    await sql(`SELECT public.grant_credits('${id}', ${credits}, 'function test', NULL, '{}'::jsonb)`);
-  }
-  return id;
-}
-
-const balanceOf = async (userId: string) => Number(await sql(`SELECT credits FROM public.users WHERE id = '${userId}'`));
-const ledgerRows = async (userId: string) =>
-  Number(await sql(`SELECT count(*) FROM public.credit_ledger WHERE user_id = '${userId}'`));
+import { balanceOf, call, env, ledgerRows, makeUser, request, SERVICE_ROLE_KEY, sql, userToken } from "./helpers.ts";
 
 /** A generator that answers as told by the prompt, and counts its calls. */
 function startGenerator() {
@@ -67,28 +30,6 @@ function startGenerator() {
     calls: () => calls,
     stop: () => server.shutdown(),
   };
-}
-
-function env(overrides: Record<string, string> = {}) {
-  return {
-    SUPABASE_URL: URL_,
-    SUPABASE_SERVICE_ROLE_KEY: SERVICE_ROLE_KEY,
-    CREDITGATE_JWT_SECRET: JWT_SECRET,
-    ...overrides,
-  };
-}
-
-function request(path: string, token: string, init: RequestInit & { json?: unknown } = {}): Request {
-  const headers = new Headers(init.headers);
-  headers.set("Authorization", `Bearer ${token}`);
-  const body = init.json === undefined ? init.body : JSON.stringify(init.json);
-  return new Request(`http://127.0.0.1/credits${path}`, { method: init.method ?? "POST", headers, body });
-}
-
-async function call(handler: { handle(r: Request): Promise<Response> }, r: Request) {
-  const response = await handler.handle(r);
-  const text = await response.text();
-  return { status: response.status, headers: response.headers, body: text ? JSON.parse(text) : null };
 }
 
 /** An IP of its own per test, so the per-IP limit never couples tests. */
