@@ -4,14 +4,20 @@
 //!   demo user.
 //! - 127.0.0.1:54321: the API, through a small front proxy that does what
 //!   Supabase's API gateway (Kong) and edge runtime do: `/rest/v1/*` ->
-//!   the PostgREST-compatible gateway (after the `apikey` check),
-//!   `/functions/v1/<name>/*` -> the function under Deno (after the JWT check
-//!   when `verify_jwt` is on), CORS, and a page at `/`.
+//!   the PostgREST-compatible gateway (after the `apikey` check; the
+//!   `sb_publishable_`/`sb_secret_` keys stand for the anon and service-role
+//!   JWTs), `/functions/v1/<name>/*` -> the function under Deno (after the
+//!   JWT check when `verify_jwt` is on), `/auth/v1/.well-known/jwks.json`
+//!   (the public signing key), CORS, and a page at `/`.
+//! - JWTs as on a current Supabase project ([`crate::keys`]): user access
+//!   tokens are ES256, signed with a key made on the first start and kept in
+//!   the data directory (`--fresh` makes a new one); the legacy anon and
+//!   service-role keys stay HS256 with the legacy secret.
 //! - A sweeper that releases expired holds every few seconds.
 //!
 //! Ctrl-C (or SIGTERM) stops every process it started.
 
-use crate::keys;
+use crate::keys::{self, KeySet, SigningKey};
 use crate::pg::Cluster;
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
@@ -81,7 +87,7 @@ pub fn main(args: &[String]) -> Result<()> {
     build_package()?;
     let options = Options::from_env(fresh);
     let stack = Stack::start(&options)?;
-    print_banner(&options);
+    print_banner(&options, &stack);
     let runtime = tokio::runtime::Runtime::new()?;
     let result = runtime.block_on(stack.serve_until_signal());
     drop(stack);
@@ -103,6 +109,9 @@ pub struct Stack {
     cluster: Cluster,
     gateway: Option<Child>,
     functions: Option<Child>,
+    signing_key: Arc<SigningKey>,
+    /// The functions served, read once at start.
+    function_list: Vec<Function>,
 }
 
 impl Stack {
@@ -117,13 +126,33 @@ impl Stack {
             eprintln!("applied {} migration(s)", applied.len());
         }
         ensure_demo_user(&cluster)?;
-        let gateway = start_gateway(options, &cluster)?;
-        let functions = start_functions(options)?;
-        Ok(Stack { options: options.clone(), cluster, gateway: Some(gateway), functions })
+        let signing_key = Arc::new(SigningKey::load_or_create(&options.data_dir, options.fresh)?);
+        // `keys::user_token` signs for this stack from now on.
+        keys::install(signing_key.clone(), &options.api_url());
+        let gateway = start_gateway(options, &cluster, &signing_key)?;
+        let function_list = functions()?;
+        let functions = start_functions(options, &function_list, &signing_key)?;
+        Ok(Stack { options: options.clone(), cluster, gateway: Some(gateway), functions, signing_key, function_list })
     }
 
     pub fn cluster(&self) -> &Cluster {
         &self.cluster
+    }
+
+    /// The key that signs this stack's user access tokens.
+    pub fn signing_key(&self) -> &Arc<SigningKey> {
+        &self.signing_key
+    }
+
+    /// The file holding the private signing key (a JSON array of JWKs).
+    pub fn signing_key_path(&self) -> PathBuf {
+        SigningKey::path_in(&self.options.data_dir)
+    }
+
+    /// A user's access token for this stack, as its Auth server would issue it.
+    pub fn user_token(&self, user_id: &str, email: &str, lifetime_seconds: i64) -> String {
+        let issuer = format!("{}/auth/v1", self.options.api_url());
+        self.signing_key.sign(&keys::user_claims(&issuer, user_id, email, lifetime_seconds))
     }
 
     /// Serves the API until Ctrl-C or SIGTERM.
@@ -153,7 +182,7 @@ impl Stack {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", options.api_port))
             .await
             .with_context(|| format!("bind the API to 127.0.0.1:{}", options.api_port))?;
-        let proxy = Arc::new(Proxy::new(options)?);
+        let proxy = Arc::new(Proxy::new(options, self.signing_key.clone(), self.function_list.clone()));
         let front = serve_front(listener, proxy);
         let sweeper = sweep(self.cluster.url("postgres", "postgres"));
         tokio::select! {
@@ -196,7 +225,7 @@ fn child_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
 
 /// The PostgREST-compatible gateway, as its own process configured by
 /// PostgREST's variables, as Supabase runs PostgREST behind its API gateway.
-fn start_gateway(options: &Options, cluster: &Cluster) -> Result<Child> {
+fn start_gateway(options: &Options, cluster: &Cluster, signing_key: &SigningKey) -> Result<Child> {
     let log_path = options.data_dir.join("gateway.log");
     std::fs::create_dir_all(&options.data_dir)?;
     let log = std::fs::File::create(&log_path)?;
@@ -205,7 +234,10 @@ fn start_gateway(options: &Options, cluster: &Cluster) -> Result<Child> {
         .env("PGRST_DB_URI", cluster.url("authenticator", "postgres"))
         .env("PGRST_DB_SCHEMAS", "public")
         .env("PGRST_DB_ANON_ROLE", "anon")
-        .env("PGRST_JWT_SECRET", keys::JWT_SECRET)
+        // A JWK set, as Supabase configures PostgREST on a project with
+        // signing keys: the legacy secret (for the anon and service-role
+        // keys) and the public half of the ES256 key (for user tokens).
+        .env("PGRST_JWT_SECRET", KeySet::local(signing_key).to_private_jwks().to_string())
         .env("PGRST_SERVER_HOST", "127.0.0.1")
         .env("PGRST_SERVER_PORT", options.gateway_port.to_string())
         .env("PGRST_DB_POOL", "20")
@@ -221,10 +253,10 @@ fn start_gateway(options: &Options, cluster: &Cluster) -> Result<Child> {
     Ok(child)
 }
 
-fn print_banner(options: &Options) {
+fn print_banner(options: &Options, stack: &Stack) {
     let api = options.api_url();
     let service = keys::service_role_key();
-    let user = keys::user_token(DEMO_USER_ID, DEMO_EMAIL, 24 * 3600);
+    let user = stack.user_token(DEMO_USER_ID, DEMO_EMAIL, 24 * 3600);
     eprintln!(
         "
 creditgate local stack is running.
@@ -232,7 +264,11 @@ creditgate local stack is running.
          API URL: {api}
      Page (demo): {api}/
           DB URL: postgresql://postgres:postgres@127.0.0.1:{db}/postgres
-      JWT secret: {secret}
+        JWKS URL: {api}/auth/v1/.well-known/jwks.json
+ signing key kid: {kid} (ES256; private key in {key_file})
+ Publishable key: {publishable}
+      Secret key: {secret_key}
+      JWT secret: {secret} (legacy, HS256)
         anon key: {anon}
 service_role key: {service}
        demo user: {DEMO_USER_ID} ({DEMO_EMAIL})
@@ -250,6 +286,10 @@ Ctrl-C stops everything.",
         db = options.db_port,
         secret = keys::JWT_SECRET,
         anon = keys::anon_key(),
+        kid = stack.signing_key().kid(),
+        key_file = stack.signing_key_path().display(),
+        publishable = keys::PUBLISHABLE_KEY,
+        secret_key = keys::SECRET_KEY,
     );
 }
 
@@ -324,22 +364,46 @@ async fn sweep(url: String) -> Result<()> {
 // one Deno process (devstack/functions/serve.ts) as Supabase's edge runtime does
 // -----------------------------------------------------------------------------
 
-/// A function's name and whether the runtime checks its caller's JWT
-/// (`[functions.<name>] verify_jwt` in supabase/config.toml; on by default).
+/// A function's name, entrypoint, and whether the runtime checks its
+/// caller's JWT (`[functions.<name>] verify_jwt` in supabase/config.toml; on
+/// by default, as in Supabase).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Function {
     pub name: String,
     pub verify_jwt: bool,
+    pub entrypoint: PathBuf,
 }
 
+/// Directories laid out as `supabase/` (a `config.toml`, `functions/<name>/index.ts`)
+/// whose functions the stack serves beside the project's: the test runner
+/// adds functions of its own this way (`CREDITGATE_EXTRA_FUNCTIONS`, paths
+/// separated by `:`).
+pub const EXTRA_FUNCTIONS_ENV: &str = "CREDITGATE_EXTRA_FUNCTIONS";
+
 pub fn functions() -> Result<Vec<Function>> {
-    let root = crate::project_root();
-    let config: toml::Value = match std::fs::read_to_string(root.join("supabase/config.toml")) {
-        Ok(text) => toml::from_str(&text).context("supabase/config.toml")?,
+    let mut found = functions_in(&crate::project_root().join("supabase"))?;
+    if let Some(extra) = std::env::var_os(EXTRA_FUNCTIONS_ENV) {
+        for dir in std::env::split_paths(&extra).filter(|dir| !dir.as_os_str().is_empty()) {
+            for function in functions_in(&dir)? {
+                if !found.iter().any(|known| known.name == function.name) {
+                    found.push(function);
+                }
+            }
+        }
+    }
+    found.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(found)
+}
+
+/// The functions of one `supabase/`-like directory.
+fn functions_in(dir: &Path) -> Result<Vec<Function>> {
+    let config_path = dir.join("config.toml");
+    let config: toml::Value = match std::fs::read_to_string(&config_path) {
+        Ok(text) => toml::from_str(&text).with_context(|| config_path.display().to_string())?,
         Err(_) => toml::Value::Table(Default::default()),
     };
     let mut found = Vec::new();
-    let Ok(entries) = std::fs::read_dir(root.join("supabase/functions")) else {
+    let Ok(entries) = std::fs::read_dir(dir.join("functions")) else {
         return Ok(found);
     };
     for entry in entries.flatten() {
@@ -354,14 +418,12 @@ pub fn functions() -> Result<Vec<Function>> {
             .and_then(|function| function.get("verify_jwt"))
             .and_then(toml::Value::as_bool)
             .unwrap_or(true);
-        found.push(Function { name, verify_jwt });
+        found.push(Function { name, verify_jwt, entrypoint: path.join("index.ts") });
     }
-    found.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(found)
 }
 
-fn start_functions(options: &Options) -> Result<Option<Child>> {
-    let functions = functions()?;
+fn start_functions(options: &Options, functions: &[Function], signing_key: &SigningKey) -> Result<Option<Child>> {
     if functions.is_empty() {
         return Ok(None);
     }
@@ -374,8 +436,8 @@ fn start_functions(options: &Options) -> Result<Option<Child>> {
         .args(["run", "--allow-net", "--allow-read", "--allow-env", "--no-prompt"])
         .arg(root.join("devstack/functions/serve.ts"))
         .arg(options.functions_port.to_string())
-        .args(functions.iter().map(|function| root.join("supabase/functions").join(&function.name).join("index.ts")))
-        .envs(function_env(options)?)
+        .args(functions.iter().map(|function| &function.entrypoint))
+        .envs(function_env(options, signing_key)?)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
@@ -384,12 +446,16 @@ fn start_functions(options: &Options) -> Result<Option<Child>> {
     Ok(Some(child))
 }
 
-/// The environment Supabase gives every function, plus supabase/functions/.env.
-fn function_env(options: &Options) -> Result<Vec<(String, String)>> {
+/// The environment Supabase gives every function (on a project with signing
+/// keys and the new API keys), plus supabase/functions/.env.
+pub fn function_env(options: &Options, signing_key: &SigningKey) -> Result<Vec<(String, String)>> {
     let mut env = vec![
         ("SUPABASE_URL".to_string(), options.api_url()),
         ("SUPABASE_ANON_KEY".to_string(), keys::anon_key()),
         ("SUPABASE_SERVICE_ROLE_KEY".to_string(), keys::service_role_key()),
+        ("SUPABASE_PUBLISHABLE_KEYS".to_string(), json!({"default": keys::PUBLISHABLE_KEY}).to_string()),
+        ("SUPABASE_SECRET_KEYS".to_string(), json!({"default": keys::SECRET_KEY}).to_string()),
+        ("SUPABASE_JWKS".to_string(), signing_key.jwks().to_string()),
         (
             "SUPABASE_DB_URL".to_string(),
             format!("postgresql://postgres:postgres@127.0.0.1:{}/postgres", options.db_port),
@@ -446,18 +512,31 @@ struct Proxy {
     functions: Vec<Function>,
     anon_key: String,
     service_role_key: String,
+    /// What verifies a JWT here: the legacy secret and the signing key's public half.
+    keys: KeySet,
+    signing_key: Arc<SigningKey>,
+    /// The public JWKS, as served.
+    jwks: String,
     client: HttpClient,
 }
 
 impl Proxy {
-    fn new(options: &Options) -> Result<Proxy> {
-        Ok(Proxy {
+    fn new(options: &Options, signing_key: Arc<SigningKey>, functions: Vec<Function>) -> Proxy {
+        Proxy {
             options: options.clone(),
-            functions: functions()?,
+            functions,
             anon_key: keys::anon_key(),
             service_role_key: keys::service_role_key(),
+            keys: KeySet::local(&signing_key),
+            jwks: signing_key.jwks().to_string(),
+            signing_key,
             client: hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http(),
-        })
+        }
+    }
+
+    fn demo_token(&self) -> String {
+        let issuer = format!("{}/auth/v1", self.options.api_url());
+        self.signing_key.sign(&keys::user_claims(&issuer, DEMO_USER_ID, DEMO_EMAIL, 24 * 3600))
     }
 }
 
@@ -508,14 +587,18 @@ fn preflight() -> Response<Body> {
     response
 }
 
-async fn route(proxy: &Proxy, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+async fn route(proxy: &Proxy, mut request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let path = request.uri().path().to_string();
+    if path == "/auth/v1/.well-known/jwks.json" {
+        return jwks(proxy, request.method());
+    }
     if let Some(rest) = path.strip_prefix("/rest/v1") {
         if request.method() == hyper::Method::OPTIONS {
             return preflight();
         }
-        if let Err(refusal) = check_api_key(proxy, &request) {
-            return refusal;
+        match check_api_key(proxy, &request) {
+            Err(refusal) => return refusal,
+            Ok(key) => stand_in_for_api_key(proxy, &mut request, &key),
         }
         let target = format!("http://127.0.0.1:{}{}", proxy.options.gateway_port, path_and_query(&request, rest));
         return forward(proxy, request, &target, peer).await;
@@ -526,7 +609,7 @@ async fn route(proxy: &Proxy, request: Request<Incoming>, peer: SocketAddr) -> R
             return json_response(StatusCode::NOT_FOUND, json!({"code": "NOT_FOUND", "message": "Requested function was not found"}));
         };
         if function.verify_jwt && request.method() != hyper::Method::OPTIONS {
-            if let Err(refusal) = check_jwt(&request) {
+            if let Err(refusal) = check_jwt(proxy, &request) {
                 return refusal;
             }
         }
@@ -556,29 +639,75 @@ fn path_and_query(request: &Request<Incoming>, path: &str) -> String {
     }
 }
 
+/// Supabase Auth's public keys (GoTrue's `/.well-known/jwks.json`), cached
+/// by clients and Supabase's edge for 10 minutes.
+fn jwks(proxy: &Proxy, method: &hyper::Method) -> Response<Body> {
+    if method == hyper::Method::OPTIONS {
+        return preflight();
+    }
+    if method != hyper::Method::GET && method != hyper::Method::HEAD {
+        return json_response(StatusCode::METHOD_NOT_ALLOWED, json!({"code": 405, "msg": "Method Not Allowed"}));
+    }
+    let body = if method == hyper::Method::HEAD { Bytes::new() } else { Bytes::from(proxy.jwks.clone()) };
+    let mut response = Response::new(Full::new(body));
+    let headers = response.headers_mut();
+    headers.insert("content-type", "application/json".parse().expect("static header"));
+    headers.insert("cache-control", "public, max-age=600".parse().expect("static header"));
+    with_cors(response)
+}
+
 /// Supabase's API gateway admits a request to `/rest/v1` only with one of the
-/// project's keys in `apikey` (header or query).
-fn check_api_key(proxy: &Proxy, request: &Request<Incoming>) -> Result<(), Response<Body>> {
+/// project's keys in `apikey` (header or query); returns that key.
+fn check_api_key(proxy: &Proxy, request: &Request<Incoming>) -> Result<String, Response<Body>> {
     let from_header = request.headers().get("apikey").and_then(|value| value.to_str().ok()).map(str::to_string);
     let from_query = request.uri().query().and_then(|query| {
         query.split('&').find_map(|pair| pair.strip_prefix("apikey=").map(str::to_string))
     });
     match from_header.or(from_query) {
         None => Err(json_response(StatusCode::UNAUTHORIZED, json!({"message": "No API key found in request"}))),
-        Some(key) if key == proxy.anon_key || key == proxy.service_role_key => Ok(()),
+        Some(key)
+            if key == proxy.anon_key
+                || key == proxy.service_role_key
+                || key == keys::PUBLISHABLE_KEY
+                || key == keys::SECRET_KEY =>
+        {
+            Ok(key)
+        }
         Some(_) => Err(json_response(StatusCode::UNAUTHORIZED, json!({"message": "Invalid API key"}))),
     }
 }
 
-/// The edge runtime's `verify_jwt`: a valid token signed with the project's secret.
-fn check_jwt(request: &Request<Incoming>) -> Result<(), Response<Body>> {
+/// With a publishable or secret key (not JWTs), Supabase's gateway sends
+/// PostgREST a JWT of the role the key stands for (anon, service_role) when
+/// the request carries no other token (no Authorization, or the same key).
+fn stand_in_for_api_key(proxy: &Proxy, request: &mut Request<Incoming>, key: &str) {
+    let jwt = match key {
+        keys::PUBLISHABLE_KEY => &proxy.anon_key,
+        keys::SECRET_KEY => &proxy.service_role_key,
+        _ => return,
+    };
+    let authorization = request.headers().get("authorization").and_then(|value| value.to_str().ok());
+    let replace = match authorization {
+        None => true,
+        Some(value) => crate::gateway::jwt::bearer_token(Some(value.as_bytes())) == key.as_bytes(),
+    };
+    if replace {
+        if let Ok(value) = format!("Bearer {jwt}").parse() {
+            request.headers_mut().insert("authorization", value);
+        }
+    }
+}
+
+/// The edge runtime's `verify_jwt`: a valid, unexpired token signed with one
+/// of the project's keys (an ES256 user token, or an HS256 legacy key).
+fn check_jwt(proxy: &Proxy, request: &Request<Incoming>) -> Result<(), Response<Body>> {
     let Some(header) = request.headers().get("authorization").and_then(|value| value.to_str().ok()) else {
         return Err(json_response(StatusCode::UNAUTHORIZED, json!({"msg": "Error: Missing authorization header"})));
     };
     let token = header.strip_prefix("Bearer ").or_else(|| header.strip_prefix("bearer ")).unwrap_or("");
-    match keys::verify(token, keys::JWT_SECRET, chrono::Utc::now().timestamp()) {
-        Some(_) => Ok(()),
-        None => Err(json_response(StatusCode::UNAUTHORIZED, json!({"msg": "Invalid JWT"}))),
+    match keys::verify(token, &proxy.keys, chrono::Utc::now().timestamp()) {
+        Ok(_) => Ok(()),
+        Err(_) => Err(json_response(StatusCode::UNAUTHORIZED, json!({"msg": "Invalid JWT"}))),
     }
 }
 
@@ -648,7 +777,7 @@ fn page(proxy: &Proxy) -> Response<Body> {
         .replace("{{ANON_KEY}}", &proxy.anon_key)
         .replace("{{DEMO_USER_ID}}", DEMO_USER_ID)
         .replace("{{DEMO_EMAIL}}", DEMO_EMAIL)
-        .replace("{{DEMO_TOKEN}}", &keys::user_token(DEMO_USER_ID, DEMO_EMAIL, 24 * 3600));
+        .replace("{{DEMO_TOKEN}}", &proxy.demo_token());
     let mut response = Response::new(Full::new(Bytes::from(html)));
     response.headers_mut().insert("content-type", "text/html; charset=utf-8".parse().expect("static header"));
     response

@@ -100,7 +100,11 @@ fn stack_suites(run: &mut Run, wanted: &dyn Fn(&str) -> bool) -> Result<()> {
     // The function gives up on the generator after 2 s here (20 s by
     // default), so the tests of a hanging generator finish quickly.
     std::env::set_var("CREDITGATE_GENERATOR_TIMEOUT_MS", "2000");
-    let stack = std::sync::Arc::new(crate::stack::Stack::start(&options)?);
+    // Test-only functions beside the project's (verify_jwt on and off).
+    std::env::set_var(crate::stack::EXTRA_FUNCTIONS_ENV, root.join("tests/e2e/supabase"));
+    let stack = crate::stack::Stack::start(&options);
+    std::env::remove_var(crate::stack::EXTRA_FUNCTIONS_ENV);
+    let stack = std::sync::Arc::new(stack?);
     let serving = stack.clone();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = std::thread::spawn(move || {
@@ -118,6 +122,9 @@ fn stack_suites(run: &mut Run, wanted: &dyn Fn(&str) -> bool) -> Result<()> {
         ("CREDITGATE_ANON_KEY", crate::keys::anon_key()),
         ("CREDITGATE_SERVICE_ROLE_KEY", crate::keys::service_role_key()),
         ("CREDITGATE_JWT_SECRET", crate::keys::JWT_SECRET.to_string()),
+        // The stack's private ES256 signing key (a JSON array of JWKs): tests
+        // sign user access tokens with it as the stack's Auth server would.
+        ("CREDITGATE_SIGNING_KEYS_PATH", stack.signing_key_path().to_string_lossy().into_owned()),
         ("CREDITGATE_DB_URL", stack.cluster().url("postgres", "postgres")),
         ("PATH", crate::setup::tool_path()),
     ];

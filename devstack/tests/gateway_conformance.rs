@@ -539,6 +539,100 @@ fn auth_role_not_granted_to_the_authenticator_is_403() {
     assert_error(&r, 403, json!({"code": "42501", "message": "permission denied to set role \"postgres\"", "details": null, "hint": null}));
 }
 
+// -----------------------------------------------------------------------------
+// Asymmetric signing keys: `jwt-secret` as a JWK set (PostgREST's JWKS support,
+// as Supabase configures it with a project's signing keys): the legacy HS256
+// secret (`oct`) beside the public half of an ES256 key.
+// -----------------------------------------------------------------------------
+
+/// One gateway with a JWK set for every ES256 case, and its signing key.
+fn es256_gateway() -> &'static (String, devstack::keys::SigningKey) {
+    static GW: OnceLock<(String, devstack::keys::SigningKey)> = OnceLock::new();
+    GW.get_or_init(|| {
+        let signing = devstack::keys::SigningKey::generate();
+        let jwks = devstack::keys::KeySet::local(&signing).to_private_jwks().to_string();
+        let addr = gateway_with(|c| c.jwt_secret = Some(jwks.into_bytes()));
+        (addr, signing)
+    })
+}
+
+fn es256_claims(role: &str) -> Value {
+    json!({"sub": ALICE, "role": role, "aud": "authenticated", "iat": now(), "exp": now() + 600})
+}
+
+// Auth.hs with a JWKS: an ES256 token whose kid names a key of the set is verified with it.
+#[test]
+fn auth_es256_token_verified_against_the_jwk_set() {
+    let (gw, signing) = es256_gateway();
+    let t = signing.sign(&es256_claims("authenticated"));
+    let r = send(gw, "GET", "/rpc/whoami", &[("Authorization", &format!("Bearer {t}"))], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["user"], "authenticated");
+    assert_eq!(r.json()["uid"], ALICE);
+    // The legacy HS256 keys still verify against the set's `oct` key.
+    let r = send(gw, "GET", "/rpc/whoami", &[("Authorization", &bearer("service_role"))], b"");
+    assert_eq!(r.json()["user"], "service_role");
+}
+
+// jose: the kid matches, the signature does not (another key) -> JWSInvalidSignature.
+#[test]
+fn auth_es256_token_signed_with_another_key_is_401() {
+    let (gw, signing) = es256_gateway();
+    let impostor = devstack::keys::SigningKey::from_private_jwk(&{
+        let mut jwk = devstack::keys::SigningKey::generate().private_jwk();
+        jwk["kid"] = json!(signing.kid());
+        jwk
+    })
+    .unwrap();
+    let t = impostor.sign(&es256_claims("service_role"));
+    let r = send(gw, "GET", "/rpc/whoami", &[("Authorization", &format!("Bearer {t}"))], b"");
+    assert_error(&r, 401, json!({"code": "PGRST301", "message": "JWSError JWSInvalidSignature", "details": null, "hint": null}));
+}
+
+// jose: no key of the set has the token's kid -> NoUsableKeys.
+#[test]
+fn auth_es256_token_with_an_unknown_kid_is_401() {
+    let (gw, _) = es256_gateway();
+    let t = devstack::keys::SigningKey::generate().sign(&es256_claims("authenticated"));
+    let r = send(gw, "GET", "/rpc/whoami", &[("Authorization", &format!("Bearer {t}"))], b"");
+    assert_error(&r, 401, json!({"code": "PGRST301", "message": "No suitable key or wrong key type", "details": null, "hint": null}));
+}
+
+// alg none with the set's kid: never accepted; an expired ES256 token neither.
+#[test]
+fn auth_es256_set_refuses_alg_none_and_expiry() {
+    use base64::Engine;
+    let (gw, signing) = es256_gateway();
+    let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header = json!({"alg": "none", "typ": "JWT", "kid": signing.kid()}).to_string();
+    let t = format!("{}.{}.", e.encode(header), e.encode(es256_claims("service_role").to_string()));
+    let r = send(gw, "GET", "/rpc/whoami", &[("Authorization", &format!("Bearer {t}"))], b"");
+    assert_eq!(r.status, 401);
+    assert_eq!(r.code(), "PGRST301");
+    let mut claims = es256_claims("authenticated");
+    claims["exp"] = json!(now() - 90);
+    let t = signing.sign(&claims);
+    let r = send(gw, "GET", "/rpc/whoami", &[("Authorization", &format!("Bearer {t}"))], b"");
+    assert_error(&r, 401, json!({"code": "PGRST301", "message": "JWT expired", "details": null, "hint": null}));
+}
+
+// Algorithm confusion: HS256 with the public key (its JWK text, or its raw point) as the secret.
+#[test]
+fn auth_hs256_signed_with_the_public_key_is_401() {
+    use base64::Engine;
+    let (gw, signing) = es256_gateway();
+    let public = signing.public_jwk();
+    let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut point = vec![4u8];
+    point.extend(e.decode(public["x"].as_str().unwrap()).unwrap());
+    point.extend(e.decode(public["y"].as_str().unwrap()).unwrap());
+    for secret in [public.to_string().into_bytes(), point] {
+        let t = gateway::jwt::sign_hs256(&secret, &es256_claims("service_role"));
+        let r = send(gw, "GET", "/rpc/whoami", &[("Authorization", &format!("Bearer {t}"))], b"");
+        assert_error(&r, 401, json!({"code": "PGRST301", "message": "JWSError JWSInvalidSignature", "details": null, "hint": null}));
+    }
+}
+
 // NoAnonSpec.hs: "responds with error when user does not attempt auth" / "behaves normally on attempted auth"
 #[test]
 fn auth_without_anonymous_role_requires_a_token() {

@@ -163,7 +163,8 @@ test("who may call what: anon 401, users 403 on service routes, the service role
   assert.equal(balanceOf(frank.id), held, "no user or anon call moved credits");
   assertError(await invoke(service(), "charge", { body: { operation: "image" } }), 403, "forbidden");
   assertError(await invoke(service(), "balance", { method: "GET" }), 403, "forbidden");
-  // A token signed with another secret never reaches the function.
+  // A token signed with another secret is refused (by the function itself:
+  // credits is deployed with verify_jwt = false).
   const forged = client(sign({ sub: frank.id, role: "service_role", exp: 4102444800 }, "x".repeat(40)));
   const refused = await invoke(forged, "grant", { body: { userId: frank.id, amount: 1000, reason: "forged" } });
   assert.equal(refused.status, 401);

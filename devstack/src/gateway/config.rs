@@ -36,8 +36,9 @@ pub struct Config {
     pub db_channel: String,
     /// `PGRST_DB_CHANNEL_ENABLED` (default true).
     pub db_channel_enabled: bool,
-    /// `PGRST_JWT_SECRET` (a plain secret; base64 when
-    /// `PGRST_JWT_SECRET_IS_BASE64` is true). JWK sets are not supported.
+    /// `PGRST_JWT_SECRET`: a plain secret (base64 when
+    /// `PGRST_JWT_SECRET_IS_BASE64` is true), or a JWK or JWK set as JSON
+    /// (HS256 `oct` and ES256 P-256 keys; see [`crate::keys::KeySet`]).
     pub jwt_secret: Option<Vec<u8>>,
     /// `PGRST_JWT_AUD`: when set, a token's `aud` must contain it.
     pub jwt_aud: Option<String>,

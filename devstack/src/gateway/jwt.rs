@@ -1,13 +1,17 @@
 //! JWT verification as PostgREST v12 does it (`Auth.hs`, with the `jose`
-//! library): HMAC-SHA2 with the configured secret, `exp`/`nbf`/`iat` checked
-//! with a 30 second clock skew, the role taken from `jwt-role-claim-key`.
+//! library): `jwt-secret` is an HMAC secret, or a JWK / JWK set (JSON), as
+//! Supabase configures PostgREST with its project's signing keys (the
+//! legacy HS256 secret and the asymmetric keys' public halves); `exp`/`nbf`/
+//! `iat` checked with a 30 second clock skew, the role taken from
+//! `jwt-role-claim-key`. The signature checks themselves are devstack's one
+//! JWT implementation, [`crate::keys`].
 
-use base64::Engine;
-use hmac::{Hmac, Mac};
 use serde_json::{Map, Value};
+use std::sync::{Arc, RwLock};
 
 use super::config::{ClaimPathStep, Config};
 use super::error::ApiError;
+use crate::keys::{self, KeySet};
 
 /// PostgREST's `allowedSkew`: 30 seconds either way.
 pub const CLOCK_SKEW_SECONDS: i64 = 30;
@@ -42,7 +46,8 @@ pub fn authenticate(config: &Config, token: &[u8], now_seconds: i64) -> Result<A
         Map::new()
     } else {
         let secret = config.jwt_secret.as_deref().ok_or_else(ApiError::jwt_secret_missing)?;
-        verify(secret, token, now_seconds, config.jwt_aud.as_deref()).map_err(|m| ApiError::jwt_invalid(&m))?
+        verify(&key_set(secret), token, now_seconds, config.jwt_aud.as_deref())
+            .map_err(|e| ApiError::jwt_invalid(&e.to_string()))?
     };
     let role = match walk(&claims, &config.jwt_role_claim_key) {
         Some(Value::String(s)) => s.clone(),
@@ -70,114 +75,35 @@ fn walk<'a>(claims: &'a Map<String, Value>, path: &[ClaimPathStep]) -> Option<&'
     Some(current)
 }
 
-fn b64(part: &[u8]) -> Option<Vec<u8>> {
-    let trimmed: &[u8] = {
-        let mut end = part.len();
-        while end > 0 && part[end - 1] == b'=' {
-            end -= 1;
+/// The keys of `jwt-secret`, parsed once per distinct secret.
+fn key_set(secret: &[u8]) -> Arc<KeySet> {
+    static PARSED: RwLock<Option<(Vec<u8>, Arc<KeySet>)>> = RwLock::new(None);
+    if let Some((known, keys)) = PARSED.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        if known == secret {
+            return keys.clone();
         }
-        &part[..end]
-    };
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(trimmed).ok()
+    }
+    let keys = Arc::new(KeySet::from_postgrest_secret(secret));
+    *PARSED.write().unwrap_or_else(|e| e.into_inner()) = Some((secret.to_vec(), keys.clone()));
+    keys
 }
 
-/// Returns the claims, or the message PostgREST (jose) gives for the failure.
-fn verify(secret: &[u8], token: &[u8], now: i64, audience: Option<&str>) -> Result<Map<String, Value>, String> {
-    let parts: Vec<&[u8]> = token.split(|b| *b == b'.').collect();
-    if parts.len() != 3 {
-        return Err(format!(
-            "JWSError (CompactDecodeError Invalid number of parts: Expected 3 parts; got {})",
-            parts.len()
-        ));
-    }
-    let header: Value = b64(parts[0])
-        .and_then(|h| serde_json::from_slice(&h).ok())
-        .ok_or_else(|| "JWSError (CompactDecodeError Invalid JSON in the protected header)".to_string())?;
-    let alg = header.get("alg").and_then(Value::as_str).unwrap_or("");
-    let signing_input_len = parts[0].len() + 1 + parts[1].len();
-    let signing_input = &token[..signing_input_len];
-    let signature = b64(parts[2]).ok_or_else(|| "JWSError JWSInvalidSignature".to_string())?;
-    let valid = match alg {
-        "HS256" => hmac_ok::<Hmac<sha2::Sha256>>(secret, signing_input, &signature),
-        "HS384" => hmac_ok::<Hmac<sha2::Sha384>>(secret, signing_input, &signature),
-        "HS512" => hmac_ok::<Hmac<sha2::Sha512>>(secret, signing_input, &signature),
-        // `none` is not an accepted algorithm: no signature is left to check.
-        "none" => return Err("JWSError JWSNoSignatures".into()),
-        _ => false,
-    };
-    if !valid {
-        return Err("JWSError JWSInvalidSignature".into());
-    }
-    let payload = b64(parts[1]).ok_or_else(|| "JWSError (CompactDecodeError Invalid base64url payload)".to_string())?;
-    let claims = match serde_json::from_slice::<Value>(&payload) {
-        Ok(Value::Object(map)) => map,
-        _ => return Err("JWTClaimsSetDecodeError \"the claims set is not a JSON object\"".into()),
-    };
-    let numeric = |name: &str| -> Result<Option<i64>, String> {
-        match claims.get(name) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::Number(n)) => Ok(n.as_f64().map(|f| f.floor() as i64)),
-            Some(_) => Err(format!("JWTClaimsSetDecodeError \"{name} is not a NumericDate\"")),
-        }
-    };
-    if let Some(exp) = numeric("exp")? {
-        if now > exp.saturating_add(CLOCK_SKEW_SECONDS) {
-            return Err("JWT expired".into());
-        }
-    }
-    if let Some(nbf) = numeric("nbf")? {
-        if now.saturating_add(CLOCK_SKEW_SECONDS) < nbf {
-            return Err("JWTNotYetValid".into());
-        }
-    }
-    if let Some(iat) = numeric("iat")? {
-        if iat > now.saturating_add(CLOCK_SKEW_SECONDS) {
-            return Err("JWTIssuedAtFuture".into());
-        }
-    }
-    if let Some(expected) = audience {
-        let ok = match claims.get("aud") {
-            None | Some(Value::Null) => true,
-            Some(Value::String(s)) => s == expected,
-            Some(Value::Array(items)) => items.iter().any(|v| v.as_str() == Some(expected)),
-            Some(_) => false,
-        };
-        if !ok {
-            return Err("JWTNotInAudience".into());
-        }
-    }
+/// The claims, or why the token is refused (`Display`: PostgREST's message).
+fn verify(keys: &KeySet, token: &[u8], now: i64, audience: Option<&str>) -> Result<Map<String, Value>, keys::JwtError> {
+    let claims = keys::verify_signature(keys, token)?;
+    keys::check_claims(&claims, now, CLOCK_SKEW_SECONDS, audience)?;
     Ok(claims)
-}
-
-fn hmac_ok<M: Mac + hmac::digest::KeyInit>(secret: &[u8], input: &[u8], signature: &[u8]) -> bool {
-    match <M as Mac>::new_from_slice(secret) {
-        Ok(mut mac) => {
-            mac.update(input);
-            mac.verify_slice(signature).is_ok()
-        }
-        Err(_) => false,
-    }
 }
 
 /// Signs `claims` with HS256 (for tests and for printing local keys).
 pub fn sign_hs256(secret: &[u8], claims: &Value) -> String {
-    let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let header = engine.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-    let payload = engine.encode(claims.to_string().as_bytes());
-    let input = format!("{header}.{payload}");
-    let signature = match <Hmac<sha2::Sha256> as Mac>::new_from_slice(secret) {
-        Ok(mut mac) => {
-            mac.update(input.as_bytes());
-            engine.encode(mac.finalize().into_bytes())
-        }
-        Err(_) => String::new(),
-    };
-    format!("{input}.{signature}")
+    keys::sign_hs256(secret, claims)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine;
     use serde_json::json;
 
     const SECRET: &[u8] = b"reallyreallyreallyreallyverysafe";
@@ -224,6 +150,37 @@ mod tests {
             engine.encode(br#"{"role":"postgres"}"#)
         );
         assert_eq!(authenticate(&config(), none.as_bytes(), 0).unwrap_err().code(), Some("PGRST301"));
+    }
+
+    fn jwks_config(signing: &keys::SigningKey) -> Config {
+        let mut c = config();
+        c.jwt_secret = Some(keys::KeySet::local(signing).to_private_jwks().to_string().into_bytes());
+        c
+    }
+
+    #[test]
+    fn with_a_jwk_set_es256_user_tokens_and_hs256_keys_are_accepted() {
+        let signing = keys::SigningKey::generate();
+        let c = jwks_config(&signing);
+        let now = chrono::Utc::now().timestamp();
+        let user = signing.sign(&keys::user_claims("i", "u", "e", 60));
+        let a = authenticate(&c, user.as_bytes(), now).unwrap();
+        assert_eq!(a.role, "authenticated");
+        assert_eq!(a.claims["sub"], "u");
+        assert_eq!(authenticate(&c, keys::service_role_key().as_bytes(), now).unwrap().role, "service_role");
+    }
+
+    #[test]
+    fn with_a_jwk_set_other_keys_and_kids_are_refused() {
+        let signing = keys::SigningKey::generate();
+        let c = jwks_config(&signing);
+        let now = chrono::Utc::now().timestamp();
+        let stranger = keys::SigningKey::generate().sign(&keys::user_claims("i", "u", "e", 60));
+        let e = authenticate(&c, stranger.as_bytes(), now).unwrap_err();
+        assert_eq!(e.code(), Some("PGRST301"));
+        assert_eq!(e.body["message"], "No suitable key or wrong key type");
+        let expired = signing.sign(&keys::user_claims("i", "u", "e", -3600));
+        assert_eq!(authenticate(&c, expired.as_bytes(), now).unwrap_err().body["message"], "JWT expired");
     }
 
     #[test]
