@@ -1,6 +1,8 @@
 //! Who is calling: the caller's token, verified here, always.
 //!
-//! Tokens arrive as `Authorization: Bearer <token>`. The function is
+//! Tokens arrive as `Authorization: Bearer <token>` (without that header,
+//! the `apikey` header's key is the token: Supabase's new keys travel
+//! there). The function is
 //! deployed with `verify_jwt = false` (Supabase's advice for projects on
 //! asymmetric signing keys or the new API keys), so nothing in front of it
 //! has checked anything: every claim below is believed only after its
@@ -72,10 +74,13 @@ pub async fn authenticate(
     sender: &Sender,
     now_ms: f64,
 ) -> Result<Caller, ApiError> {
-    let header = request
-        .header("authorization")
-        .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <token>"))?;
-    let token = bearer(header).ok_or_else(|| ApiError::unauthorized("Authorization must be Bearer <token>"))?;
+    // Supabase's new API keys travel in `apikey`; a request with no
+    // Authorization is judged by that key.
+    let token = match (request.header("authorization"), request.header("apikey")) {
+        (Some(header), _) => bearer(header).ok_or_else(|| ApiError::unauthorized("Authorization must be Bearer <token>"))?,
+        (None, Some(key)) if !key.trim().is_empty() => key.trim(),
+        _ => return Err(ApiError::unauthorized("missing Authorization: Bearer <token>")),
+    };
     if token.len() > TOKEN_CHARS_MAX {
         return Err(ApiError::unauthorized(format!("the token is longer than {TOKEN_CHARS_MAX} characters")));
     }
@@ -404,6 +409,21 @@ pub(crate) mod tests {
         for token in ["a", "a.b", "a.b.c", "a.b.c.d", "....", "é.é.é", "e30.e30.", "e30.W10.", long.as_str()] {
             refusal(token, &settings);
         }
+    }
+
+    #[test]
+    fn without_authorization_the_apikey_header_is_the_key() {
+        let settings = settings_with(true, &[]);
+        let with_key = |key: &str| ApiRequest::new("GET", "/").with_header("apikey", key);
+        assert_eq!(run_request(&with_key(SECRET_KEY), &settings), Ok(Caller::Service));
+        assert_eq!(run_request(&with_key(PUBLISHABLE_KEY), &settings), Ok(Caller::Anonymous));
+        assert_eq!(run_request(&with_key("sb_secret_guess"), &settings).map_err(|e| e.status), Err(401));
+        // Authorization, when present, decides: a publishable apikey beside a
+        // user's token is that user; a secret apikey does not lift a user.
+        let user = ApiRequest::new("GET", "/")
+            .with_header("apikey", SECRET_KEY)
+            .with_header("authorization", &format!("Bearer {}", user_token(USER)));
+        assert!(matches!(run_request(&user, &settings), Ok(Caller::User(_))));
     }
 
     #[test]
