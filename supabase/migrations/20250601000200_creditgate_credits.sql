@@ -655,8 +655,12 @@ GRANT EXECUTE ON FUNCTION public.atomic_charge_credits(uuid, text, integer, text
  * Completes an open job: keeps p_actual_cost (default: the whole hold) and
  * returns the rest of the hold in the same transaction.
  * Locks: the users row (releasing expired holds), then the job.
- * Errors: 22023 (p_actual_cost outside 0..cost), PT404 job_not_found, PT409
- * job_already_settled (also when the hold expired).
+ * An expired hold (deadline passed; released by this call or earlier) is
+ * not an error: one row (job_id, 'expired', balance, refunded = the hold),
+ * the hold released and committed with the caller's transaction; callers
+ * treat status 'expired' as job_already_settled.
+ * Errors: 22023 (p_actual_cost outside 0..cost, p_result_url not http(s)),
+ * PT404 job_not_found, PT409 job_already_settled (completed or failed).
  */
 CREATE OR REPLACE FUNCTION creditgate.complete_generation_job_at(
   p_job_id uuid, p_result_url text, p_actual_cost integer, p_now timestamptz)
@@ -674,10 +678,14 @@ BEGIN
   -- Fast path (literals: the named limits, asserted above); the named checks
   -- run only to raise the precise error.
   IF NOT (p_job_id IS NOT NULL
-          AND (p_result_url IS NULL OR pg_catalog.char_length(p_result_url) BETWEEN 1 AND 2048)
+          AND (p_result_url IS NULL OR (pg_catalog.char_length(p_result_url) BETWEEN 1 AND 2048
+                                        AND p_result_url ~* '^https?://'))
           AND (p_actual_cost IS NULL OR p_actual_cost BETWEEN 0 AND 1000000000)) IS TRUE THEN
     PERFORM creditgate.require_id('p_job_id', p_job_id);
     PERFORM creditgate.require_text('p_result_url', p_result_url, creditgate.result_url_length_max(), true);
+    PERFORM creditgate.require(p_result_url IS NULL OR p_result_url ~* '^https?://',
+      'p_result_url must be an http:// or https:// URL',
+      pg_catalog.jsonb_build_object('parameter', 'p_result_url', 'allowed_schemes', pg_catalog.jsonb_build_array('http', 'https')));
     IF p_actual_cost IS NOT NULL THEN
       PERFORM creditgate.require_range('p_actual_cost', p_actual_cost, 0, creditgate.cost_credits_max());
     END IF;
@@ -687,8 +695,15 @@ BEGIN
   IF NOT FOUND THEN
     PERFORM creditgate.fail('PT404', 'job_not_found', 'Job not found', pg_catalog.jsonb_build_object('job_id', p_job_id));
   END IF;
-  PERFORM creditgate.lock_user(v_user_id, p_now, false);
+  v_balance := creditgate.lock_user(v_user_id, p_now, false);
   SELECT * INTO v_job FROM public.generation_jobs j WHERE j.id = p_job_id FOR UPDATE;
+  IF v_job.status = 'expired' THEN
+    -- The hold expired (released just now by lock_user, or earlier): not
+    -- an error, which would roll the release back. One row says so:
+    -- status 'expired', the whole hold refunded, the balance; nothing captured.
+    RETURN QUERY SELECT v_job.id, 'expired'::text, v_balance, v_job.cost;
+    RETURN;
+  END IF;
   IF v_job.status NOT IN ('pending', 'processing') THEN
     PERFORM creditgate.require_open(v_job);
   END IF;
@@ -729,8 +744,11 @@ GRANT EXECUTE ON FUNCTION public.complete_generation_job(uuid, text, integer) TO
  * Refunds an open job of this user: the whole hold goes back (status failed).
  * p_amount must be NULL or exactly the held amount.
  * Locks: the users row (releasing expired holds), then the job.
+ * An expired hold (released by this call or earlier) is not an error: the
+ * new balance is returned and the job stays 'expired' (refunded_credits =
+ * cost); read generation_jobs.status to tell it from a refund.
  * Errors: 22023, PT404 user_not_found / job_not_found (also another user's
- * job), PT409 job_already_settled.
+ * job), PT409 job_already_settled (completed or failed).
  */
 CREATE OR REPLACE FUNCTION creditgate.refund_credits_at(
   p_user_id uuid, p_job_id uuid, p_amount integer, p_reason text, p_now timestamptz)
@@ -741,6 +759,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   v_job public.generation_jobs;
+  v_balance integer;
   v_reason text := coalesce(p_reason, 'no reason given');
 BEGIN
   -- Fast path (literals: the named limits, asserted above); the named checks
@@ -756,10 +775,16 @@ BEGIN
     PERFORM creditgate.require_text('p_reason', p_reason, creditgate.reason_length_max(), true);
   END IF;
 
-  PERFORM creditgate.lock_user(p_user_id, p_now, false);
+  v_balance := creditgate.lock_user(p_user_id, p_now, false);
   SELECT * INTO v_job FROM public.generation_jobs j WHERE j.id = p_job_id AND j.user_id = p_user_id FOR UPDATE;
   IF NOT FOUND THEN
     PERFORM creditgate.fail('PT404', 'job_not_found', 'Job not found', pg_catalog.jsonb_build_object('job_id', p_job_id));
+  END IF;
+  IF v_job.status = 'expired' AND (p_amount IS NULL OR p_amount = v_job.cost) THEN
+    -- The hold expired (released just now by lock_user, or earlier): the
+    -- credits are back, which is what a refund asks. Not an error, which
+    -- would roll the release back: the new balance, the job stays 'expired'.
+    RETURN v_balance;
   END IF;
   IF v_job.status NOT IN ('pending', 'processing') THEN
     PERFORM creditgate.require_open(v_job);

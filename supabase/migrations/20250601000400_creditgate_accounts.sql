@@ -83,6 +83,7 @@ CREATE TRIGGER on_auth_user_created_creditgate
  * and its ledger stay: history is never rewritten, the ledger still adds up,
  * and the user's jobs and entries keep their subject. A closed account can
  * be neither charged nor granted (PT404 user_not_found).
+ * p_now NULL (the trigger): the clock, read after the row lock is held.
  * Locks: the users row, then its open jobs.
  */
 CREATE OR REPLACE FUNCTION creditgate.close_account(p_user_id uuid, p_now timestamptz)
@@ -93,20 +94,24 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   v_balance integer;
+  v_now timestamptz;
 BEGIN
   PERFORM FROM public.users u WHERE u.id = p_user_id AND u.closed_at IS NULL FOR UPDATE;
   IF NOT FOUND THEN
     RETURN;
   END IF;
+  -- The clock is read once the row is ours: a closure that waited for a
+  -- charge's lock is dated after that charge, not before it.
+  v_now := coalesce(p_now, pg_catalog.clock_timestamp());
   PERFORM creditgate.void_open_holds(p_user_id, 'infinity', 'failed', 'refund', 'Refund: account closed',
-    'Refunded: account closed', p_now);
+    'Refunded: account closed', v_now);
 
   SELECT u.credits INTO v_balance FROM public.users u WHERE u.id = p_user_id;
   IF v_balance <> 0 THEN
     PERFORM creditgate.apply_delta(p_user_id, -v_balance, 'account_closure', 'account_closure',
       'Account closed: the auth user was deleted', '{}'::jsonb, NULL);
   END IF;
-  UPDATE public.users u SET closed_at = p_now WHERE u.id = p_user_id;
+  UPDATE public.users u SET closed_at = v_now WHERE u.id = p_user_id;
 END;
 $$;
 REVOKE ALL ON FUNCTION creditgate.close_account(uuid, timestamptz) FROM PUBLIC;
@@ -119,7 +124,8 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-  PERFORM creditgate.close_account(OLD.id, pg_catalog.clock_timestamp());
+  -- NULL: close_account reads the clock after it holds the row lock.
+  PERFORM creditgate.close_account(OLD.id, NULL);
   RETURN OLD;
 END;
 $$;

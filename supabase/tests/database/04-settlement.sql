@@ -45,9 +45,9 @@ SELECT * FROM tests.refused(format($$SELECT * FROM public.complete_generation_jo
   '22023', 'an actual cost above the hold is refused');
 SELECT * FROM tests.refused(format($$SELECT * FROM public.complete_generation_job(%L, NULL, -1)$$, :'bounded_job'),
   '22023', 'a negative actual cost is refused');
-SELECT * FROM tests.refused(format($$SELECT * FROM public.complete_generation_job(%L, %L)$$, :'bounded_job', repeat('u', 2049)),
+SELECT * FROM tests.refused(format($$SELECT * FROM public.complete_generation_job(%L, %L)$$, :'bounded_job', 'https://' || repeat('u', 2041)),
   '22023', 'a result URL of 2049 characters is refused');
-SELECT results_eq(format($$SELECT new_balance, refunded FROM public.complete_generation_job(%L, %L, 10)$$, :'bounded_job', repeat('u', 2048)),
+SELECT results_eq(format($$SELECT new_balance, refunded FROM public.complete_generation_job(%L, %L, 10)$$, :'bounded_job', 'https://' || repeat('u', 2040)),
   $$VALUES (35, 0)$$, 'a result URL of 2048 characters and an actual cost equal to the hold are accepted');
 
 SELECT * FROM tests.refused(format($$SELECT * FROM public.complete_generation_job(%L)$$, :'full_job'),

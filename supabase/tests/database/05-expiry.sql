@@ -4,7 +4,7 @@
 -- creditgate.*_at(..., p_now) functions.
 BEGIN;
 \ir _helpers.psql
-SELECT plan(35);
+SELECT plan(40);
 
 SELECT tests.create_user(n) FROM unnest(ARRAY['alice', 'bob', 'carol', 'dave', 'erin']) AS n;
 SELECT tests.give(n, 100) FROM unnest(ARRAY['alice', 'bob', 'carol', 'dave', 'erin']) AS n;
@@ -30,17 +30,35 @@ SELECT results_eq(
 SELECT results_eq(format($$SELECT captured_credits, refunded_credits, completed_at FROM public.generation_jobs WHERE id = %L$$, :'video_job'),
   format($$VALUES (0, 60, %s + interval '300 seconds')$$, :'t0'), 'the expired job kept nothing, returned 60, settled at the clock''s time');
 
-SELECT * FROM tests.refused(format($$SELECT * FROM creditgate.complete_generation_job_at(%L, NULL, NULL, %s + interval '301 seconds')$$,
-  :'video_job', :'t0'), 'PT409', 'an expired job cannot be completed');
-SELECT * FROM tests.refused(format($$SELECT creditgate.refund_credits_at(%L, %L, 60, 'x', %s + interval '301 seconds')$$,
-  tests.id_of('alice'), :'video_job', :'t0'), 'PT409', 'nor refunded again');
+-- Completing or refunding an expired hold is refused to the caller (status
+-- 'expired' in the answer: the client reports job_already_settled), but is
+-- not an error: an error would roll back the release.
+SELECT tests.fingerprint() AS before_late_calls \gset
+SELECT results_eq(format($$SELECT job_id, status, new_balance, refunded FROM creditgate.complete_generation_job_at(%L, NULL, NULL, %s + interval '301 seconds')$$,
+  :'video_job', :'t0'), format($$VALUES (%L::uuid, 'expired'::text, 59, 60)$$, :'video_job'),
+  'completing a job the sweeper expired: one row, status expired, the hold refunded, the balance');
+SELECT is(creditgate.refund_credits_at(tests.id_of('alice'), :'video_job', 60, 'x', :t0 + interval '301 seconds'), 59,
+  'refunding it: the balance, no error');
+SELECT is(tests.fingerprint(), :'before_late_calls', 'and neither call changed anything');
+SELECT * FROM tests.refused(format($$SELECT creditgate.refund_credits_at(%L, %L, 59, 'x', %s + interval '301 seconds')$$,
+  tests.id_of('alice'), :'video_job', :'t0'), 'PT409', 'a refund of another amount than the expired hold: job_already_settled');
 
--- Past its deadline but before any sweep: completing it is still refused,
--- whether or not a sweeper ran.
+-- Past its deadline but before any sweep: the call releases the hold itself
+-- and keeps that release, while telling the caller it expired.
 SELECT job_id AS late_job FROM creditgate.charge_credits_at(tests.id_of('erin'), 'video', 10, NULL, '{}', 60, :t0) \gset
-SELECT * FROM tests.refused(format($$SELECT * FROM creditgate.complete_generation_job_at(%L, NULL, NULL, %s + interval '61 seconds')$$,
-  :'late_job', :'t0'), 'PT409', 'a job past its deadline cannot be completed, even before the sweeper ran');
-SELECT is(tests.status_of(:'late_job'), 'pending', '(the refused call changed nothing: the sweeper will release it)');
+SELECT results_eq(format($$SELECT job_id, status, new_balance, refunded FROM creditgate.complete_generation_job_at(%L, 'https://r/x', 5, %s + interval '61 seconds')$$,
+  :'late_job', :'t0'), format($$VALUES (%L::uuid, 'expired'::text, 100, 10)$$, :'late_job'),
+  'completing a job past its deadline before the sweeper: status expired, all 10 back, balance 100');
+SELECT is(tests.status_of(:'late_job'), 'expired', 'the job is expired now (the release was kept)');
+SELECT results_eq(format($$SELECT captured_credits, refunded_credits, result_url FROM public.generation_jobs WHERE id = %L$$, :'late_job'),
+  $$VALUES (0, 10, NULL::text)$$, '(nothing captured, no result stored)');
+SELECT is(tests.credits_of('erin'), 100, 'erin''s balance is restored');
+SELECT job_id AS late_refund FROM creditgate.charge_credits_at(tests.id_of('erin'), 'video', 7, NULL, '{}', 60, :t0) \gset
+SELECT is(creditgate.refund_credits_at(tests.id_of('erin'), :'late_refund', NULL, 'late', :t0 + interval '61 seconds'), 100,
+  'refunding a job past its deadline: the new balance, credits back');
+SELECT is(tests.status_of(:'late_refund'), 'expired', '(the job is expired, not failed)');
+SELECT is_empty($$SELECT * FROM public.verify_credit_ledger()$$, 'the ledger adds up after the late calls');
+SELECT job_id AS late_job FROM creditgate.charge_credits_at(tests.id_of('erin'), 'video', 10, NULL, '{}', 60, :t0) \gset
 SELECT results_eq(format($$SELECT status FROM creditgate.complete_generation_job_at(%L, NULL, NULL, %s + interval '59 seconds')$$,
   :'late_job', :'t0'), $$VALUES ('completed'::text)$$, 'before its deadline the same job completes');
 
