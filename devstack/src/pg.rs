@@ -17,6 +17,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// pg_cron in background workers, with workers enough for its launcher,
+/// concurrent job runs and parallel queries.
+const CRON_SETTINGS: [&str; 2] = ["cron.use_background_workers=on", "max_worker_processes=32"];
+
 /// The superuser's password (as `supabase start` uses).
 pub const PASSWORD: &str = "postgres";
 /// The PostgreSQL port `supabase start` uses.
@@ -108,6 +112,12 @@ impl Cluster {
             .arg(&data_dir)
             .arg("-p")
             .arg(port.to_string())
+            // pg_cron runs its jobs in background workers: its default, a
+            // libpq connection to localhost, fails here (no Unix socket, and
+            // TCP needs the password), so every run ended "connection
+            // failed". Given on the command line, so that clusters created
+            // before this setting get it too.
+            .args(CRON_SETTINGS.iter().flat_map(|setting| ["-c", setting]))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);

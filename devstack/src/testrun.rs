@@ -40,6 +40,9 @@ pub fn main(args: &[String]) -> Result<()> {
         run.suite("db: concurrency, charges under two shared limits (charge_credits_with_limits)", || {
             crate::reliability::multi_limit_concurrency(&cluster, FRESH)
         });
+        run.suite("db: pg_cron runs the sweeper and the cleanup (cron.job_run_details: succeeded)", || {
+            crate::reliability::cron_runs(&cluster, FRESH)
+        });
         run.suite("db: privileges, every function and table tried as each role", || {
             crate::reliability::privilege_sweep(&cluster, FRESH)
         });
