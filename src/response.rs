@@ -99,9 +99,21 @@ struct CompleteRow {
     refunded: Option<i64>,
 }
 
-/// `complete_generation_job`.
+/// `complete_generation_job`. A hold that had expired comes back as a row
+/// with status `expired` (the release is committed, the credits are back):
+/// for the caller that is a refused completion, `job_already_settled`.
 pub fn complete(response: &RpcResponse) -> Result<CompleteResult, CreditError> {
     let row: CompleteRow = response.row("complete_generation_job")?;
+    if row.status == "expired" {
+        return Err(CreditError::new(
+            ErrorCode::JobAlreadySettled,
+            "the hold expired before it was completed; its credits went back to the user",
+        )
+        .with_detail("jobId", row.job_id)
+        .with_detail("status", "expired")
+        .with_detail("balance", row.new_balance)
+        .with_detail("refunded", row.refunded.unwrap_or(0)));
+    }
     Ok(CompleteResult {
         job_id: row.job_id,
         status: row.status,
@@ -250,6 +262,18 @@ mod tests {
     fn limit_request() -> LimitRequest {
         LimitRequest::from_json(&json!({"key": "k", "limit": 10, "windowSeconds": 60}))
             .expect("valid")
+    }
+
+    #[test]
+    fn completing_an_expired_hold_is_a_409_that_says_so() {
+        let expired = ok(json!([{"job_id": JOB, "status": "expired", "new_balance": 40, "refunded": 10}]));
+        let error = complete(&expired).expect_err("refused");
+        assert_eq!((error.code(), error.status()), (ErrorCode::JobAlreadySettled, 409));
+        assert_eq!(error.details()["status"], "expired");
+        assert_eq!(error.details()["refunded"], 10);
+        assert_eq!(error.details()["balance"], 40);
+        let done = ok(json!([{"job_id": JOB, "status": "completed", "new_balance": 40, "refunded": 2}]));
+        assert_eq!(complete(&done).expect("completed").refunded, 2);
     }
 
     #[test]

@@ -366,6 +366,13 @@ impl Api {
             .ok_or_else(|| ApiError::from_code(ErrorCode::JobNotFound, "Job not found").with_detail("jobId", job_id.to_string()))?;
         let user = UserId::parse("userId", &job.user_id)?;
         trace.user = Some(user.to_string());
+        if job.status != "pending" {
+            // Settled already (an expired hold's credits are back): the SQL
+            // would change nothing, and the caller should know.
+            return Err(ApiError::from_code(ErrorCode::JobAlreadySettled, format!("the job is already {}", job.status))
+                .with_detail("jobId", job.id)
+                .with_detail("status", job.status));
+        }
         let result = self.client.refund(&RefundRequest { user_id: user, job_id, reason }).await?;
         Ok(ApiResponse::json(200, &json!({"jobId": job.id, "balance": result.balance, "refunded": job.cost})))
     }
