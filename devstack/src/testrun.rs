@@ -192,7 +192,9 @@ fn wait_for_http(port: u16) -> Result<()> {
 fn up_and_interrupt() -> Result<()> {
     let data_dir = crate::project_root().join("target/devstack/up-test");
     let ports = [24521u16, 24522, 24530, 24531];
-    let first = up_once(&data_dir, ports, true, |api| {
+    let key_file = crate::keys::SigningKey::path_in(&data_dir);
+    let kid_before = std::fs::read_to_string(&key_file).ok();
+    let (first, first_kid) = up_once(&data_dir, ports, true, |api| {
         let balance = demo_balance(api)?;
         let charge = format!(
             r#"{{"p_user_id":"{}","p_operation_type":"image","p_cost":7}}"#,
@@ -202,14 +204,33 @@ fn up_and_interrupt() -> Result<()> {
         if status != 200 {
             bail!("charge through the stack: {status} {body}");
         }
-        Ok(balance - 7)
+        Ok((balance - 7, jwks_kid(api)?))
     })?;
-    let second = up_once(&data_dir, ports, false, demo_balance)?;
+    if kid_before.is_some_and(|text| text.contains(&first_kid)) {
+        bail!("`cargo dev up --fresh` kept the previous signing key ({first_kid})");
+    }
+    let (second, second_kid) = up_once(&data_dir, ports, false, |api| Ok((demo_balance(api)?, jwks_kid(api)?)))?;
     if second != first {
         bail!("the demo user's balance was {first} before the restart and {second} after it");
     }
-    eprintln!("the demo user's balance ({second}) survived a restart without --fresh");
+    if second_kid != first_kid {
+        bail!("the signing key changed on a restart without --fresh ({first_kid} -> {second_kid}): tokens would not survive it");
+    }
+    eprintln!("the demo user's balance ({second}) and the signing key ({second_kid}) survived a restart without --fresh");
     Ok(())
+}
+
+/// The `kid` of the signing key the stack's JWKS endpoint serves.
+fn jwks_kid(api_port: u16) -> Result<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", api_port))?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+    write!(stream, "GET /auth/v1/.well-known/jwks.json HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let body = response.split_once("\r\n\r\n").map(|(_, body)| body).unwrap_or_default();
+    let jwks: serde_json::Value = serde_json::from_str(body).with_context(|| format!("a JWKS, not {response:?}"))?;
+    jwks["keys"][0]["kid"].as_str().map(str::to_string).with_context(|| format!("no kid in {jwks}"))
 }
 
 /// One `cargo dev up`: waits until it serves, runs `body` against its API
