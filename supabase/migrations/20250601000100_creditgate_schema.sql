@@ -446,8 +446,12 @@ END
 $$;
 
 -- -----------------------------------------------------------------------------
--- idempotency_keys: one row per (user, key), written in the same transaction
--- as the change it protects, holding what a replay returns.
+-- idempotency_keys: one row per (user, scope, key), written in the same
+-- transaction as the change it protects, holding what a replay returns. The
+-- scope is the kind of request that claimed the key, in `operation`: 'charge'
+-- (every charge function) or 'grant' (grant_credits). A purchase webhook's
+-- grant keyed by its event id and a charge that happened to use the same
+-- string are two keys, not a reuse.
 -- -----------------------------------------------------------------------------
 CREATE TABLE IF NOT EXISTS public.idempotency_keys (
   user_id uuid NOT NULL,
@@ -458,7 +462,7 @@ CREATE TABLE IF NOT EXISTS public.idempotency_keys (
   response jsonb,
   job_id uuid,
   created_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
-  PRIMARY KEY (user_id, key)
+  PRIMARY KEY (user_id, operation, key)
 );
 
 -- Legacy upgrade (the seed's shape: key, user_id, operation, status).
@@ -466,17 +470,66 @@ ALTER TABLE public.idempotency_keys ADD COLUMN IF NOT EXISTS request_hash text;
 ALTER TABLE public.idempotency_keys ADD COLUMN IF NOT EXISTS response jsonb;
 ALTER TABLE public.idempotency_keys ADD COLUMN IF NOT EXISTS job_id uuid;
 ALTER TABLE public.idempotency_keys ADD COLUMN IF NOT EXISTS created_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp();
+
+-- The scope of existing rows, from what each row records. creditgate always
+-- wrote 'charge' or 'grant' here; a grant never points at a job and always
+-- stored its response. The seed wrote the charge's operation type ('image')
+-- or NULL, no response and no job_id: it keyed only charges (its
+-- generation_jobs row keeps the operation type). So: a row that points at a
+-- job, has no stored response, or is not a 'grant' is a charge. Old
+-- uniqueness was (user, key), so no two rows can collide here. Only rows
+-- whose scope is not yet one of the two are touched: a re-run writes nothing.
+UPDATE public.idempotency_keys k SET operation = 'charge'
+WHERE k.operation IS NULL
+   OR k.operation NOT IN ('charge', 'grant')
+   OR (k.operation = 'grant' AND (k.job_id IS NOT NULL OR k.response IS NULL));
+ALTER TABLE public.idempotency_keys ALTER COLUMN operation SET NOT NULL;
+SELECT creditgate.ensure_constraint('public.idempotency_keys', 'idempotency_keys_scope_known',
+  $c$CHECK (operation IN ('charge', 'grant'))$c$);
+
 DO $$
+DECLARE
+  v_index record;
 BEGIN
-  -- Keys are scoped per user: (user_id, key) must be unique, whatever else is.
+  -- Keys were unique per (user, key) (an earlier creditgate's primary key, the
+  -- seed's UNIQUE (key, user_id), or the index idempotency_keys_user_id_key):
+  -- every such index goes, whatever its column order or name.
+  FOR v_index IN
+    SELECT i.indexrelid::regclass AS index_name, c.conname
+    FROM pg_catalog.pg_index i
+    LEFT JOIN pg_catalog.pg_constraint c ON c.conindid = i.indexrelid AND c.conrelid = i.indrelid
+    WHERE i.indrelid = 'public.idempotency_keys'::regclass AND i.indisunique AND i.indpred IS NULL
+      AND i.indnkeyatts = 2
+      AND (SELECT array_agg(a.attname ORDER BY a.attname) FROM pg_catalog.pg_attribute a
+           WHERE a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)) = ARRAY['key', 'user_id']::name[]
+    ORDER BY 1
+  LOOP
+    IF v_index.conname IS NOT NULL THEN
+      EXECUTE pg_catalog.format('ALTER TABLE public.idempotency_keys DROP CONSTRAINT %I', v_index.conname);
+    ELSE
+      EXECUTE pg_catalog.format('DROP INDEX %s', v_index.index_name);
+    END IF;
+  END LOOP;
+
+  -- Keys are unique per (user, scope, key): the primary key, unless a legacy
+  -- table has another primary key, which is kept beside a unique index.
   IF NOT EXISTS (
     SELECT FROM pg_catalog.pg_index i
     WHERE i.indrelid = 'public.idempotency_keys'::regclass AND i.indisunique AND i.indpred IS NULL
-      AND (SELECT array_agg(a.attname ORDER BY a.attname) FROM pg_catalog.pg_attribute a
-           WHERE a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)) = ARRAY['key', 'user_id']::name[]
-      AND i.indnatts = 2
+      AND i.indexprs IS NULL AND i.indnkeyatts = 3
+      AND i.indkey[0] = (SELECT a.attnum FROM pg_catalog.pg_attribute a
+                         WHERE a.attrelid = i.indrelid AND a.attname = 'user_id')
+      AND i.indkey[1] = (SELECT a.attnum FROM pg_catalog.pg_attribute a
+                         WHERE a.attrelid = i.indrelid AND a.attname = 'operation')
+      AND i.indkey[2] = (SELECT a.attnum FROM pg_catalog.pg_attribute a
+                         WHERE a.attrelid = i.indrelid AND a.attname = 'key')
   ) THEN
-    CREATE UNIQUE INDEX idempotency_keys_user_id_key ON public.idempotency_keys (user_id, key);
+    IF EXISTS (SELECT FROM pg_catalog.pg_constraint
+               WHERE conrelid = 'public.idempotency_keys'::regclass AND contype = 'p') THEN
+      CREATE UNIQUE INDEX idempotency_keys_user_scope_key ON public.idempotency_keys (user_id, operation, key);
+    ELSE
+      ALTER TABLE public.idempotency_keys ADD CONSTRAINT idempotency_keys_pkey PRIMARY KEY (user_id, operation, key);
+    END IF;
   END IF;
 END
 $$;
@@ -484,7 +537,9 @@ SELECT creditgate.ensure_constraint('public.idempotency_keys', 'idempotency_keys
   'CHECK (char_length(key) BETWEEN 1 AND 255)');
 
 COMMENT ON TABLE public.idempotency_keys IS
-  'Idempotency keys, scoped per user: the request fingerprint and the response a retry gets back.';
+  'Idempotency keys, scoped per user and per kind of request (operation): the request fingerprint and the response a retry gets back.';
+COMMENT ON COLUMN public.idempotency_keys.operation IS
+  'The scope: the kind of request that claimed the key, charge or grant. Unique per (user_id, operation, key).';
 
 -- -----------------------------------------------------------------------------
 -- rate_limits: one row per (key, limit, window): sliding-window counters in

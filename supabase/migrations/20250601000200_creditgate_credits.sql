@@ -385,17 +385,37 @@ $$;
 REVOKE ALL ON FUNCTION creditgate.require_open(public.generation_jobs) FROM PUBLIC;
 
 -- -----------------------------------------------------------------------------
--- Idempotency (IETF Idempotency-Key draft, Stripe): keys scoped per user;
--- same key and request -> the original result; same key, other request ->
--- PT422; same key while the first is still running -> PT409.
+-- Idempotency (IETF Idempotency-Key draft, Stripe): keys scoped per user and
+-- per kind of request (the scope: 'charge' for every charge function, 'grant'
+-- for grant_credits); within a scope, same key and request -> the original
+-- result; same key, other request -> PT422; same key while the first is still
+-- running -> PT409. The same key in the other scope is another key.
 -- -----------------------------------------------------------------------------
 
+/** The scopes an idempotency key can be claimed in (idempotency_keys.operation). */
+CREATE OR REPLACE FUNCTION creditgate.require_idempotency_scope(p_scope text)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  PERFORM creditgate.require(p_scope IN ('charge', 'grant'),
+    'the idempotency scope must be charge or grant',
+    pg_catalog.jsonb_build_object('parameter', 'p_operation', 'value', p_scope));
+END;
+$$;
+REVOKE ALL ON FUNCTION creditgate.require_idempotency_scope(text) FROM PUBLIC;
+
 /**
- * Claims (p_user_id, p_key) for this transaction and returns the stored
- * response of an earlier identical request, or NULL when the key is new (or
- * NULL). The claim is a transaction-scoped advisory lock, taken without
- * waiting: held by another transaction means that request is in flight.
- * Errors: PT409 idempotency_in_flight, PT422 idempotency_key_reused.
+ * Claims (p_user_id, p_operation, p_key) for this transaction, p_operation
+ * being the scope ('charge' or 'grant'), and returns the stored response of
+ * an earlier identical request in that scope, or NULL when the key is new
+ * there (or NULL). The claim is a transaction-scoped advisory lock on the
+ * scoped key, taken without waiting: held by another transaction means that
+ * request is in flight. The same key in the other scope is not looked at.
+ * Errors: 22023 (unknown scope), PT409 idempotency_in_flight, PT422
+ * idempotency_key_reused.
  */
 CREATE OR REPLACE FUNCTION creditgate.claim_idempotency_key(
   p_user_id uuid, p_key text, p_operation text, p_request_hash text)
@@ -410,19 +430,23 @@ BEGIN
   IF p_key IS NULL THEN
     RETURN NULL;
   END IF;
+  IF p_operation IS DISTINCT FROM 'charge' AND p_operation IS DISTINCT FROM 'grant' THEN
+    PERFORM creditgate.require_idempotency_scope(p_operation);
+  END IF;
+  -- A uuid has no ':' and a scope is one word: the lock name is unambiguous.
   IF NOT pg_catalog.pg_try_advisory_xact_lock(
-      pg_catalog.hashtextextended(p_user_id::text || ':' || p_key, 7146)) THEN
+      pg_catalog.hashtextextended(p_user_id::text || ':' || p_operation || ':' || p_key, 7146)) THEN
     PERFORM creditgate.fail('PT409', 'idempotency_in_flight',
       'A request with this idempotency key is still in progress',
-      pg_catalog.jsonb_build_object('idempotency_key', p_key));
+      pg_catalog.jsonb_build_object('idempotency_key', p_key, 'operation', p_operation));
   END IF;
 
-  SELECT * INTO v_stored FROM public.idempotency_keys k WHERE k.user_id = p_user_id AND k.key = p_key;
+  SELECT * INTO v_stored FROM public.idempotency_keys k
+  WHERE k.user_id = p_user_id AND k.operation = p_operation AND k.key = p_key;
   IF NOT FOUND THEN
     RETURN NULL;
   END IF;
-  IF v_stored.operation IS DISTINCT FROM p_operation OR v_stored.request_hash IS DISTINCT FROM p_request_hash
-     OR v_stored.response IS NULL THEN
+  IF v_stored.request_hash IS DISTINCT FROM p_request_hash OR v_stored.response IS NULL THEN
     PERFORM creditgate.fail('PT422', 'idempotency_key_reused',
       'This idempotency key was already used for a different request',
       pg_catalog.jsonb_build_object('idempotency_key', p_key, 'operation', v_stored.operation));
@@ -432,7 +456,10 @@ END;
 $$;
 REVOKE ALL ON FUNCTION creditgate.claim_idempotency_key(uuid, text, text, text) FROM PUBLIC;
 
-/** Stores what a retry with (p_user_id, p_key) gets back. Does nothing for a NULL key. */
+/**
+ * Stores what a retry with (p_user_id, p_operation, p_key) gets back, in the
+ * scope p_operation. Does nothing for a NULL key. Errors: 22023 (unknown scope).
+ */
 CREATE OR REPLACE FUNCTION creditgate.record_idempotency_key(
   p_user_id uuid, p_key text, p_operation text, p_request_hash text, p_response jsonb, p_job_id uuid)
 RETURNS void
@@ -442,6 +469,9 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
   IF p_key IS NOT NULL THEN
+    IF p_operation IS DISTINCT FROM 'charge' AND p_operation IS DISTINCT FROM 'grant' THEN
+      PERFORM creditgate.require_idempotency_scope(p_operation);
+    END IF;
     INSERT INTO public.idempotency_keys (user_id, key, operation, status, request_hash, response, job_id)
     VALUES (p_user_id, p_key, p_operation, 'completed', p_request_hash, p_response, p_job_id);
   END IF;

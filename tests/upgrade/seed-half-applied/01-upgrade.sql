@@ -31,8 +31,9 @@ SELECT policies_are('public', 'generation_jobs', ARRAY['generation_jobs_select_o
   'the seed''s job policies are replaced');
 SELECT results_eq($$SELECT id::text, status, captured_credits, completed_at IS NOT NULL, expires_at IS NOT NULL FROM public.generation_jobs ORDER BY id$$,
   $$VALUES ('00000000-0000-4000-b000-000000000001', 'completed'::text, 40, true, true),
-           ('00000000-0000-4000-b000-000000000002', 'failed', NULL, true, true)$$,
-  'the job the seed never completed is captured (not refunded by the sweeper), the refunded one stays failed');
+           ('00000000-0000-4000-b000-000000000002', 'failed', NULL, true, true),
+           ('00000000-0000-4000-b000-000000000003', 'failed', NULL, true, true)$$,
+  'the job the seed never completed is captured (not refunded by the sweeper), the refunded ones stay failed');
 SELECT is(creditgate.expire_stale_generation_jobs_at('2100-01-01'), 0, 'so the sweeper has nothing to release');
 SELECT has_column('public', 'rate_limits', 'bucket_costs', 'rate_limits has the new shape');
 SELECT policies_are('public', 'rate_limits', ARRAY[]::name[], 'and no USING (true) policy');

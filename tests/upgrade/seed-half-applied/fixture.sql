@@ -7,8 +7,9 @@
 --     a key to users ON DELETE CASCADE, the seed's DO INSTEAD NOTHING rules
 --     and its verify_ledger_delta trigger;
 --   * the seed's generation_jobs (global idempotency index, key to auth.users
---     ON DELETE CASCADE) with a job it charged and never completed and one it
---     refunded; its idempotency_keys; its atomic_charge_credits and
+--     ON DELETE CASCADE) with a job it charged and never completed and two it
+--     refunded; its idempotency_keys (UNIQUE (key, user_id), keys of
+--     charges only, `operation` = the charge's operation type); its atomic_charge_credits and
 --     refund_credits (SECURITY INVOKER, executable by anyone);
 --   * the seed's rate_limits, check_rate_limit and cleanup_expired_rate_limits.
 
@@ -123,6 +124,11 @@ VALUES ('1.2.3.4', 'ip', 3, '2024-01-01 10:00', '2024-01-01 10:01');
 -- What the seed's functions left.
 INSERT INTO generation_jobs (id, user_id, operation_type, status, cost, idempotency_key, created_at, completed_at, error_message) VALUES
   ('00000000-0000-4000-b000-000000000001', 'a11ce000-0000-4000-8000-000000000001', 'image', 'pending', 40, 'k1', '2024-01-02 10:00:00+00', NULL, NULL),
-  ('00000000-0000-4000-b000-000000000002', 'a11ce000-0000-4000-8000-000000000001', 'image', 'failed', 5, NULL, '2024-01-03 10:00:00+00', '2024-01-03 10:01:00+00', 'Refunded: timeout');
-INSERT INTO public.idempotency_keys (key, user_id, operation, status) VALUES
-  ('k1', 'a11ce000-0000-4000-8000-000000000001', 'image', 'started');
+  ('00000000-0000-4000-b000-000000000002', 'a11ce000-0000-4000-8000-000000000001', 'image', 'failed', 5, NULL, '2024-01-03 10:00:00+00', '2024-01-03 10:01:00+00', 'Refunded: timeout'),
+  ('00000000-0000-4000-b000-000000000003', 'b0b00000-0000-4000-8000-000000000002', 'grant', 'failed', 5, 'k2', '2024-01-02 11:00:00+00', '2024-01-02 11:01:00+00', 'Refunded: timeout');
+-- The seed keyed only charges and wrote their operation type as `operation`:
+-- k1 is alice's charged job; bob's k2 keyed a charge (refunded) of an
+-- operation type that happens to be called 'grant'.
+INSERT INTO public.idempotency_keys (key, user_id, operation, status, created_at) VALUES
+  ('k1', 'a11ce000-0000-4000-8000-000000000001', 'image', 'started', '2024-01-02 10:00:00+00'),
+  ('k2', 'b0b00000-0000-4000-8000-000000000002', 'grant', 'started', '2024-01-02 11:00:00+00');
