@@ -103,6 +103,10 @@ fn stack_suites(run: &mut Run, wanted: &dyn Fn(&str) -> bool) -> Result<()> {
     // The function gives up on the generator after 2 s here (20 s by
     // default), so the tests of a hanging generator finish quickly.
     std::env::set_var("CREDITGATE_GENERATOR_TIMEOUT_MS", "2000");
+    // The test clients stand in for a CDN the deployment trusts: their
+    // X-Forwarded-For hop is the one left of the one the stack's proxy
+    // appends, so each test can be its own client address.
+    std::env::set_var("CREDITGATE_TRUSTED_PROXY_HOPS", "2");
     // Test-only functions beside the project's (verify_jwt on and off).
     std::env::set_var(crate::stack::EXTRA_FUNCTIONS_ENV, root.join("tests/e2e/supabase"));
     let stack = crate::stack::Stack::start(&options);
