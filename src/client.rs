@@ -1,14 +1,17 @@
-//! Sending RPC requests with the `postgrest` crate (reqwest natively, the
-//! global `fetch` on wasm32), and `run`: charge, work, complete or refund.
+//! The one PostgREST transport: every [`Call`] (an RPC or a table read)
+//! goes out through the `postgrest` crate (reqwest natively, the global
+//! `fetch` on wasm32), and comes back as an [`Answer`] the `answers` module
+//! decodes. Also [`CreditClient::run`] (charge, work, settle) and
+//! [`CreditClient::settle`], the settling step `/generate` shares with it.
 
+use crate::answers::{self, Answer};
+use crate::calls::{self, Filter, Read, Rpc};
+use crate::config::Config;
 use crate::error::CreditError;
-use crate::request::{self, Config, RpcRequest};
-use crate::response::{self, RpcResponse};
-use crate::types::{
+use crate::{
     BalanceResult, ChargeRequest, ChargeResult, ChargeWithLimitRequest, ChargeWithLimitResult,
-    ChargeWithLimitsRequest, ChargeWithLimitsResult,
-    CompleteRequest, CompleteResult, GrantRequest, JobId, LimitRequest, RateLimitResult, Reason,
-    RefundRequest, RunOutput, UserId,
+    ChargeWithLimitsRequest, ChargeWithLimitsResult, CompleteRequest, CompleteResult, GrantRequest, JobId,
+    JobView, LedgerView, LimitRequest, RateLimitResult, Reason, RefundRequest, RunOutput, UserId,
 };
 use postgrest::Postgrest;
 use std::future::Future;
@@ -22,20 +25,48 @@ pub struct CreditClient {
 
 impl std::fmt::Debug for CreditClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CreditClient")
-            .field("config", &self.config)
-            .finish()
+        f.debug_struct("CreditClient").field("config", &self.config).finish()
     }
+}
+
+/// One PostgREST call, plain data: what [`CreditClient::builder`] sends.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Call {
+    Rpc(Rpc),
+    Read(Read),
+}
+
+impl Call {
+    /// The function or table, for error details.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Call::Rpc(rpc) => rpc.function,
+            Call::Read(read) => read.table,
+        }
+    }
+}
+
+/// How [`CreditClient::settle`] ended a job.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Settled {
+    /// The work's output was recorded.
+    Completed(CompleteResult),
+    /// Completing failed (`error`); the hold was refunded if `refunded` has
+    /// the new balance, else the expiry sweeper releases it.
+    CompleteFailed { error: CreditError, refunded: Option<i64> },
+    /// The work failed; refunded as above.
+    Refunded { refunded: Option<i64> },
 }
 
 impl CreditClient {
     pub fn new(config: Config) -> Self {
         // Config has checked the key is printable ASCII, so the postgrest
         // crate's header insertion (which panics on an invalid value) is safe.
-        let postgrest = config.headers().into_iter().fold(
-            Postgrest::new(config.rest_url()),
-            |client, (name, value)| client.insert_header(name, value),
-        );
+        let postgrest = config
+            .headers()
+            .into_iter()
+            .filter(|(name, _)| *name != "Content-Type")
+            .fold(Postgrest::new(config.rest_url()), |client, (name, value)| client.insert_header(name, value));
         CreditClient { config, postgrest }
     }
 
@@ -43,145 +74,162 @@ impl CreditClient {
         &self.config
     }
 
-    /// The postgrest crate's request for `rpc`, before it is sent. The same
-    /// URL, headers and body as `rpc` says (a unit test holds them equal).
-    pub fn prepare(&self, rpc: &RpcRequest) -> postgrest::Builder {
-        self.postgrest.rpc(rpc.function, rpc.body.to_string())
+    /// The postgrest crate's request for `call`, before it is sent.
+    pub fn builder(&self, call: &Call) -> postgrest::Builder {
+        match call {
+            Call::Rpc(rpc) => self.postgrest.rpc(rpc.function, rpc.body.to_string()),
+            Call::Read(read) => {
+                let mut builder = self.postgrest.from(read.table).select(read.select);
+                for (column, filter) in &read.filters {
+                    builder = match filter {
+                        Filter::Eq(value) => builder.eq(column, value),
+                        Filter::Lt(value) => builder.lt(column, value),
+                    };
+                }
+                if let Some(order) = read.order {
+                    builder = builder.order(order);
+                }
+                match read.limit {
+                    Some(limit) if limit > 0 => builder.limit(limit),
+                    _ => builder,
+                }
+            }
+        }
     }
 
-    /// Sends one request and reads the whole answer. Only a transport
-    /// failure is an error here; statuses are for `response` to judge.
-    pub async fn send(&self, rpc: &RpcRequest) -> Result<RpcResponse, CreditError> {
+    /// Sends one call and reads the whole answer. Only a transport failure
+    /// is an error here; statuses are for `answers` to judge.
+    pub async fn send(&self, call: &Call) -> Result<Answer, CreditError> {
         let network = |error: &dyn std::fmt::Display| {
             // On wasm32 the text embeds the JS error and its stack: keep
             // only the first line.
             let text = error.to_string();
-            let first_line = text
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .replace("JsValue(", "");
-            CreditError::network(format!("{} request failed: {first_line}", rpc.function))
-                .with_detail("function", rpc.function)
+            let first_line = text.lines().next().unwrap_or_default().replace("JsValue(", "");
+            let detail = if matches!(call, Call::Rpc(_)) { "function" } else { "table" };
+            CreditError::network(format!("{} request failed: {first_line}", call.name())).with_detail(detail, call.name())
         };
-        let answer = self.prepare(rpc).execute().await.map_err(|e| network(&e))?;
+        let answer = self.builder(call).execute().await.map_err(|e| network(&e))?;
         let status = answer.status().as_u16();
         let body = answer.text().await.map_err(|e| network(&e))?;
-        Ok(RpcResponse::new(status, body))
+        Ok(Answer::new(status, body))
+    }
+
+    async fn rpc(&self, rpc: Rpc) -> Result<Answer, CreditError> {
+        self.send(&Call::Rpc(rpc)).await
     }
 
     pub async fn charge(&self, request: &ChargeRequest) -> Result<ChargeResult, CreditError> {
-        response::charge(&self.send(&request::charge(&self.config, request)).await?)
+        answers::charge(&self.rpc(calls::charge(request)).await?)
     }
 
     pub async fn complete(&self, request: &CompleteRequest) -> Result<CompleteResult, CreditError> {
-        response::complete(&self.send(&request::complete(&self.config, request)).await?)
+        answers::complete(&self.rpc(calls::complete(request)).await?)
     }
 
     pub async fn refund(&self, request: &RefundRequest) -> Result<BalanceResult, CreditError> {
-        response::balance_result(
-            "refund_credits",
-            &self.send(&request::refund(&self.config, request)).await?,
-        )
+        answers::balance_result("refund_credits", &self.rpc(calls::refund(request)).await?)
     }
 
     pub async fn grant(&self, request: &GrantRequest) -> Result<BalanceResult, CreditError> {
-        response::balance_result(
-            "grant_credits",
-            &self.send(&request::grant(&self.config, request)).await?,
-        )
+        answers::balance_result("grant_credits", &self.rpc(calls::grant(request)).await?)
     }
 
     pub async fn balance(&self, user_id: &UserId) -> Result<i64, CreditError> {
-        response::balance(
-            "get_credit_balance",
-            &self.send(&request::balance(&self.config, user_id)).await?,
-        )
+        answers::balance("get_credit_balance", &self.rpc(calls::balance(user_id)).await?)
     }
 
     pub async fn limit(&self, request: &LimitRequest) -> Result<RateLimitResult, CreditError> {
-        response::limit(
-            request,
-            &self.send(&request::limit(&self.config, request)).await?,
-        )
+        answers::limit(request, &self.rpc(calls::limit(request)).await?)
     }
 
-    pub async fn charge_with_limit(
-        &self,
-        request: &ChargeWithLimitRequest,
-    ) -> Result<ChargeWithLimitResult, CreditError> {
-        let rpc = request::charge_with_limit(&self.config, request);
-        response::charge_with_limit(&request.limit, &self.send(&rpc).await?)
+    /// One limit and the charge in one transaction: the one-limit case of
+    /// [`CreditClient::charge_with_limits`], in the flat shape JS gets.
+    pub async fn charge_with_limit(&self, request: &ChargeWithLimitRequest) -> Result<ChargeWithLimitResult, CreditError> {
+        let both = ChargeWithLimitsRequest { charge: request.charge.clone(), limits: vec![request.limit.clone()] };
+        answers::charge_with_limit(&request.limit, &self.rpc(calls::charge_with_limits(&both)).await?)
     }
 
     /// A charge and several limits in one transaction, all or nothing.
-    pub async fn charge_with_limits(
-        &self,
-        request: &ChargeWithLimitsRequest,
-    ) -> Result<ChargeWithLimitsResult, CreditError> {
-        let rpc = request::charge_with_limits(&self.config, request);
-        response::charge_with_limits(&request.limits, &self.send(&rpc).await?)
+    pub async fn charge_with_limits(&self, request: &ChargeWithLimitsRequest) -> Result<ChargeWithLimitsResult, CreditError> {
+        answers::charge_with_limits(&request.limits, &self.rpc(calls::charge_with_limits(request)).await?)
     }
 
-    /// Charges, runs `work` with the job, then completes the job with what
-    /// `work` returned; if `work` fails, or completing fails, refunds the
-    /// hold and returns the failure. If the refund itself cannot be made
-    /// (the network is gone), the hold is released by the expiry sweeper
-    /// after its `holdSeconds`: the credits are never lost.
+    /// One job: the owner's own (`owner`), or any (the service role).
+    pub async fn job(&self, job_id: JobId, owner: Option<UserId>) -> Result<Option<JobView>, CreditError> {
+        let read = calls::job(job_id, owner);
+        let answer = self.send(&Call::Read(read)).await?;
+        Ok(answers::rows::<JobView>("generation_jobs", &answer)?.into_iter().next())
+    }
+
+    /// A user's latest jobs, newest first.
+    pub async fn jobs(&self, owner: UserId, limit: u32) -> Result<Vec<JobView>, CreditError> {
+        let answer = self.send(&Call::Read(calls::jobs(owner, limit))).await?;
+        answers::rows("generation_jobs", &answer)
+    }
+
+    /// A page of a user's ledger, newest first, and the id to pass as
+    /// `before` for the next page (`None`: no more).
+    pub async fn ledger(&self, owner: UserId, limit: u32, before: Option<i64>) -> Result<(Vec<LedgerView>, Option<i64>), CreditError> {
+        let answer = self.send(&Call::Read(calls::ledger(owner, limit, before))).await?;
+        let mut entries: Vec<LedgerView> = answers::rows("credit_ledger", &answer)?;
+        let more = entries.len() > limit as usize;
+        entries.truncate(limit as usize);
+        let next = if more { entries.last().map(|entry| entry.id) } else { None };
+        Ok((entries, next))
+    }
+
+    /// Charges, runs `work` with the job, then settles the job with what
+    /// `work` returned (see [`CreditClient::settle`]). If the refund itself
+    /// cannot be made (the network is gone), the hold is released by the
+    /// expiry sweeper after its `holdSeconds`: the credits are never lost.
     ///
     /// A replayed charge (same idempotency key) still calls `work`, with
     /// `job.replayed` set, so `work` can decide what a retry means.
-    pub async fn run<T, E, W, Fut>(
-        &self,
-        request: &ChargeRequest,
-        work: W,
-    ) -> Result<RunOutcome<T>, RunError<E>>
+    pub async fn run<T, E, W, Fut>(&self, request: &ChargeRequest, work: W) -> Result<RunOutcome<T>, RunError<E>>
     where
         W: FnOnce(ChargeResult) -> Fut,
         Fut: Future<Output = Result<(T, RunOutput), E>>,
     {
         let charge = self.charge(request).await.map_err(RunError::Credit)?;
-        let job_id = JobId::parse("jobId", &charge.job_id).map_err(RunError::Credit)?;
-        let (value, output) = match work(charge.clone()).await {
-            Ok(done) => done,
+        match work(charge.clone()).await {
+            Ok((value, output)) => match self.settle(request.user_id, charge.job_id, Ok(output), "run").await {
+                Settled::Completed(completion) => Ok(RunOutcome { value, charge, completion }),
+                Settled::CompleteFailed { error, .. } => Err(RunError::Credit(error)),
+                Settled::Refunded { .. } => unreachable!("an Ok output is completed or fails to complete"),
+            },
             Err(error) => {
-                self.refund_quietly(request.user_id, job_id, "run: the job's work failed")
-                    .await;
-                return Err(RunError::Work(error));
-            }
-        };
-        let completing = CompleteRequest {
-            job_id,
-            result_url: output.result_url,
-            actual_cost: output.actual_cost,
-        };
-        match self.complete(&completing).await {
-            Ok(completion) => Ok(RunOutcome {
-                value,
-                charge,
-                completion,
-            }),
-            Err(error) => {
-                // If the completion did commit (the answer was lost), the
-                // refund is refused as job_already_settled: nothing is undone.
-                self.refund_quietly(request.user_id, job_id, "run: completing the job failed")
-                    .await;
-                Err(RunError::Credit(error))
+                self.settle(request.user_id, charge.job_id, Err("the job's work failed"), "run").await;
+                Err(RunError::Work(error))
             }
         }
     }
 
-    async fn refund_quietly(&self, user_id: UserId, job_id: JobId, why: &'static str) {
-        if let Ok(reason) = Reason::new(why) {
-            // Best effort: the caller gets the original failure either way.
-            let _ = self
-                .refund(&RefundRequest {
-                    user_id,
-                    job_id,
-                    reason,
-                })
-                .await;
-        }
+    /// Ends a job after its work: completes it with the work's `output`, or,
+    /// when the work failed (`Err(why)`) or completing fails, refunds it
+    /// (best effort: the caller reports the original failure either way).
+    /// If a completion did commit but its answer was lost, the refund is
+    /// refused as `job_already_settled` and nothing is undone.
+    pub async fn settle(&self, user_id: UserId, job_id: JobId, output: Result<RunOutput, &str>, by: &str) -> Settled {
+        let why = match output {
+            Ok(output) => {
+                let completing = CompleteRequest { job_id, result_url: output.result_url, actual_cost: output.actual_cost };
+                match self.complete(&completing).await {
+                    Ok(completion) => return Settled::Completed(completion),
+                    Err(error) => {
+                        let refunded = self.refund_quietly(user_id, job_id, &format!("{by}: completing the job failed")).await;
+                        return Settled::CompleteFailed { error, refunded };
+                    }
+                }
+            }
+            Err(why) => format!("{by}: {why}"),
+        };
+        Settled::Refunded { refunded: self.refund_quietly(user_id, job_id, &why).await }
+    }
+
+    /// Refunds a job; the new balance, or `None` if that could not be done.
+    async fn refund_quietly(&self, user_id: UserId, job_id: JobId, why: &str) -> Option<i64> {
+        let reason = Reason::new(why).ok()?;
+        self.refund(&RefundRequest { user_id, job_id, reason }).await.ok().map(|result| result.balance)
     }
 }
 
@@ -208,53 +256,65 @@ mod tests {
 
     const KEY: &str = "eyJhbGciOiJIUzI1NiJ9.e30.sig";
     const USER: &str = "9b2d1c0e-8f1a-4c2b-9d3e-5f6a7b8c9d0e";
+    const JOB: &str = "0f0e0d0c-0b0a-4908-8706-050403020100";
 
-    /// What the postgrest crate would put on the wire equals what
-    /// `request.rs` built, for every RPC.
+    fn built(client: &CreditClient, call: &Call) -> reqwest::Request {
+        client.builder(call).build().build().expect("a valid request")
+    }
+
+    fn header<'r>(request: &'r reqwest::Request, name: &str) -> Option<&'r str> {
+        request.headers().get(name).and_then(|value| value.to_str().ok())
+    }
+
+    fn client(url: &str, key: &str) -> CreditClient {
+        CreditClient::new(Config::new(url, key).expect("valid"))
+    }
+
     #[test]
-    fn the_postgrest_request_matches_the_plain_request() {
-        let config = Config::new("http://127.0.0.1:54321", KEY).expect("valid");
-        let client = CreditClient::new(config.clone());
-        let charge = ChargeRequest::from_json(&json!({
-            "userId": USER, "operation": "image", "cost": 5, "idempotencyKey": "k", "metadata": {"a": [1]}
-        }))
-        .expect("valid");
-        let refund = RefundRequest::from_json(&json!({
-            "userId": USER, "jobId": USER, "reason": "because"
-        }))
-        .expect("valid");
-        let limit = LimitRequest::from_json(&json!({"key": "k", "limit": 2, "windowSeconds": 1}))
-            .expect("valid");
+    fn every_rpc_is_a_post_with_apikey_bearer_and_its_arguments() {
+        let client = client("http://127.0.0.1:54321", KEY);
         let user = UserId::parse("userId", USER).expect("uuid");
-        let rpcs = [
-            request::charge(&config, &charge),
-            request::refund(&config, &refund),
-            request::limit(&config, &limit),
-            request::balance(&config, &user),
-        ];
-        for rpc in rpcs {
-            let built = client
-                .prepare(&rpc)
-                .build()
-                .build()
-                .expect("a valid request");
-            assert_eq!(built.method().as_str(), rpc.method());
-            assert_eq!(built.url().as_str(), rpc.url);
-            for (name, value) in &rpc.headers {
-                assert_eq!(
-                    built.headers().get(*name).and_then(|v| v.to_str().ok()),
-                    Some(value.as_str()),
-                    "header {name}"
-                );
-            }
-            assert_eq!(built.headers().len(), rpc.headers.len(), "no other headers");
-            let body = built
-                .body()
-                .and_then(|body| body.as_bytes())
-                .expect("a body");
-            let sent: serde_json::Value = serde_json::from_slice(body).expect("JSON body");
-            assert_eq!(sent, rpc.body);
-        }
+        let rpc = calls::balance(&user);
+        let request = built(&client, &Call::Rpc(rpc.clone()));
+        assert_eq!(request.method().as_str(), "POST");
+        assert_eq!(request.url().as_str(), "http://127.0.0.1:54321/rest/v1/rpc/get_credit_balance");
+        assert_eq!(header(&request, "apikey"), Some(KEY));
+        assert_eq!(header(&request, "Authorization"), Some(format!("Bearer {KEY}").as_str()));
+        assert_eq!(header(&request, "Content-Type"), Some("application/json"));
+        assert_eq!(header(&request, "Accept"), Some("application/json"));
+        let body = request.body().and_then(|body| body.as_bytes()).expect("a body");
+        assert_eq!(serde_json::from_slice::<serde_json::Value>(body).expect("JSON"), json!({"p_user_id": USER}));
+        assert_eq!(rpc.body, json!({"p_user_id": USER}));
+        // A base URL with /rest/v1 builds the same request.
+        let with = built(&self::client("http://127.0.0.1:54321/rest/v1/", KEY), &Call::Rpc(rpc));
+        assert_eq!(with.url(), request.url());
+    }
+
+    #[test]
+    fn a_new_style_secret_key_goes_in_apikey_only() {
+        let client = client("https://abc.supabase.co", "sb_secret_abc123");
+        let user = UserId::parse("userId", USER).expect("uuid");
+        let request = built(&client, &Call::Rpc(calls::balance(&user)));
+        assert_eq!(header(&request, "apikey"), Some("sb_secret_abc123"));
+        assert_eq!(header(&request, "Authorization"), None);
+        assert_eq!(header(&request, "Content-Type"), Some("application/json"));
+    }
+
+    #[test]
+    fn a_read_is_a_get_filtered_ordered_and_ranged() {
+        let client = client("http://127.0.0.1:54321", KEY);
+        let user = UserId::parse("userId", USER).expect("uuid");
+        let job = JobId::parse("jobId", JOB).expect("uuid");
+        let request = built(&client, &Call::Read(calls::job(job, Some(user))));
+        assert_eq!(request.method().as_str(), "GET");
+        let url = request.url().as_str();
+        assert!(url.starts_with("http://127.0.0.1:54321/rest/v1/generation_jobs?select="), "{url}");
+        assert!(url.ends_with(&format!("&id=eq.{JOB}&user_id=eq.{USER}")), "{url}");
+        assert_eq!(header(&request, "apikey"), Some(KEY));
+        assert_eq!(header(&request, "Authorization"), Some(format!("Bearer {KEY}").as_str()));
+        let page = built(&client, &Call::Read(calls::ledger(user, 5, Some(42))));
+        assert!(page.url().as_str().ends_with(&format!("user_id=eq.{USER}&id=lt.42&order=id.desc")), "{}", page.url());
+        assert_eq!(header(&page, "Range"), Some("0-5"), "one row more than asked");
     }
 
     /// A port nothing listens on: the transport fails, and that is a
@@ -264,12 +324,14 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().expect("addr").port();
         drop(listener);
-        let config = Config::new(&format!("http://127.0.0.1:{port}"), KEY).expect("valid");
-        let client = CreditClient::new(config);
+        let client = client(&format!("http://127.0.0.1:{port}"), KEY);
         let user = UserId::parse("userId", USER).expect("uuid");
         let error = client.balance(&user).await.expect_err("nothing listens");
         assert_eq!(error.code(), crate::ErrorCode::Network);
         assert!(error.retryable());
         assert_eq!(error.details()["function"], "get_credit_balance");
+        let read = client.jobs(user, 5).await.expect_err("nothing listens");
+        assert_eq!((read.code(), read.status()), (crate::ErrorCode::Network, 503));
+        assert_eq!(read.details()["table"], "generation_jobs");
     }
 }

@@ -1,31 +1,40 @@
 //! creditgate: credits and rate limits for paid operations in Supabase apps.
 //!
 //! A typed client for creditgate's SQL functions (`docs/rpc.md`), called
-//! through PostgREST. Plain Rust, testable natively; compiled to wasm32 it
-//! is the npm package `creditgate` (`src/wasm.rs` is the only JS-facing
-//! layer).
+//! through PostgREST, and the HTTP API the Edge Function runs ([`api`]).
+//! Plain Rust, testable natively; compiled to wasm32 it is the npm package
+//! `creditgate` (`js_client.rs` is its JS surface; `api/js_handler.rs` the
+//! Edge Function's). See `docs/design.md` for how the pieces fit.
 //!
-//! - [`types`]: validated requests (values that cannot be built invalid) and results.
-//! - [`request`]: each RPC as plain data (URL, headers, body), built without a network.
-//! - [`response`]: each RPC's answer decoded into a result or a [`CreditError`].
-//! - [`client`]: sending with the `postgrest` crate; `run` (charge, work, settle).
+//! - [`values`]: what requests carry, each a type that cannot be built invalid.
+//! - [`requests`]: requests parsed from JSON, every field checked.
+//! - [`results`]: what the calls return.
+//! - [`config`]: the project URL and key.
+//! - [`calls`]: every PostgREST call (RPC or table read) as plain data.
+//! - [`client`]: the one transport (the `postgrest` crate), `run` and `settle`.
+//! - [`answers`]: each answer decoded into a result or a [`CreditError`].
 //! - [`error`]: the one error type and its stable codes.
-//! - [`ratelimit`]: IETF `RateLimit-Policy` / `RateLimit` / `Retry-After` values.
+//! - [`rate_limit_headers`]: IETF `RateLimit-Policy` / `RateLimit` / `Retry-After` values.
 
 pub mod api;
+pub mod answers;
+pub mod calls;
 pub mod client;
+pub mod config;
 pub mod error;
-pub mod ratelimit;
-pub mod request;
-pub mod response;
-pub mod types;
+pub mod rate_limit_headers;
+pub mod requests;
+pub mod results;
+pub mod values;
 
 #[cfg(target_arch = "wasm32")]
-mod wasm;
+mod js_client;
 
-pub use client::{CreditClient, RunError, RunOutcome};
+pub use client::{Call, CreditClient, RunError, RunOutcome, Settled};
 pub use error::{CreditError, ErrorCode};
-pub use ratelimit::{rate_limit_headers, DEFAULT_POLICY};
-pub use request::{Config, RpcRequest};
-pub use response::RpcResponse;
-pub use types::*;
+pub use rate_limit_headers::{rate_limit_headers, DEFAULT_POLICY};
+pub use answers::Answer;
+pub use config::Config;
+pub use requests::*;
+pub use results::*;
+pub use values::*;

@@ -5,7 +5,7 @@
 //! module instance for every later request.
 #![cfg(not(target_arch = "wasm32"))]
 
-use creditgate::response::{self, RpcResponse};
+use creditgate::answers::{self, Answer};
 use creditgate::{
     ChargeRequest, ChargeWithLimitRequest, CompleteRequest, CreditError, ErrorCode, GrantRequest,
     LimitRequest, Metadata, RateLimitResult, RefundRequest, RunOutput,
@@ -173,7 +173,7 @@ fn parse_all(input: &Value) {
 /// Every decoder, on one answer: each gives a result or a CreditError
 /// whose status is one of the table's.
 fn decode_all(status: u16, body: &str) {
-    let answer = RpcResponse::new(status, body);
+    let answer = Answer::new(status, body);
     let limit = LimitRequest::from_json(&json!({"key": "k", "limit": 5, "windowSeconds": 60}))
         .expect("valid");
     let statuses = [400, 401, 402, 403, 404, 409, 422, 429, 502, 503];
@@ -182,12 +182,14 @@ fn decode_all(status: u16, body: &str) {
             assert!(statuses.contains(&error.status()), "{error}");
         }
     };
-    check(response::charge(&answer).err());
-    check(response::complete(&answer).err());
-    check(response::balance("get_credit_balance", &answer).err());
-    check(response::balance_result("refund_credits", &answer).err());
-    check(response::limit(&limit, &answer).err());
-    check(response::charge_with_limit(&limit, &answer).err());
+    check(answers::charge(&answer).err());
+    check(answers::complete(&answer).err());
+    check(answers::balance("get_credit_balance", &answer).err());
+    check(answers::balance_result("refund_credits", &answer).err());
+    check(answers::limit(&limit, &answer).err());
+    check(answers::charge_with_limit(&limit, &answer).err());
+    check(answers::charge_with_limits(std::slice::from_ref(&limit), &answer).err());
+    check(answers::rows::<creditgate::LedgerView>("credit_ledger", &answer).err());
     check(Some(CreditError::from_postgrest(status, body)));
 }
 

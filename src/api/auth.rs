@@ -24,12 +24,12 @@
 //!   without a configured secret, an EC key asked to verify RS256, are all
 //!   refused before any signature is computed.
 
-use super::backend::Sender;
+use super::outbound::Sender;
 use super::error::ApiError;
 use super::http::ApiRequest;
 use super::keys::{verify_signature, Algorithm, KeyStore, Lookup};
 use super::settings::Settings;
-use crate::types::UserId;
+use crate::UserId;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use hmac::{Hmac, Mac};

@@ -2,19 +2,19 @@
 
 use super::auth::{authenticate, Caller};
 use super::keys::KeyStore;
-use super::backend::{self, Generated, JobView, LedgerView, Sender};
+use super::outbound::{self, Generated, Sender};
 use super::error::ApiError;
 use super::http::{ApiRequest, ApiResponse};
 use super::input;
 use super::log::Trace;
 use super::routes::{route, Route};
 use super::settings::{LimitPolicy, Settings, DEFAULT_GENERATE_OPERATION, GENERATE_HOLD_MARGIN_SECONDS};
-use crate::client::CreditClient;
+use crate::client::{CreditClient, Settled};
 use crate::error::{CreditError, ErrorCode};
-use crate::ratelimit::rate_limit_headers;
-use crate::types::{
-    ChargeRequest, ChargeResult, ChargeWithLimitsRequest, CompleteRequest, HoldSeconds, JobId, LimitCost, LimitKey,
-    LimitRequest, RateLimitResult, Reason, RefundRequest, ResultUrl, UserId,
+use crate::rate_limit_headers::rate_limit_headers;
+use crate::{
+    ChargeRequest, ChargeResult, ChargeWithLimitsRequest, HoldSeconds, JobId, JobView, LimitCost, LimitKey,
+    LimitRequest, RateLimitResult, RefundRequest, ResultUrl, RunOutput, UserId,
 };
 use std::net::{IpAddr, Ipv6Addr};
 use serde_json::{json, Value};
@@ -161,7 +161,7 @@ impl Api {
             hold_seconds: Some(self.settings.hold_seconds),
         };
         let (charged, limits) = self.charge_within_limits(request, charge, trace).await?;
-        trace.job = Some(charged.job_id.clone());
+        trace.job = Some(charged.job_id.to_string());
         trace.replayed = Some(charged.replayed);
         let body = json!({
             "jobId": charged.job_id, "balance": charged.balance, "replayed": charged.replayed,
@@ -190,51 +190,45 @@ impl Api {
             hold_seconds: Some(HoldSeconds::new(i64::from(hold_seconds))?),
         };
         let (charged, limits) = self.charge_within_limits(request, charge, trace).await?;
-        trace.job = Some(charged.job_id.clone());
+        trace.job = Some(charged.job_id.to_string());
         trace.replayed = Some(charged.replayed);
-        let job_id = JobId::parse("jobId", &charged.job_id)?;
+        let job_id = charged.job_id;
         if charged.replayed {
             return self.replayed_generation(user, job_id, cost.get()).await.map(|r| with_limits(r, &limits))
                 .map_err(|error| error.with_headers(limit_headers(&limits)));
         }
 
-        let call = backend::generator_call(&generator, &body.prompt, body.operation.as_str(), &charged.job_id);
-        let outcome = backend::generated(self.sender.send(&call, Some(generator.timeout_ms)).await);
-        let failure = match outcome {
-            Generated::Url(url) => {
-                let completing =
-                    CompleteRequest { job_id, result_url: ResultUrl::new(url.as_str()).ok(), actual_cost: None };
-                match self.client.complete(&completing).await {
-                    Ok(done) => {
-                        let body = json!({
-                            "jobId": done.job_id, "status": done.status, "resultUrl": url,
-                            "balance": done.balance, "cost": cost.get(), "replayed": false,
-                        });
-                        return Ok(with_limits(ApiResponse::json(200, &body), &limits));
-                    }
-                    Err(error) => {
-                        // If the completion did commit (the answer was lost),
-                        // the refund is refused as job_already_settled and
-                        // nothing is undone.
-                        let refunded = self.refund_quietly(user, job_id, "completing the job failed").await;
-                        return Err(settled_failure(ApiError::from(error), &charged, refunded)
-                            .with_headers(limit_headers(&limits)));
-                    }
-                }
+        let call = outbound::generator_call(&generator, &body.prompt, body.operation.as_str(), job_id);
+        let generated = outbound::generated(self.sender.send(&call, Some(generator.timeout_ms)).await);
+        let (output, cause, generator_status) = match &generated {
+            Generated::Url(url) => (Ok(RunOutput { result_url: ResultUrl::new(url.as_str()).ok(), actual_cost: None }), "", None),
+            Generated::Failed { cause, status } => (Err(*cause), *cause, *status),
+        };
+        let why = format!("generation failed ({cause})");
+        let output = output.map_err(|_| why.as_str());
+        let failure = match self.client.settle(user, job_id, output, "generate").await {
+            Settled::Completed(done) => {
+                let url = match generated { Generated::Url(url) => url, Generated::Failed { .. } => String::new() };
+                let body = json!({
+                    "jobId": done.job_id, "status": done.status, "resultUrl": url,
+                    "balance": done.balance, "cost": cost.get(), "replayed": false,
+                });
+                return Ok(with_limits(ApiResponse::json(200, &body), &limits));
             }
-            Generated::Failed { cause, status } => (cause, status),
+            Settled::CompleteFailed { error, refunded } => settled_failure(ApiError::from(error), &charged, refunded),
+            Settled::Refunded { refunded } => {
+                let message = match refunded {
+                    Some(_) => format!("the generation failed ({cause}); the credits were refunded"),
+                    None => format!("the generation failed ({cause}); the hold is released when it expires"),
+                };
+                let mut error = ApiError::from_code(ErrorCode::Upstream, message).with_detail("cause", cause);
+                if let Some(status) = generator_status {
+                    error = error.with_detail("generatorStatus", status);
+                }
+                settled_failure(error, &charged, refunded)
+            }
         };
-        let (cause, generator_status) = failure;
-        let refunded = self.refund_quietly(user, job_id, &format!("generation failed ({cause})")).await;
-        let message = match refunded {
-            Some(_) => format!("the generation failed ({cause}); the credits were refunded"),
-            None => format!("the generation failed ({cause}); the hold is released when it expires"),
-        };
-        let mut error = ApiError::from_code(ErrorCode::Upstream, message).with_detail("cause", cause);
-        if let Some(status) = generator_status {
-            error = error.with_detail("generatorStatus", status);
-        }
-        Err(settled_failure(error, &charged, refunded).with_headers(limit_headers(&limits)))
+        Err(failure.with_headers(limit_headers(&limits)))
     }
 
     /// A retried `/generate` (same key, same request): what happened the
@@ -301,20 +295,12 @@ impl Api {
         }
     }
 
-    /// Refunds a job, returning the new balance; `None` if it could not be
-    /// done (the expiry sweeper then releases the hold).
-    async fn refund_quietly(&self, user: UserId, job_id: JobId, why: &str) -> Option<i64> {
-        let reason = Reason::new(why).ok()?;
-        self.client.refund(&RefundRequest { user_id: user, job_id, reason }).await.ok().map(|result| result.balance)
-    }
-
     // -------------------------------------------------------------------------
     // Reads
     // -------------------------------------------------------------------------
 
     async fn read_job(&self, job_id: JobId, owner: Option<UserId>) -> Result<Option<JobView>, ApiError> {
-        let answer = self.sender.read(&backend::job_call(&self.settings.config, job_id, owner)).await?;
-        Ok(backend::rows::<JobView>("generation_jobs", &answer)?.into_iter().next())
+        Ok(self.client.job(job_id, owner).await?)
     }
 
     async fn job(&self, request: &ApiRequest, job_id: JobId, owner: Option<UserId>) -> Result<ApiResponse, ApiError> {
@@ -328,18 +314,13 @@ impl Api {
 
     async fn jobs(&self, request: &ApiRequest, user: UserId) -> Result<ApiResponse, ApiError> {
         let limit = input::page_limit(request)?;
-        let answer = self.sender.read(&backend::jobs_call(&self.settings.config, user, limit)).await?;
-        let jobs = backend::rows::<JobView>("generation_jobs", &answer)?;
+        let jobs = self.client.jobs(user, limit).await?;
         Ok(ApiResponse::json(200, &json!({"jobs": jobs})))
     }
 
     async fn ledger(&self, request: &ApiRequest, user: UserId) -> Result<ApiResponse, ApiError> {
         let query = input::ledger(request)?;
-        let answer = self.sender.read(&backend::ledger_call(&self.settings.config, user, query)).await?;
-        let mut entries = backend::rows::<LedgerView>("credit_ledger", &answer)?;
-        let more = entries.len() > query.limit as usize;
-        entries.truncate(query.limit as usize);
-        let next_before = if more { entries.last().map(|entry| entry.id) } else { None };
+        let (entries, next_before) = self.client.ledger(user, query.limit, query.before).await?;
         Ok(ApiResponse::json(200, &json!({"entries": entries, "nextBefore": next_before})))
     }
 
@@ -489,7 +470,7 @@ fn rate_limited(limits: &Limits) -> ApiError {
 
 /// A failed generation's error, saying whether the credits came back.
 fn settled_failure(error: ApiError, charged: &ChargeResult, refunded_balance: Option<i64>) -> ApiError {
-    let mut error = error.with_detail("jobId", charged.job_id.clone()).with_detail("refunded", refunded_balance.is_some());
+    let mut error = error.with_detail("jobId", charged.job_id.to_string()).with_detail("refunded", refunded_balance.is_some());
     match refunded_balance {
         Some(balance) => error = error.with_detail("balance", balance),
         None => {

@@ -7,7 +7,7 @@
 
 use super::error::{cut, ApiError};
 use super::http::{ApiRequest, BODY_BYTES_MAX, HEADER_CHARS_MAX};
-use crate::types::{CompleteRequest, GrantRequest, IdempotencyKey, JobId, Metadata, Operation, Reason};
+use crate::{CompleteRequest, GrantRequest, IdempotencyKey, JobId, Metadata, Operation, Reason};
 use serde_json::{Map, Value};
 
 /// Prompts are instructions for a generator, not documents.
@@ -262,7 +262,7 @@ pub fn ledger(request: &ApiRequest) -> Result<LedgerQuery, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::ActualCost;
+    use crate::ActualCost;
     use serde_json::json;
 
     const USER: &str = "9b2d1c0e-8f1a-4c2b-9d3e-5f6a7b8c9d0e";

@@ -20,7 +20,7 @@
 //! else; symmetric (`oct`) keys in a JWKS are ignored, so a token can never
 //! be HMAC-checked with a public key.
 
-use super::backend::{HttpCall, Sender};
+use super::outbound::{HttpCall, Sender};
 use super::error::ApiError;
 use crate::error::ErrorCode;
 use serde_json::Value;

@@ -23,17 +23,17 @@
 //! (and `Retry-After` on 429), and fail closed: no database, no charge (503).
 
 mod auth;
-mod backend;
 mod error;
 mod handler;
 mod http;
 mod input;
 mod keys;
 mod log;
+mod outbound;
 mod routes;
 mod settings;
 #[cfg(target_arch = "wasm32")]
-mod wasm;
+mod js_handler;
 
 pub use auth::{authenticate, Caller};
 pub use error::ApiError;

@@ -5,7 +5,7 @@
 //! stripped here, so the same handler works behind any of them.
 
 use super::error::ApiError;
-use crate::types::JobId;
+use crate::JobId;
 
 /// The routes, with what their path carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

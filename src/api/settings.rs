@@ -17,9 +17,9 @@
 //! with a configuration nobody meant), naming the variable.
 
 use crate::error::CreditError;
-use crate::request::Config;
+use crate::config::Config;
 use super::keys::{parse_jwks, PublicKey};
-use crate::types::{Cost, HoldSeconds, Limit, Operation, WindowSeconds};
+use crate::{Cost, HoldSeconds, Limit, Operation, WindowSeconds};
 use serde_json::Value;
 use std::collections::BTreeMap;
 

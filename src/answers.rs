@@ -1,28 +1,28 @@
-//! Decoding each RPC's answer: a result on 2xx, a [`CreditError`] otherwise.
+//! Decoding each PostgREST answer: a result on 2xx, a [`CreditError`] otherwise.
 //!
 //! PostgREST returns a `RETURNS TABLE` function as a JSON array of rows and
 //! a scalar function as a bare JSON value. Anything else on a 2xx is an
 //! `upstream` error (the schema and this client disagree), never a panic.
 
 use crate::error::{CreditError, ErrorCode};
-use crate::types::{
+use crate::{
     BalanceResult, ChargeResult, ChargeWithLimitResult, ChargeWithLimitsResult, CompleteResult,
-    LimitRequest, RateLimitResult,
+    JobId, LimitRequest, RateLimitResult,
 };
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::Value;
 
-/// A raw answer: status and body text.
+/// A raw PostgREST answer: status and body text.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RpcResponse {
+pub struct Answer {
     pub status: u16,
     pub body: String,
 }
 
-impl RpcResponse {
+impl Answer {
     pub fn new(status: u16, body: impl Into<String>) -> Self {
-        RpcResponse {
+        Answer {
             status,
             body: body.into(),
         }
@@ -63,6 +63,21 @@ impl RpcResponse {
     }
 }
 
+/// The rows of a table read.
+pub fn rows<T: DeserializeOwned>(table: &str, answer: &Answer) -> Result<Vec<T>, CreditError> {
+    let value = answer.json(table)?;
+    serde_json::from_value(value).map_err(|error| {
+        CreditError::upstream(format!("unexpected answer reading {table}: {error}"))
+            .with_detail("table", table)
+            .with_retryable(false)
+    })
+}
+
+/// A job id from a row: a malformed one means the schema and this client disagree.
+fn job_id(function: &str, text: &str) -> Result<JobId, CreditError> {
+    JobId::parse("job_id", text).map_err(|_| unexpected(function, "job_id is not a UUID"))
+}
+
 fn unexpected(function: &str, why: &str) -> CreditError {
     CreditError::upstream(format!("unexpected answer from {function}: {why}"))
         .with_detail("function", function)
@@ -80,10 +95,10 @@ struct ChargeRow {
 }
 
 /// `charge_credits`.
-pub fn charge(response: &RpcResponse) -> Result<ChargeResult, CreditError> {
+pub fn charge(response: &Answer) -> Result<ChargeResult, CreditError> {
     let row: ChargeRow = response.row("charge_credits")?;
     Ok(ChargeResult {
-        job_id: row.job_id,
+        job_id: job_id("charge_credits", &row.job_id)?,
         balance: row.new_balance,
         replayed: row.replayed.unwrap_or(false),
         expires_at: row.expires_at,
@@ -102,7 +117,7 @@ struct CompleteRow {
 /// `complete_generation_job`. A hold that had expired comes back as a row
 /// with status `expired` (the release is committed, the credits are back):
 /// for the caller that is a refused completion, `job_already_settled`.
-pub fn complete(response: &RpcResponse) -> Result<CompleteResult, CreditError> {
+pub fn complete(response: &Answer) -> Result<CompleteResult, CreditError> {
     let row: CompleteRow = response.row("complete_generation_job")?;
     if row.status == "expired" {
         return Err(CreditError::new(
@@ -115,7 +130,7 @@ pub fn complete(response: &RpcResponse) -> Result<CompleteResult, CreditError> {
         .with_detail("refunded", row.refunded.unwrap_or(0)));
     }
     Ok(CompleteResult {
-        job_id: row.job_id,
+        job_id: job_id("complete_generation_job", &row.job_id)?,
         status: row.status,
         balance: row.new_balance,
         refunded: row.refunded.unwrap_or(0),
@@ -125,7 +140,7 @@ pub fn complete(response: &RpcResponse) -> Result<CompleteResult, CreditError> {
 /// `refund_credits`, `grant_credits`: the new balance.
 pub fn balance_result(
     function: &str,
-    response: &RpcResponse,
+    response: &Answer,
 ) -> Result<BalanceResult, CreditError> {
     Ok(BalanceResult {
         balance: balance(function, response)?,
@@ -133,7 +148,7 @@ pub fn balance_result(
 }
 
 /// A scalar balance. A NULL balance can only mean there is no such user.
-pub fn balance(function: &str, response: &RpcResponse) -> Result<i64, CreditError> {
+pub fn balance(function: &str, response: &Answer) -> Result<i64, CreditError> {
     let balance: Option<i64> = response.scalar(function)?;
     balance.ok_or_else(|| CreditError::new(ErrorCode::UserNotFound, "User not found"))
 }
@@ -169,44 +184,25 @@ impl LimitRow {
 /// `apply_rate_limit`.
 pub fn limit(
     request: &LimitRequest,
-    response: &RpcResponse,
+    response: &Answer,
 ) -> Result<RateLimitResult, CreditError> {
     let row: LimitRow = response.row("apply_rate_limit")?;
     Ok(row.into_result(request))
 }
 
-#[derive(Deserialize)]
-struct ChargeWithLimitRow {
-    #[serde(flatten)]
-    limit: LimitRow,
-    job_id: Option<String>,
-    new_balance: Option<i64>,
-    replayed: Option<bool>,
-    expires_at: Option<String>,
-}
-
-/// `charge_credits_with_limit`.
-pub fn charge_with_limit(
-    request: &LimitRequest,
-    response: &RpcResponse,
-) -> Result<ChargeWithLimitResult, CreditError> {
-    let function = "charge_credits_with_limit";
-    let row: ChargeWithLimitRow = response.row(function)?;
-    let rate_limit = row.limit.into_result(request);
-    if rate_limit.success && (row.job_id.is_none() || row.new_balance.is_none()) {
-        return Err(unexpected(function, "allowed but no job_id or new_balance"));
-    }
-    let allowed = rate_limit.success;
+/// `chargeWithLimit`'s flat shape: the one-limit case of
+/// [`charge_with_limits`] (the SQL's `charge_credits_with_limit` is the same
+/// wrapper).
+pub fn charge_with_limit(request: &LimitRequest, response: &Answer) -> Result<ChargeWithLimitResult, CreditError> {
+    let result = charge_with_limits(std::slice::from_ref(request), response)?;
+    let rate_limit = result.limits.into_iter().next().ok_or_else(|| unexpected("charge_credits_with_limits", "no limit"))?;
+    let charge = result.charge;
     Ok(ChargeWithLimitResult {
         rate_limit,
-        job_id: row.job_id.filter(|_| allowed),
-        balance: row.new_balance.filter(|_| allowed),
-        replayed: if allowed {
-            Some(row.replayed.unwrap_or(false))
-        } else {
-            None
-        },
-        expires_at: row.expires_at.filter(|_| allowed),
+        job_id: charge.as_ref().map(|charge| charge.job_id),
+        balance: charge.as_ref().map(|charge| charge.balance),
+        replayed: charge.as_ref().map(|charge| charge.replayed),
+        expires_at: charge.and_then(|charge| charge.expires_at),
     })
 }
 
@@ -223,7 +219,7 @@ struct ChargeWithLimitsRow {
 /// `charge_credits_with_limits`.
 pub fn charge_with_limits(
     requests: &[LimitRequest],
-    response: &RpcResponse,
+    response: &Answer,
 ) -> Result<ChargeWithLimitsResult, CreditError> {
     let function = "charge_credits_with_limits";
     let row: ChargeWithLimitsRow = response.row(function)?;
@@ -237,8 +233,8 @@ pub fn charge_with_limits(
     }
     let charge = match (row.allowed, row.job_id, row.new_balance) {
         (false, _, _) => None,
-        (true, Some(job_id), Some(balance)) => Some(ChargeResult {
-            job_id,
+        (true, Some(id), Some(balance)) => Some(ChargeResult {
+            job_id: job_id(function, &id)?,
             balance,
             replayed: row.replayed.unwrap_or(false),
             expires_at: row.expires_at,
@@ -255,8 +251,8 @@ mod tests {
 
     const JOB: &str = "0f0e0d0c-0b0a-4908-8706-050403020100";
 
-    fn ok(body: Value) -> RpcResponse {
-        RpcResponse::new(200, body.to_string())
+    fn ok(body: Value) -> Answer {
+        Answer::new(200, body.to_string())
     }
 
     fn limit_request() -> LimitRequest {
@@ -286,7 +282,7 @@ mod tests {
         let allowed = ok(json!([{"allowed": true, "job_id": JOB, "new_balance": 90, "replayed": false,
                                  "expires_at": null, "limits": [limit(true, 9, 0), limit(true, 4, 0)]}]));
         let result = charge_with_limits(&requests, &allowed).expect("decodes");
-        assert_eq!(result.charge.map(|charge| (charge.job_id, charge.balance)), Some((JOB.to_owned(), 90)));
+        assert_eq!(result.charge.map(|charge| (charge.job_id.to_string(), charge.balance)), Some((JOB.to_owned(), 90)));
         assert_eq!(result.limits.iter().map(|limit| limit.remaining).collect::<Vec<_>>(), vec![9, 4]);
         let refused = ok(json!([{"allowed": false, "job_id": null, "new_balance": null, "replayed": false,
                                  "expires_at": null, "limits": [limit(true, 9, 0), limit(false, 0, 12)]}]));
@@ -313,7 +309,7 @@ mod tests {
         assert_eq!(
             result,
             ChargeResult {
-                job_id: JOB.into(),
+                job_id: JobId::parse("jobId", JOB).expect("uuid"),
                 balance: 95,
                 replayed: true,
                 expires_at: Some("2030-01-01T00:15:00+00:00".into())
@@ -335,7 +331,7 @@ mod tests {
     fn charge_errors_pass_through_the_error_decoder() {
         let body = json!({"code": "PT402", "message": "Insufficient credits: has 1 needs 5",
                           "details": "{\"balance\":1,\"needed\":5}", "hint": "insufficient_credits"});
-        let error = charge(&RpcResponse::new(402, body.to_string())).expect_err("402");
+        let error = charge(&Answer::new(402, body.to_string())).expect_err("402");
         assert_eq!(error.code(), ErrorCode::InsufficientCredits);
         assert_eq!(error.details()["balance"], 1);
     }
@@ -356,7 +352,7 @@ mod tests {
             assert_eq!(error.details()["function"], "charge_credits");
             assert!(!error.retryable());
         }
-        let error = charge(&RpcResponse::new(200, "<html>")).expect_err("not json");
+        let error = charge(&Answer::new(200, "<html>")).expect_err("not json");
         assert_eq!(error.code(), ErrorCode::Upstream);
     }
 
@@ -369,7 +365,7 @@ mod tests {
         assert_eq!(result.status, "completed");
         assert_eq!(result.balance, 98);
         assert_eq!(result.refunded, 2);
-        let error = complete(&RpcResponse::new(
+        let error = complete(&Answer::new(
             409,
             json!({"code": "PT409", "message": "Job already settled", "details": null, "hint": "job_already_settled"})
                 .to_string(),
@@ -459,47 +455,29 @@ mod tests {
     }
 
     #[test]
-    fn charge_with_limit_decodes_both_outcomes() {
-        let allowed = charge_with_limit(
-            &limit_request(),
-            &ok(
-                json!([{"allowed": true, "job_id": JOB, "new_balance": 90, "replayed": false,
-                        "expires_at": "2030-01-01T00:00:00Z", "limit": 10, "remaining": 4,
-                        "reset_seconds": 50, "retry_after_seconds": 0}]),
-            ),
-        )
+    fn charge_with_limit_is_the_one_limit_case_of_charge_with_limits() {
+        let one = |row: Value| charge_with_limit(&limit_request(), &ok(row));
+        let limit = |allowed: bool, remaining: i64, retry: i64| {
+            json!({"key": "k", "allowed": allowed, "limit": 10, "remaining": remaining,
+                   "reset_seconds": 50, "retry_after_seconds": retry})
+        };
+        let allowed = one(json!([{"allowed": true, "job_id": JOB, "new_balance": 90, "replayed": false,
+                                  "expires_at": "2030-01-01T00:00:00Z", "limits": [limit(true, 4, 0)]}]))
         .expect("decodes");
         assert!(allowed.rate_limit.success);
-        assert_eq!(allowed.job_id.as_deref(), Some(JOB));
+        assert_eq!(allowed.job_id.map(|id| id.to_string()).as_deref(), Some(JOB));
         assert_eq!(allowed.balance, Some(90));
         assert_eq!(allowed.replayed, Some(false));
 
-        let denied = charge_with_limit(
-            &limit_request(),
-            &ok(
-                json!([{"allowed": false, "job_id": null, "new_balance": null, "replayed": null,
-                        "expires_at": null, "limit": 10, "remaining": 0,
-                        "reset_seconds": 12, "retry_after_seconds": 12}]),
-            ),
-        )
+        let denied = one(json!([{"allowed": false, "job_id": null, "new_balance": null, "replayed": null,
+                                 "expires_at": null, "limits": [limit(false, 0, 12)]}]))
         .expect("decodes");
         assert!(!denied.rate_limit.success);
         assert_eq!(denied.rate_limit.retry_after, 12);
-        assert_eq!(
-            (denied.job_id, denied.balance, denied.replayed),
-            (None, None, None)
-        );
+        assert_eq!((denied.job_id, denied.balance, denied.replayed), (None, None, None));
 
-        let broken = charge_with_limit(
-            &limit_request(),
-            &ok(
-                json!([{"allowed": true, "job_id": null, "new_balance": null, "replayed": null,
-                        "expires_at": null, "limit": 10, "remaining": 0, "reset_seconds": 1, "retry_after_seconds": 0}]),
-            ),
-        );
-        assert_eq!(
-            broken.expect_err("inconsistent").code(),
-            ErrorCode::Upstream
-        );
+        let broken = one(json!([{"allowed": true, "job_id": null, "new_balance": null, "replayed": null,
+                                 "expires_at": null, "limits": [limit(true, 0, 0)]}]));
+        assert_eq!(broken.expect_err("inconsistent").code(), ErrorCode::Upstream);
     }
 }

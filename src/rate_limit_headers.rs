@@ -11,7 +11,7 @@
 //! ```
 
 use crate::error::CreditError;
-use crate::types::RateLimitResult;
+use crate::RateLimitResult;
 use serde_json::{Map, Value};
 
 /// The policy name used when the caller gives none.

@@ -12,8 +12,8 @@
 
 use crate::client::{CreditClient, RunError, RunOutcome};
 use crate::error::CreditError;
-use crate::request::Config;
-use crate::types::{
+use crate::config::Config;
+use crate::{
     user_id_from_json, ChargeRequest, ChargeWithLimitRequest, CompleteRequest, GrantRequest,
     LimitRequest, RateLimitResult, RefundRequest, RunOutput,
 };
@@ -547,11 +547,11 @@ fn header_values(
 ) -> Result<Vec<(&'static str, String)>, CreditError> {
     let result = RateLimitResult::from_json(&from_js(result, "rateLimitHeaders")?)?;
     let policy = if policy.is_undefined() || policy.is_null() {
-        crate::ratelimit::DEFAULT_POLICY.to_owned()
+        crate::rate_limit_headers::DEFAULT_POLICY.to_owned()
     } else {
         policy
             .as_string()
             .ok_or_else(|| CreditError::invalid_argument("policy", "policy must be a string"))?
     };
-    crate::ratelimit::rate_limit_headers(&result, &policy)
+    crate::rate_limit_headers::rate_limit_headers(&result, &policy)
 }

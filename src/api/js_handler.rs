@@ -9,7 +9,7 @@
 
 use super::http::{ApiRequest, ApiResponse, BODY_BYTES_MAX, HEADERS_READ};
 use super::Api;
-use crate::wasm::to_js_error;
+use crate::js_client::to_js_error;
 use js_sys::{Array, Function, Object, Promise, Reflect, Uint8Array};
 use std::cell::RefCell;
 use std::collections::BTreeMap;

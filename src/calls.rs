@@ -1,0 +1,339 @@
+//! Every PostgREST call creditgate makes, as plain data: an [`Rpc`] (a SQL
+//! function and its named arguments) or a [`Read`] (a table, columns,
+//! filters). Built without a network, so what goes on the wire is
+//! unit-tested; [`crate::client::CreditClient`] sends them all with the
+//! `postgrest` crate. Argument names are the SQL's (`docs/rpc.md`);
+//! optional arguments the caller left out are left out of the body too, so
+//! the SQL `DEFAULT` applies (an explicit `null` would override it).
+
+use crate::{
+    ChargeRequest, ChargeWithLimitsRequest, CompleteRequest, GrantRequest, JobId, LimitRequest,
+    RefundRequest, UserId,
+};
+use serde_json::{json, Map, Value};
+
+/// One RPC: `POST /rest/v1/rpc/{function}` with named arguments.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rpc {
+    /// The SQL function's name.
+    pub function: &'static str,
+    /// Named arguments, as PostgREST takes them.
+    pub body: Value,
+}
+
+impl Rpc {
+    fn new(function: &'static str, body: Map<String, Value>) -> Self {
+        Rpc { function, body: Value::Object(body) }
+    }
+}
+
+/// One table read: `GET /rest/v1/{table}?select=...` with filters, order
+/// and a row limit (PostgREST's `Range` header, as the postgrest crate sends it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Read {
+    pub table: &'static str,
+    pub select: &'static str,
+    pub filters: Vec<(&'static str, Filter)>,
+    pub order: Option<&'static str>,
+    pub limit: Option<usize>,
+}
+
+/// A filter on one column.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Filter {
+    Eq(String),
+    Lt(String),
+}
+
+/// Builds a body from `(name, value)` pairs, leaving out `None`s.
+fn args<const N: usize>(pairs: [(&str, Option<Value>); N]) -> Map<String, Value> {
+    pairs
+        .into_iter()
+        .filter_map(|(name, value)| value.map(|value| (name.to_owned(), value)))
+        .collect()
+}
+
+/// `charge_credits`: the full form, with replay flag and hold expiry.
+pub fn charge(request: &ChargeRequest) -> Rpc {
+    Rpc::new("charge_credits", charge_args(request))
+}
+
+fn charge_args(request: &ChargeRequest) -> Map<String, Value> {
+    args([
+        ("p_user_id", Some(json!(request.user_id.to_string()))),
+        ("p_operation_type", Some(json!(request.operation.as_str()))),
+        ("p_cost", Some(json!(request.cost.get()))),
+        (
+            "p_idempotency_key",
+            request
+                .idempotency_key
+                .as_ref()
+                .map(|key| json!(key.as_str())),
+        ),
+        (
+            "p_metadata",
+            request
+                .metadata
+                .as_ref()
+                .map(|metadata| Value::Object(metadata.as_map().clone())),
+        ),
+        (
+            "p_hold_seconds",
+            request.hold_seconds.map(|seconds| json!(seconds.get())),
+        ),
+    ])
+}
+
+/// `complete_generation_job`.
+pub fn complete(request: &CompleteRequest) -> Rpc {
+    let body = args([
+        ("p_job_id", Some(json!(request.job_id.to_string()))),
+        (
+            "p_result_url",
+            request.result_url.as_ref().map(|url| json!(url.as_str())),
+        ),
+        (
+            "p_actual_cost",
+            request.actual_cost.map(|cost| json!(cost.get())),
+        ),
+    ]);
+    Rpc::new("complete_generation_job", body)
+}
+
+/// `refund_credits`. `p_amount` has no default in SQL; `null` means "the
+/// whole hold", the only refund this client offers.
+pub fn refund(request: &RefundRequest) -> Rpc {
+    let body = args([
+        ("p_user_id", Some(json!(request.user_id.to_string()))),
+        ("p_job_id", Some(json!(request.job_id.to_string()))),
+        ("p_amount", Some(Value::Null)),
+        ("p_reason", Some(json!(request.reason.as_str()))),
+    ]);
+    Rpc::new("refund_credits", body)
+}
+
+/// `grant_credits`.
+pub fn grant(request: &GrantRequest) -> Rpc {
+    let body = args([
+        ("p_user_id", Some(json!(request.user_id.to_string()))),
+        ("p_amount", Some(json!(request.amount.get()))),
+        ("p_reason", Some(json!(request.reason.as_str()))),
+        (
+            "p_idempotency_key",
+            request
+                .idempotency_key
+                .as_ref()
+                .map(|key| json!(key.as_str())),
+        ),
+        (
+            "p_metadata",
+            request
+                .metadata
+                .as_ref()
+                .map(|metadata| Value::Object(metadata.as_map().clone())),
+        ),
+    ]);
+    Rpc::new("grant_credits", body)
+}
+
+/// `get_credit_balance`.
+pub fn balance(user_id: &UserId) -> Rpc {
+    Rpc::new(
+        "get_credit_balance",
+        args([("p_user_id", Some(json!(user_id.to_string())))]),
+    )
+}
+
+/// `apply_rate_limit`.
+pub fn limit(request: &LimitRequest) -> Rpc {
+    let body = args([
+        ("p_key", Some(json!(request.key.as_str()))),
+        ("p_limit", Some(json!(request.limit.get()))),
+        (
+            "p_window_seconds",
+            Some(json!(request.window_seconds.get())),
+        ),
+        ("p_cost", Some(json!(request.cost.get()))),
+    ]);
+    Rpc::new("apply_rate_limit", body)
+}
+
+/// `charge_credits_with_limits`: the charge's arguments and `p_limits`.
+/// (`chargeWithLimit`, one limit, is this call with a list of one.)
+pub fn charge_with_limits(request: &ChargeWithLimitsRequest) -> Rpc {
+    let mut body = charge_args(&request.charge);
+    let limits: Vec<Value> = request
+        .limits
+        .iter()
+        .map(|limit| {
+            json!({"key": limit.key.as_str(), "limit": limit.limit.get(),
+                   "window_seconds": limit.window_seconds.get(), "cost": limit.cost.get()})
+        })
+        .collect();
+    body.extend(args([("p_limits", Some(Value::Array(limits)))]));
+    Rpc::new("charge_credits_with_limits", body)
+}
+
+/// The columns a job read returns.
+const JOB_COLUMNS: &str = "id,user_id,operation_type,status,cost,result_url,error_message,created_at,completed_at,expires_at,captured_credits,refunded_credits";
+/// The columns a ledger read returns.
+const LEDGER_COLUMNS: &str = "id,delta,balance_after,operation_type,entry_type,description,job_id,created_at";
+
+/// One job: the caller's own (`owner`), or any for the service role.
+pub fn job(job_id: JobId, owner: Option<UserId>) -> Read {
+    let mut filters = vec![("id", Filter::Eq(job_id.to_string()))];
+    if let Some(owner) = owner {
+        filters.push(("user_id", Filter::Eq(owner.to_string())));
+    }
+    Read { table: "generation_jobs", select: JOB_COLUMNS, filters, order: None, limit: None }
+}
+
+/// A user's latest jobs, newest first.
+pub fn jobs(owner: UserId, limit: u32) -> Read {
+    Read {
+        table: "generation_jobs",
+        select: JOB_COLUMNS,
+        filters: vec![("user_id", Filter::Eq(owner.to_string()))],
+        order: Some("created_at.desc,id.desc"),
+        limit: Some(limit as usize),
+    }
+}
+
+/// A page of a user's ledger, newest first (`before`: ids below it): one
+/// row more than asked, to know whether there is a next page.
+pub fn ledger(owner: UserId, limit: u32, before: Option<i64>) -> Read {
+    let mut filters = vec![("user_id", Filter::Eq(owner.to_string()))];
+    if let Some(before) = before {
+        filters.push(("id", Filter::Lt(before.to_string())));
+    }
+    Read { table: "credit_ledger", select: LEDGER_COLUMNS, filters, order: Some("id.desc"), limit: Some(limit as usize + 1) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ChargeWithLimitRequest;
+
+    const USER: &str = "9b2d1c0e-8f1a-4c2b-9d3e-5f6a7b8c9d0e";
+    const JOB: &str = "0f0e0d0c-0b0a-4908-8706-050403020100";
+
+
+    #[test]
+    fn reads_are_filtered_by_the_owner_and_paged_by_id() {
+        let user = UserId::parse("userId", USER).expect("uuid");
+        let job_id = JobId::parse("jobId", JOB).expect("uuid");
+        let own = job(job_id, Some(user));
+        assert_eq!(own.table, "generation_jobs");
+        assert_eq!(own.filters, vec![("id", Filter::Eq(JOB.into())), ("user_id", Filter::Eq(USER.into()))]);
+        assert_eq!(job(job_id, None).filters.len(), 1, "the service role reads any job");
+        let first = ledger(user, 5, None);
+        assert_eq!((first.order, first.limit), (Some("id.desc"), Some(6)));
+        let next = ledger(user, 5, Some(42));
+        assert_eq!(next.filters[1], ("id", Filter::Lt("42".into())));
+        assert_eq!(jobs(user, 3).order, Some("created_at.desc,id.desc"));
+    }
+
+    #[test]
+    fn a_minimal_charge_leaves_defaults_to_sql() {
+        let request =
+            ChargeRequest::from_json(&json!({"userId": USER, "operation": "image", "cost": 5}))
+                .expect("valid");
+        let rpc = charge(&request);
+        assert_eq!(rpc.function, "charge_credits");
+        assert_eq!(
+            rpc.body,
+            json!({"p_user_id": USER, "p_operation_type": "image", "p_cost": 5})
+        );
+    }
+
+    #[test]
+    fn a_full_charge_sends_every_argument() {
+        let request = ChargeRequest::from_json(&json!({
+            "userId": USER, "operation": "image", "cost": 5, "idempotencyKey": "k-1",
+            "metadata": {"model": "flux", "n": 2}, "holdSeconds": 120
+        }))
+        .expect("valid");
+        assert_eq!(
+            charge(&request).body,
+            json!({"p_user_id": USER, "p_operation_type": "image", "p_cost": 5, "p_idempotency_key": "k-1",
+                   "p_metadata": {"model": "flux", "n": 2}, "p_hold_seconds": 120})
+        );
+    }
+
+    #[test]
+    fn complete_sends_only_what_was_given() {
+        let bare = CompleteRequest::from_json(&json!({"jobId": JOB})).expect("valid");
+        let rpc = complete(&bare);
+        assert_eq!(rpc.function, "complete_generation_job");
+        assert_eq!(rpc.body, json!({"p_job_id": JOB}));
+        let full = CompleteRequest::from_json(
+            &json!({"jobId": JOB, "resultUrl": "https://r/1.png", "actualCost": 3}),
+        )
+        .expect("valid");
+        assert_eq!(
+            complete(&full).body,
+            json!({"p_job_id": JOB, "p_result_url": "https://r/1.png", "p_actual_cost": 3})
+        );
+    }
+
+    #[test]
+    fn refund_sends_a_null_amount_for_the_whole_hold() {
+        let request =
+            RefundRequest::from_json(&json!({"userId": USER, "jobId": JOB, "reason": "failed"}))
+                .expect("valid");
+        let rpc = refund(&request);
+        assert_eq!(rpc.function, "refund_credits");
+        assert_eq!(
+            rpc.body,
+            json!({"p_user_id": USER, "p_job_id": JOB, "p_amount": null, "p_reason": "failed"})
+        );
+        // The key is sent with an explicit null (PostgREST needs every named
+        // argument that has no default), whatever the map's key order.
+        let sent: serde_json::Value = serde_json::from_str(&rpc.body.to_string()).expect("JSON");
+        assert_eq!(sent.get("p_amount"), Some(&serde_json::Value::Null));
+    }
+
+    #[test]
+    fn grant_sends_amount_reason_and_key() {
+        let request = GrantRequest::from_json(&json!({
+            "userId": USER, "amount": 100, "reason": "stripe:evt_1", "idempotencyKey": "evt_1"
+        }))
+        .expect("valid");
+        let rpc = grant(&request);
+        assert_eq!(rpc.function, "grant_credits");
+        assert_eq!(
+            rpc.body,
+            json!({"p_user_id": USER, "p_amount": 100, "p_reason": "stripe:evt_1", "p_idempotency_key": "evt_1"})
+        );
+    }
+
+    #[test]
+    fn limit_always_sends_its_cost() {
+        let request = LimitRequest::from_json(
+            &json!({"key": "ip:1.2.3.4", "limit": 5, "windowSeconds": 3600}),
+        )
+        .expect("valid");
+        let rpc = limit(&request);
+        assert_eq!(rpc.function, "apply_rate_limit");
+        assert_eq!(
+            rpc.body,
+            json!({"p_key": "ip:1.2.3.4", "p_limit": 5, "p_window_seconds": 3600, "p_cost": 1})
+        );
+    }
+
+    #[test]
+    fn charge_with_limit_sends_the_charge_and_a_list_of_one_limit() {
+        let request = ChargeWithLimitRequest::from_json(&json!({
+            "userId": USER, "operation": "image", "cost": 5, "key": "user:1", "limit": 10,
+            "windowSeconds": 60, "limitCost": 2, "holdSeconds": 30
+        }))
+        .expect("valid");
+        let rpc = charge_with_limits(&ChargeWithLimitsRequest { charge: request.charge, limits: vec![request.limit] });
+        assert_eq!(rpc.function, "charge_credits_with_limits");
+        assert_eq!(
+            rpc.body,
+            json!({"p_user_id": USER, "p_operation_type": "image", "p_cost": 5, "p_hold_seconds": 30,
+                   "p_limits": [{"key": "user:1", "limit": 10, "window_seconds": 60, "cost": 2}]})
+        );
+    }
+}

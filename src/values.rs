@@ -1,0 +1,406 @@
+//! The values requests carry, each a newtype that cannot be built invalid:
+//! a [`Cost`] is never 0, an [`IdempotencyKey`] is never longer than the SQL
+//! accepts, a [`ResultUrl`] is an http(s) URL. The bounds are the SQL's
+//! (`creditgate.limits()`), stated here once for Rust and JS.
+
+use crate::error::CreditError;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+/// The largest single charge or grant: the SQL's `cost_credits_max()`, so
+/// that no two of them can overflow an `integer`.
+pub const CREDITS_MAX: u32 = 1_000_000_000;
+/// The largest rate limit per window: the SQL's `rate_limit_max()`.
+pub const RATE_LIMIT_MAX: u32 = 1_000_000;
+/// Operation names are short labels (`"image_generation"`); longer ones are
+/// rejected: the SQL's limit, and an index bound.
+pub const OPERATION_CHARS_MAX: usize = 64;
+/// Keys longer than 255 chars are rejected: Stripe's limit, and an index bound.
+pub const IDEMPOTENCY_KEY_CHARS_MAX: usize = 255;
+/// A rate-limit key (`"user:<uuid>:generate"`) shares the idempotency key's bound.
+pub const LIMIT_KEY_CHARS_MAX: usize = 255;
+/// Reasons are for people reading the ledger, not for documents.
+pub const REASON_CHARS_MAX: usize = 500;
+/// A result URL is a URL: 2048 chars is the de facto limit browsers share.
+pub const RESULT_URL_CHARS_MAX: usize = 2048;
+/// Metadata is copied into the job and the ledger row: at most 4096 bytes
+/// as PostgreSQL prints the jsonb (the SQL's `metadata_bytes_max()`).
+pub const METADATA_BYTES_MAX: usize = 4096;
+/// A hold lasts at most a day: past that, a job is lost, not slow.
+pub const HOLD_SECONDS_MAX: u32 = 86_400;
+/// Rate-limit windows go from 1 s to a day (DESIGN.md).
+pub const WINDOW_SECONDS_MAX: u32 = 86_400;
+
+// -----------------------------------------------------------------------------
+// Values
+// -----------------------------------------------------------------------------
+
+macro_rules! uuid_newtype {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub struct $name(Uuid);
+
+        impl $name {
+            /// Parses a UUID in any of its textual forms; `field` names it in the error.
+            pub fn parse(field: &str, text: &str) -> Result<Self, CreditError> {
+                if text.is_empty() {
+                    return Err(CreditError::invalid_argument(field, format!("{field} must not be empty")));
+                }
+                Uuid::try_parse(text).map($name).map_err(|_| {
+                    CreditError::invalid_argument(field, format!("{field} must be a UUID, got {}", quote(text)))
+                })
+            }
+
+            pub fn as_uuid(&self) -> Uuid {
+                self.0
+            }
+        }
+
+        impl Serialize for $name {
+            /// As its text: what JS and PostgREST carry.
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_str(self)
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            /// The lowercase hyphenated form PostgreSQL prints.
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                self.0.hyphenated().fmt(f)
+            }
+        }
+    };
+}
+
+uuid_newtype!(
+    /// A user's id: `auth.users.id`.
+    UserId
+);
+uuid_newtype!(
+    /// A job's id, as `charge` returned it.
+    JobId
+);
+
+/// What a piece of text may contain.
+#[derive(Clone, Copy)]
+enum TextRule {
+    /// A name or key: no control characters, not blank.
+    Name,
+    /// Prose: anything PostgreSQL's `text` can hold (no NUL), not blank.
+    Prose,
+}
+
+fn check_text(
+    field: &str,
+    text: &str,
+    chars_max: usize,
+    rule: TextRule,
+) -> Result<(), CreditError> {
+    if text.trim().is_empty() {
+        return Err(CreditError::invalid_argument(
+            field,
+            format!("{field} must not be empty"),
+        ));
+    }
+    let chars = text.chars().count();
+    if chars > chars_max {
+        return Err(CreditError::invalid_argument(
+            field,
+            format!("{field} must be at most {chars_max} characters, got {chars}"),
+        )
+        .with_detail("max", chars_max as u64));
+    }
+    let bad = match rule {
+        TextRule::Name => text.chars().any(char::is_control),
+        TextRule::Prose => text.contains('\0'),
+    };
+    if bad {
+        return Err(CreditError::invalid_argument(
+            field,
+            match rule {
+                TextRule::Name => format!("{field} must not contain control characters"),
+                TextRule::Prose => format!("{field} must not contain NUL characters"),
+            },
+        ));
+    }
+    Ok(())
+}
+
+macro_rules! text_newtype {
+    ($(#[$doc:meta])* $name:ident, $field:literal, $max:expr, $rule:expr) => {
+        text_newtype!($(#[$doc])* $name, $field, $max, $rule, |_text: &str| Ok(()));
+    };
+    ($(#[$doc:meta])* $name:ident, $field:literal, $max:expr, $rule:expr, $extra:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+        pub struct $name(String);
+
+        impl $name {
+            /// The wire name of the field, used in error messages.
+            pub const FIELD: &'static str = $field;
+
+            pub fn new(text: impl Into<String>) -> Result<Self, CreditError> {
+                let text = text.into();
+                check_text($field, &text, $max, $rule)?;
+                let extra: fn(&str) -> Result<(), CreditError> = $extra;
+                extra(&text)?;
+                Ok($name(text))
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+    };
+}
+
+text_newtype!(
+    /// What the credits pay for (`"image_generation"`): 1 to 64 chars, no control characters.
+    Operation, "operation", OPERATION_CHARS_MAX, TextRule::Name
+);
+text_newtype!(
+    /// A client-chosen key making a request safe to retry: 1 to 255 chars.
+    ///
+    /// ```
+    /// use creditgate::IdempotencyKey;
+    /// assert!(IdempotencyKey::new("k".repeat(255)).is_ok());
+    /// assert!(IdempotencyKey::new("k".repeat(256)).is_err());
+    /// ```
+    IdempotencyKey, "idempotencyKey", IDEMPOTENCY_KEY_CHARS_MAX, TextRule::Name
+);
+text_newtype!(
+    /// What a rate limit counts (`"user:<id>:generate"`): 1 to 255 chars,
+    /// not starting with [`RESERVED_KEY_PREFIX`].
+    ///
+    /// ```
+    /// use creditgate::LimitKey;
+    /// assert!(LimitKey::new("ip:198.51.100.9").is_ok());
+    /// assert!(LimitKey::new("creditgate:ip:198.51.100.9").is_err());
+    /// ```
+    LimitKey, "key", LIMIT_KEY_CHARS_MAX, TextRule::Name,
+    |text: &str| {
+        if text.starts_with(RESERVED_KEY_PREFIX) {
+            return Err(CreditError::invalid_argument(
+                "key",
+                format!("keys starting with {RESERVED_KEY_PREFIX:?} are reserved for creditgate's own limits"),
+            ));
+        }
+        Ok(())
+    }
+);
+
+/// The prefix of the Edge Function's own rate-limit keys: callers' keys
+/// cannot start with it (here and in SQL), so they never share a counter.
+pub const RESERVED_KEY_PREFIX: &str = "creditgate:";
+
+impl LimitKey {
+    /// One of creditgate's own keys: [`RESERVED_KEY_PREFIX`] + `suffix`.
+    pub fn reserved(suffix: &str) -> Result<LimitKey, CreditError> {
+        let text = format!("{RESERVED_KEY_PREFIX}{suffix}");
+        check_text("key", &text, LIMIT_KEY_CHARS_MAX, TextRule::Name)?;
+        Ok(LimitKey(text))
+    }
+}
+text_newtype!(
+    /// Why credits moved, for the ledger: 1 to 500 chars.
+    Reason, "reason", REASON_CHARS_MAX, TextRule::Prose
+);
+text_newtype!(
+    /// Where a completed job's result lives: an `http(s)` URL of 1 to 2048
+    /// chars (never `javascript:` or `data:`, which a page would run).
+    ///
+    /// ```
+    /// use creditgate::ResultUrl;
+    /// assert!(ResultUrl::new("https://cdn.example/1.png").is_ok());
+    /// assert!(ResultUrl::new("javascript:alert(1)").is_err());
+    /// ```
+    ResultUrl, "resultUrl", RESULT_URL_CHARS_MAX, TextRule::Name,
+    |text: &str| {
+        let scheme = text.split_once(':').map(|(scheme, _)| scheme.to_ascii_lowercase());
+        let authority = text.split_once(':').is_some_and(|(_, rest)| rest.starts_with("//") && rest.len() > 2);
+        if !(matches!(scheme.as_deref(), Some("http" | "https")) && authority) {
+            return Err(CreditError::invalid_argument("resultUrl", "resultUrl must be an http(s) URL"));
+        }
+        Ok(())
+    }
+);
+
+pub(crate) fn check_int(field: &str, value: i64, min: u32, max: u32) -> Result<u32, CreditError> {
+    if value < i64::from(min) || value > i64::from(max) {
+        return Err(CreditError::invalid_argument(
+            field,
+            format!("{field} must be an integer from {min} to {max}, got {value}"),
+        )
+        .with_detail("min", min)
+        .with_detail("max", max));
+    }
+    // In range, so it fits.
+    Ok(value as u32)
+}
+
+macro_rules! int_newtype {
+    ($(#[$doc:meta])* $name:ident, $field:literal, $min:expr, $max:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(u32);
+
+        impl $name {
+            pub const FIELD: &'static str = $field;
+            pub const MIN: u32 = $min;
+            pub const MAX: u32 = $max;
+
+            pub fn new(value: i64) -> Result<Self, CreditError> {
+                check_int($field, value, $min, $max).map($name)
+            }
+
+            pub fn get(self) -> u32 {
+                self.0
+            }
+        }
+    };
+}
+
+int_newtype!(
+    /// Credits a charge holds: 1 to 1000000000. Zero and negative costs are
+    /// rejected: a negative cost would mint credits.
+    ///
+    /// ```
+    /// use creditgate::Cost;
+    /// assert!(Cost::new(0).is_err());
+    /// assert_eq!(Cost::new(1).map(Cost::get), Ok(1));
+    /// assert!(Cost::new(1_000_000_000).is_ok());
+    /// assert!(Cost::new(1_000_000_001).is_err());
+    /// ```
+    Cost, "cost", 1, CREDITS_MAX
+);
+int_newtype!(
+    /// Credits a grant adds: 1 to 1000000000.
+    Amount, "amount", 1, CREDITS_MAX
+);
+int_newtype!(
+    /// What a completed job really cost: 0 up to the hold (the SQL checks the hold).
+    ActualCost, "actualCost", 0, CREDITS_MAX
+);
+int_newtype!(
+    /// How long a charge's hold lasts before the sweeper refunds it: 1 s to a day.
+    HoldSeconds, "holdSeconds", 1, HOLD_SECONDS_MAX
+);
+int_newtype!(
+    /// How much a rate limit allows per window: 1 to 1000000.
+    Limit, "limit", 1, RATE_LIMIT_MAX
+);
+int_newtype!(
+    /// A rate-limit window: 1 s to a day.
+    WindowSeconds, "windowSeconds", 1, WINDOW_SECONDS_MAX
+);
+int_newtype!(
+    /// How much one request weighs against a limit: at least 1 (and at most
+    /// the limit, checked by [`LimitRequest`]).
+    LimitCost, "cost", 1, RATE_LIMIT_MAX
+);
+
+/// A small JSON object stored with a job or ledger row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Metadata(Map<String, Value>);
+
+impl Metadata {
+    pub const FIELD: &'static str = "metadata";
+
+    pub fn new(value: Value) -> Result<Self, CreditError> {
+        let Value::Object(map) = value else {
+            return Err(CreditError::invalid_argument(
+                Self::FIELD,
+                format!("metadata must be a JSON object, got {}", type_name(&value)),
+            ));
+        };
+        let bytes = jsonb_text_bytes(&Value::Object(map.clone()));
+        if bytes > METADATA_BYTES_MAX {
+            return Err(CreditError::invalid_argument(
+                Self::FIELD,
+                format!("metadata must be at most {METADATA_BYTES_MAX} bytes of JSON, got {bytes}"),
+            )
+            .with_detail("max", METADATA_BYTES_MAX as u64));
+        }
+        if contains_nul(&Value::Object(map.clone())) {
+            return Err(CreditError::invalid_argument(
+                Self::FIELD,
+                "metadata must not contain NUL characters (PostgreSQL's jsonb cannot hold them)",
+            ));
+        }
+        Ok(Metadata(map))
+    }
+
+    pub fn as_map(&self) -> &Map<String, Value> {
+        &self.0
+    }
+}
+
+/// The length of `value` as PostgreSQL prints a jsonb (`{"a": 1, "b": [1, 2]}`:
+/// a space after every `:` and `,`), which is what the SQL's bound measures.
+/// Number formatting may differ by a few bytes; the SQL has the last word.
+pub fn jsonb_text_bytes(value: &Value) -> usize {
+    let separators = |count: usize| count.saturating_sub(1) * 2;
+    match value {
+        Value::Array(items) => {
+            2 + items.iter().map(jsonb_text_bytes).sum::<usize>() + separators(items.len())
+        }
+        Value::Object(map) => {
+            2 + map
+                .iter()
+                .map(|(key, item)| json_string_bytes(key) + 2 + jsonb_text_bytes(item))
+                .sum::<usize>()
+                + separators(map.len())
+        }
+        Value::String(text) => json_string_bytes(text),
+        other => other.to_string().len(),
+    }
+}
+
+fn json_string_bytes(text: &str) -> usize {
+    serde_json::to_string(text)
+        .map(|quoted| quoted.len())
+        .unwrap_or(usize::MAX / 4)
+}
+
+fn contains_nul(value: &Value) -> bool {
+    match value {
+        Value::String(text) => text.contains('\0'),
+        Value::Array(items) => items.iter().any(contains_nul),
+        Value::Object(map) => map
+            .iter()
+            .any(|(key, item)| key.contains('\0') || contains_nul(item)),
+        _ => false,
+    }
+}
+
+pub(crate) fn type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+pub(crate) fn describe(value: &Value) -> String {
+    let text = value.to_string();
+    if text.chars().count() > 40 {
+        format!("{}…", text.chars().take(40).collect::<String>())
+    } else {
+        text
+    }
+}
+
+/// Quotes user text for a message, cut short and with controls escaped.
+pub(crate) fn quote(text: &str) -> String {
+    let short: String = text.chars().take(60).collect();
+    let mut out = format!("{short:?}");
+    if short.len() < text.len() {
+        out.push('…');
+    }
+    out
+}
