@@ -165,112 +165,39 @@ fn invalid(variable: &str, message: impl Into<String>) -> CreditError {
 impl Settings {
     /// Reads the settings from the function's environment variables.
     pub fn from_env(env: &BTreeMap<String, String>) -> Result<Settings, CreditError> {
-        let get = |name: &str| env.get(name).map(|value| value.trim()).filter(|value| !value.is_empty());
-        let required = |name: &str| {
-            get(name).ok_or_else(|| invalid(name, format!("{name} must be set (Supabase sets it for every function)")))
-        };
-        let url = required("SUPABASE_URL")?;
-        let service_role_key = required("SUPABASE_SERVICE_ROLE_KEY")?;
-        let config = Config::new(url, service_role_key)
-            .map_err(|error| invalid(if error.details()["field"] == "url" { "SUPABASE_URL" } else { "SUPABASE_SERVICE_ROLE_KEY" }, error.message()))?;
-
-        let jwt_secret = match ["CREDITGATE_JWT_SECRET", "SUPABASE_JWT_SECRET", "JWT_SECRET"]
-            .into_iter()
-            .find_map(|name| get(name).map(|secret| (name, secret)))
-        {
-            Some((name, secret)) if secret.len() < JWT_SECRET_BYTES_MIN => {
-                return Err(invalid(name, format!("{name} must be at least {JWT_SECRET_BYTES_MIN} bytes")));
-            }
-            Some((_, secret)) => Some(Secret(secret.to_owned())),
-            None => None,
-        };
-        let jwks = match get("SUPABASE_JWKS") {
-            None => Vec::new(),
-            Some(text) => serde_json::from_str::<Value>(text)
-                .map_err(|error| error.to_string())
-                .and_then(|value| parse_jwks(&value))
-                .map_err(|why| invalid("SUPABASE_JWKS", format!("SUPABASE_JWKS must be a JSON Web Key Set: {why}")))?,
-        };
-        let jwks_url = match get("CREDITGATE_JWKS_URL") {
-            Some(off) if off.eq_ignore_ascii_case("off") => None,
-            Some(text) => Some(http_url("CREDITGATE_JWKS_URL", text)?),
-            None => Some(format!("{}{JWKS_PATH}", config.project_url())),
-        };
-        let jwt_issuer = get("CREDITGATE_JWT_ISSUER").map(str::to_owned);
-        let trusted_proxy_hops = match get("CREDITGATE_TRUSTED_PROXY_HOPS") {
-            None => DEFAULT_TRUSTED_PROXY_HOPS,
-            Some(text) => match whole_number("CREDITGATE_TRUSTED_PROXY_HOPS", text)? {
-                hops @ 1..=TRUSTED_PROXY_HOPS_MAX => hops as u8,
-                _ => {
-                    return Err(invalid(
-                        "CREDITGATE_TRUSTED_PROXY_HOPS",
-                        format!("CREDITGATE_TRUSTED_PROXY_HOPS must be from 1 to {TRUSTED_PROXY_HOPS_MAX}"),
-                    ))
-                }
-            },
-        };
-
-        let prices = match get("CREDITGATE_PRICES") {
-            None => DEFAULT_PRICES
-                .into_iter()
-                .map(|(name, cost)| Ok((name.to_owned(), Cost::new(i64::from(cost))?)))
-                .collect::<Result<_, CreditError>>()?,
-            Some(text) => parse_prices(text)?,
-        };
-
-        let limit = |name: &str, default: &str| LimitPolicy::parse(name, get(name).unwrap_or(default));
-        let hold_seconds = match get("CREDITGATE_HOLD_SECONDS") {
-            None => HoldSeconds::new(900)?,
-            Some(text) => whole_number("CREDITGATE_HOLD_SECONDS", text)
-                .and_then(|seconds| HoldSeconds::new(seconds).map_err(|e| invalid("CREDITGATE_HOLD_SECONDS", e.message())))?,
-        };
-
-        let generator = match get("GENERATOR_URL") {
-            None => None,
-            Some(url) => {
-                http_url("GENERATOR_URL", url)?;
-                let timeout_ms = match get("CREDITGATE_GENERATOR_TIMEOUT_MS") {
-                    None => DEFAULT_GENERATOR_TIMEOUT_MS,
-                    Some(text) => {
-                        let value = whole_number("CREDITGATE_GENERATOR_TIMEOUT_MS", text)?;
-                        if !(i64::from(GENERATOR_TIMEOUT_MS_MIN)..=i64::from(GENERATOR_TIMEOUT_MS_MAX)).contains(&value) {
-                            return Err(invalid(
-                                "CREDITGATE_GENERATOR_TIMEOUT_MS",
-                                format!("CREDITGATE_GENERATOR_TIMEOUT_MS must be from {GENERATOR_TIMEOUT_MS_MIN} to {GENERATOR_TIMEOUT_MS_MAX}"),
-                            ));
-                        }
-                        value as u32
-                    }
-                };
-                let key = get("CREDITGATE_GENERATOR_KEY").map(str::to_owned);
-                if key.as_deref().is_some_and(|key| !key.bytes().all(|byte| byte.is_ascii_graphic())) {
-                    return Err(invalid("CREDITGATE_GENERATOR_KEY", "CREDITGATE_GENERATOR_KEY must be printable ASCII"));
-                }
-                Some(GeneratorSettings { url: url.to_owned(), key, timeout_ms })
-            }
-        };
-
-        let mut service_keys = vec![service_role_key.to_owned()];
-        service_keys.extend(named_keys(get("SUPABASE_SECRET_KEYS"), "SUPABASE_SECRET_KEYS")?);
-        let mut anonymous_keys: Vec<String> = get("SUPABASE_ANON_KEY").map(str::to_owned).into_iter().collect();
-        anonymous_keys.extend(named_keys(get("SUPABASE_PUBLISHABLE_KEYS"), "SUPABASE_PUBLISHABLE_KEYS")?);
-        // A key listed as both is the service role's: never downgrade it.
-        anonymous_keys.retain(|key| !service_keys.contains(key));
-
+        let env = Env(env);
+        let service_role_key = env.required("SUPABASE_SERVICE_ROLE_KEY")?;
+        let config = Config::new(env.required("SUPABASE_URL")?, service_role_key).map_err(|error| {
+            let variable = if error.details()["field"] == "url" { "SUPABASE_URL" } else { "SUPABASE_SERVICE_ROLE_KEY" };
+            invalid(variable, error.message())
+        })?;
+        let (service_keys, anonymous_keys) = env.exact_keys(service_role_key)?;
+        let limit = |name: &str, default: &str| LimitPolicy::parse(name, env.get(name).unwrap_or(default));
         Ok(Settings {
-            config,
-            service_keys: ExactKeys(service_keys),
-            anonymous_keys: ExactKeys(anonymous_keys),
-            jwt_secret,
-            jwks,
-            jwks_url,
-            jwt_issuer,
-            trusted_proxy_hops,
-            prices,
+            service_keys,
+            anonymous_keys,
+            jwt_secret: env.jwt_secret()?,
+            jwks: env.jwks()?,
+            jwks_url: match env.get("CREDITGATE_JWKS_URL") {
+                Some(off) if off.eq_ignore_ascii_case("off") => None,
+                Some(text) => Some(http_url("CREDITGATE_JWKS_URL", text)?),
+                None => Some(format!("{}{JWKS_PATH}", config.project_url())),
+            },
+            jwt_issuer: env.get("CREDITGATE_JWT_ISSUER").map(str::to_owned),
+            trusted_proxy_hops: env.number("CREDITGATE_TRUSTED_PROXY_HOPS", DEFAULT_TRUSTED_PROXY_HOPS.into(), 1, TRUSTED_PROXY_HOPS_MAX)?
+                as u8,
+            prices: match env.get("CREDITGATE_PRICES") {
+                None => DEFAULT_PRICES
+                    .into_iter()
+                    .map(|(name, cost)| Ok((name.to_owned(), Cost::new(i64::from(cost))?)))
+                    .collect::<Result<_, CreditError>>()?,
+                Some(text) => parse_prices(text)?,
+            },
             user_limit: limit("CREDITGATE_USER_LIMIT", DEFAULT_USER_LIMIT)?,
             ip_limit: limit("CREDITGATE_IP_LIMIT", DEFAULT_IP_LIMIT)?,
-            hold_seconds,
-            generator,
+            hold_seconds: HoldSeconds::new(env.number("CREDITGATE_HOLD_SECONDS", 900, 1, i64::from(HoldSeconds::MAX))?)?,
+            generator: env.generator()?,
+            config,
         })
     }
 
@@ -284,6 +211,79 @@ impl Settings {
             )
             .with_detail("known", known)
         })
+    }
+}
+
+/// The function's environment, read one setting at a time. Blank values
+/// count as unset.
+struct Env<'e>(&'e BTreeMap<String, String>);
+
+impl Env<'_> {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(|value| value.trim()).filter(|value| !value.is_empty())
+    }
+
+    fn required(&self, name: &str) -> Result<&str, CreditError> {
+        self.get(name).ok_or_else(|| invalid(name, format!("{name} must be set (Supabase sets it for every function)")))
+    }
+
+    /// A whole number from `min` to `max`, `default` when unset.
+    fn number(&self, name: &str, default: i64, min: i64, max: i64) -> Result<i64, CreditError> {
+        let Some(text) = self.get(name) else { return Ok(default) };
+        let value = whole_number(name, text)?;
+        if !(min..=max).contains(&value) {
+            return Err(invalid(name, format!("{name} must be from {min} to {max}")));
+        }
+        Ok(value)
+    }
+
+    /// The service role's keys and the anonymous ones (see `auth.rs`).
+    fn exact_keys(&self, service_role_key: &str) -> Result<(ExactKeys, ExactKeys), CreditError> {
+        let mut service = vec![service_role_key.to_owned()];
+        service.extend(named_keys(self.get("SUPABASE_SECRET_KEYS"), "SUPABASE_SECRET_KEYS")?);
+        let mut anonymous: Vec<String> = self.get("SUPABASE_ANON_KEY").map(str::to_owned).into_iter().collect();
+        anonymous.extend(named_keys(self.get("SUPABASE_PUBLISHABLE_KEYS"), "SUPABASE_PUBLISHABLE_KEYS")?);
+        // A key listed as both is the service role's: never downgrade it.
+        anonymous.retain(|key| !service.contains(key));
+        Ok((ExactKeys(service), ExactKeys(anonymous)))
+    }
+
+    /// The legacy HS256 secret, from the first of its names that is set.
+    fn jwt_secret(&self) -> Result<Option<Secret>, CreditError> {
+        let found = ["CREDITGATE_JWT_SECRET", "SUPABASE_JWT_SECRET", "JWT_SECRET"]
+            .into_iter()
+            .find_map(|name| self.get(name).map(|secret| (name, secret)));
+        match found {
+            Some((name, secret)) if secret.len() < JWT_SECRET_BYTES_MIN => {
+                Err(invalid(name, format!("{name} must be at least {JWT_SECRET_BYTES_MIN} bytes")))
+            }
+            Some((_, secret)) => Ok(Some(Secret(secret.to_owned()))),
+            None => Ok(None),
+        }
+    }
+
+    fn jwks(&self) -> Result<Vec<PublicKey>, CreditError> {
+        let Some(text) = self.get("SUPABASE_JWKS") else { return Ok(Vec::new()) };
+        serde_json::from_str::<Value>(text)
+            .map_err(|error| error.to_string())
+            .and_then(|value| parse_jwks(&value))
+            .map_err(|why| invalid("SUPABASE_JWKS", format!("SUPABASE_JWKS must be a JSON Web Key Set: {why}")))
+    }
+
+    fn generator(&self) -> Result<Option<GeneratorSettings>, CreditError> {
+        let Some(url) = self.get("GENERATOR_URL") else { return Ok(None) };
+        http_url("GENERATOR_URL", url)?;
+        let timeout_ms = self.number(
+            "CREDITGATE_GENERATOR_TIMEOUT_MS",
+            DEFAULT_GENERATOR_TIMEOUT_MS.into(),
+            GENERATOR_TIMEOUT_MS_MIN.into(),
+            GENERATOR_TIMEOUT_MS_MAX.into(),
+        )? as u32;
+        let key = self.get("CREDITGATE_GENERATOR_KEY").map(str::to_owned);
+        if key.as_deref().is_some_and(|key| !key.bytes().all(|byte| byte.is_ascii_graphic())) {
+            return Err(invalid("CREDITGATE_GENERATOR_KEY", "CREDITGATE_GENERATOR_KEY must be printable ASCII"));
+        }
+        Ok(Some(GeneratorSettings { url: url.to_owned(), key, timeout_ms }))
     }
 }
 
