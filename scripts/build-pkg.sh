@@ -7,8 +7,9 @@
 #
 # Assumes the toolchain `cargo dev setup` installs: the wasm32 target,
 # wasm-pack, wasm-bindgen-cli equal to Cargo.lock's wasm-bindgen, and the
-# npm `binaryen` in ./node_modules (never Debian's wasm-opt: see
-# TOOLCHAIN facts). Idempotent: pkg/ is rebuilt from scratch each time.
+# npm `binaryen` in ./node_modules (never Debian's wasm-opt: binaryen 108
+# writes a module that validates and then fails to load, "Table.set():
+# Argument 1 is invalid for table"). Idempotent: pkg/ is rebuilt each time.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)

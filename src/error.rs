@@ -1,4 +1,4 @@
-//! One error type for every failure, with DESIGN.md's stable codes.
+//! One error type for every failure, with the stable codes of docs/design.md.
 //!
 //! Every failure a caller can see has a snake_case [`ErrorCode`], an HTTP
 //! status, a message, JSON details and a `retryable` flag. Codes are only
@@ -46,7 +46,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    /// Every code, in DESIGN.md's order.
+    /// Every code, in docs/design.md's order.
     pub const ALL: [ErrorCode; 12] = [
         ErrorCode::InvalidArgument,
         ErrorCode::Unauthorized,
@@ -93,7 +93,7 @@ impl ErrorCode {
             .find(|code| code.as_str() == name)
     }
 
-    /// The HTTP status DESIGN.md gives this code.
+    /// The HTTP status docs/design.md gives this code.
     pub fn status(self) -> u16 {
         match self {
             ErrorCode::InvalidArgument => 400,
@@ -200,7 +200,7 @@ impl CreditError {
         &self.details
     }
 
-    /// The HTTP status of the code (DESIGN.md's table), whatever status the
+    /// The HTTP status of the code (docs/design.md's table), whatever status the
     /// upstream answer had: one status, one meaning.
     pub fn status(&self) -> u16 {
         self.code.status()

@@ -29,7 +29,7 @@ pub const RESULT_URL_CHARS_MAX: usize = 2048;
 pub const METADATA_BYTES_MAX: usize = 4096;
 /// A hold lasts at most a day: past that, a job is lost, not slow.
 pub const HOLD_SECONDS_MAX: u32 = 86_400;
-/// Rate-limit windows go from 1 s to a day (DESIGN.md).
+/// Rate-limit windows go from 1 s to a day (docs/design.md, "Rate limits").
 pub const WINDOW_SECONDS_MAX: u32 = 86_400;
 
 // -----------------------------------------------------------------------------

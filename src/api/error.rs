@@ -1,4 +1,4 @@
-//! The API's failures: DESIGN.md's codes and statuses, as
+//! The API's failures: docs/design.md's codes and statuses, as
 //! `{"error": {"code", "message", "details"}}`.
 //!
 //! Every [`CreditError`] keeps its code and status. The HTTP layer adds

@@ -18,7 +18,7 @@
 //! | `POST /jobs/:id/refund` `{reason?}` | service | 200 `{jobId, balance, refunded}` | 403, 404, 409 |
 //! | `POST /grant` `{userId, amount, reason, idempotencyKey?, metadata?}` | service | 200 `{userId, balance}` | 403, 404 |
 //!
-//! Errors are `{"error": {"code", "message", "details"}}` with DESIGN.md's
+//! Errors are `{"error": {"code", "message", "details"}}` with docs/design.md's
 //! statuses, never 200. Paid routes carry `RateLimit-Policy` and `RateLimit`
 //! (and `Retry-After` on 429), and fail closed: no database, no charge (503).
 

@@ -6,7 +6,7 @@
 /**
  * A creditgate failure: branch on `code`, never on `message`.
  *
- * - `code`: a stable snake_case code (DESIGN.md's table), e.g. "insufficient_credits".
+ * - `code`: a stable snake_case code (docs/design.md's error table), e.g. "insufficient_credits".
  * - `status`: the HTTP status that code maps to (402 for insufficient_credits).
  * - `details`: a JSON object, e.g. `{ balance, needed }`; `{ field }` for invalid_argument.
  * - `retryable`: whether the same request may succeed later, unchanged.
