@@ -144,7 +144,7 @@ pub fn balance(user_id: &UserId) -> Rpc {
     )
 }
 
-/// `apply_rate_limit`.
+/// `apply_rate_limit` (its `p_cost` is the weight: a compatibility name).
 pub fn limit(request: &LimitRequest) -> Rpc {
     let body = args([
         ("p_key", Some(json!(request.key.as_str()))),
@@ -153,7 +153,7 @@ pub fn limit(request: &LimitRequest) -> Rpc {
             "p_window_seconds",
             Some(json!(request.window_seconds.get())),
         ),
-        ("p_cost", Some(json!(request.cost.get()))),
+        ("p_cost", Some(json!(request.weight.get()))),
     ]);
     Rpc::new("apply_rate_limit", body)
 }
@@ -167,7 +167,7 @@ pub fn charge_with_limits(request: &ChargeWithLimitsRequest) -> Rpc {
         .iter()
         .map(|limit| {
             json!({"key": limit.key.as_str(), "limit": limit.limit.get(),
-                   "window_seconds": limit.window_seconds.get(), "cost": limit.cost.get()})
+                   "window_seconds": limit.window_seconds.get(), "cost": limit.weight.get()})
         })
         .collect();
     body.extend(args([("p_limits", Some(Value::Array(limits)))]));
@@ -324,8 +324,8 @@ mod tests {
     #[test]
     fn charge_with_limit_sends_the_charge_and_a_list_of_one_limit() {
         let request = ChargeWithLimitRequest::from_json(&json!({
-            "userId": USER, "operation": "image", "cost": 5, "key": "user:1", "limit": 10,
-            "windowSeconds": 60, "limitCost": 2, "holdSeconds": 30
+            "userId": USER, "operation": "image", "cost": 5, "limitKey": "user:1", "limit": 10,
+            "windowSeconds": 60, "weight": 2, "holdSeconds": 30
         }))
         .expect("valid");
         let rpc = charge_with_limits(&ChargeWithLimitsRequest { charge: request.charge, limits: vec![request.limit] });

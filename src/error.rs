@@ -362,7 +362,7 @@ fn field_of_parameter(parameter: &str) -> Option<&'static str> {
         "p_key" | "p_limit_key" => "key",
         "p_limit" => "limit",
         "p_window_seconds" => "windowSeconds",
-        "p_limit_cost" => "limitCost",
+        "p_limit_cost" => "weight",
         _ => return None,
     })
 }

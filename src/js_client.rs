@@ -145,7 +145,7 @@ export interface LimitRequest {
   /** The window, 1 to 86400 seconds. Part of the counter's identity with `limit`. */
   windowSeconds: number;
   /** This request's weight, 1 to `limit` (default 1). */
-  cost?: number;
+  weight?: number;
 }
 
 /** Being over a limit is a value, not an exception. All times in seconds. */
@@ -163,13 +163,14 @@ export interface RateLimitResult {
   windowSeconds?: number | null;
 }
 
-/** A charge plus a limit, in one transaction. `cost` is the charge's credits; `limitCost` the weight against the limit. */
+/** A charge plus a limit, in one transaction. `cost` is the charge's credits; `weight` what it counts against the limit. */
 export interface ChargeWithLimitRequest extends ChargeRequest {
-  key: string;
+  /** What the limit counts (not the idempotency key). */
+  limitKey: string;
   limit: number;
   windowSeconds: number;
   /** This request's weight against the limit, 1 to `limit` (default 1). */
-  limitCost?: number;
+  weight?: number;
 }
 
 /** Allowed: the limit was counted and the charge made. Denied: nothing happened. */

@@ -255,42 +255,35 @@ pub struct LimitRequest {
     pub key: LimitKey,
     pub limit: Limit,
     pub window_seconds: WindowSeconds,
-    pub cost: LimitCost,
+    pub weight: Weight,
 }
 
 impl LimitRequest {
     /// Parses `{ key, limit, windowSeconds, cost? }` (`cost` defaults to 1).
     pub fn from_json(value: &Value) -> Result<Self, CreditError> {
-        let fields = Fields::new("limit", value, &["key", "limit", "windowSeconds", "cost"])?;
-        Self::from_fields(&fields, "cost")
+        let fields = Fields::new("limit", value, &["key", "limit", "windowSeconds", "weight"])?;
+        Self::from_fields(&fields, "key")
     }
 
-    fn from_fields(fields: &Fields<'_>, cost_field: &str) -> Result<Self, CreditError> {
-        let key = LimitKey::new(fields.string("key")?)?;
+    /// The limit's fields; its key is read from `key_field` (`key`, or
+    /// `limitKey` beside a charge's `idempotencyKey`).
+    fn from_fields(fields: &Fields<'_>, key_field: &str) -> Result<Self, CreditError> {
+        let key = LimitKey::new(fields.string(key_field)?).map_err(|error| error.with_detail("field", key_field))?;
         let limit = Limit::new(fields.integer("limit")?)?;
         let window_seconds = WindowSeconds::new(fields.integer("windowSeconds")?)?;
-        let cost = match fields.optional_integer(cost_field)? {
-            None => LimitCost::new(1)?,
-            Some(value) => LimitCost::new(value).map_err(|_| CreditError::invalid_argument(cost_field, format!("{cost_field} must be an integer from 1 to {RATE_LIMIT_MAX}, got {value}")).with_detail("min", 1).with_detail("max", RATE_LIMIT_MAX))?,
+        let weight = match fields.optional_integer("weight")? {
+            None => Weight::new(1)?,
+            Some(value) => Weight::new(value)?,
         };
         // A request heavier than the whole limit could never be allowed:
         // that is a mistake in the caller, not a rate-limit denial.
-        if cost.get() > limit.get() {
+        if weight.get() > limit.get() {
             return Err(CreditError::invalid_argument(
-                cost_field,
-                format!(
-                    "{cost_field} ({}) must not exceed limit ({})",
-                    cost.get(),
-                    limit.get()
-                ),
+                "weight",
+                format!("weight ({}) must not exceed limit ({})", weight.get(), limit.get()),
             ));
         }
-        Ok(LimitRequest {
-            key,
-            limit,
-            window_seconds,
-            cost,
-        })
+        Ok(LimitRequest { key, limit, window_seconds, weight })
     }
 }
 
@@ -302,16 +295,16 @@ pub struct ChargeWithLimitRequest {
 }
 
 impl ChargeWithLimitRequest {
-    /// Parses a charge's fields plus `key, limit, windowSeconds, limitCost?`
-    /// (`cost` is the charge's credits here; the request's weight against
-    /// the limit is `limitCost`, default 1).
+    /// Parses a charge's fields plus `limitKey, limit, windowSeconds, weight?`
+    /// (`cost` is the charge's credits; `weight` what the request counts
+    /// against the limit, default 1).
     pub fn from_json(value: &Value) -> Result<Self, CreditError> {
         let mut known: Vec<&str> = CHARGE_FIELDS.to_vec();
-        known.extend(["key", "limit", "windowSeconds", "limitCost"]);
+        known.extend(["limitKey", "limit", "windowSeconds", "weight"]);
         let fields = Fields::new("chargeWithLimit", value, &known)?;
         Ok(ChargeWithLimitRequest {
             charge: ChargeRequest::from_fields(&fields)?,
-            limit: LimitRequest::from_fields(&fields, "limitCost")?,
+            limit: LimitRequest::from_fields(&fields, "limitKey")?,
         })
     }
 }
@@ -791,7 +784,7 @@ mod tests {
             base
         };
         let request = LimitRequest::from_json(&limit(json!({}))).expect("valid");
-        assert_eq!(request.cost.get(), 1);
+        assert_eq!(request.weight.get(), 1);
         assert_eq!(
             field_of(LimitRequest::from_json(&limit(json!({"limit": 0})))),
             "limit"
@@ -815,13 +808,13 @@ mod tests {
             "windowSeconds"
         );
         assert_eq!(
-            field_of(LimitRequest::from_json(&limit(json!({"cost": 0})))),
-            "cost"
+            field_of(LimitRequest::from_json(&limit(json!({"weight": 0})))),
+            "weight"
         );
-        assert!(LimitRequest::from_json(&limit(json!({"cost": 10}))).is_ok());
+        assert!(LimitRequest::from_json(&limit(json!({"weight": 10}))).is_ok());
         assert_eq!(
-            field_of(LimitRequest::from_json(&limit(json!({"cost": 11})))),
-            "cost"
+            field_of(LimitRequest::from_json(&limit(json!({"weight": 11})))),
+            "weight"
         );
         assert_eq!(
             field_of(LimitRequest::from_json(&limit(json!({"key": ""})))),
@@ -837,20 +830,21 @@ mod tests {
     }
 
     #[test]
-    fn charge_with_limit_takes_both_and_names_the_limit_weight_limit_cost() {
+    fn charge_with_limit_takes_both_and_names_the_limit_key_and_weight() {
         let value = json!({
             "userId": USER, "operation": "image", "cost": 5, "idempotencyKey": "k",
-            "key": "user:1", "limit": 3, "windowSeconds": 60, "limitCost": 2
+            "limitKey": "user:1", "limit": 3, "windowSeconds": 60, "weight": 2
         });
         let request = ChargeWithLimitRequest::from_json(&value).expect("valid");
         assert_eq!(request.charge.cost.get(), 5);
-        assert_eq!(request.limit.cost.get(), 2);
+        assert_eq!(request.limit.weight.get(), 2);
+        assert_eq!(request.limit.key.as_str(), "user:1");
         assert_eq!(request.limit.limit.get(), 3);
         let mut heavy = value.clone();
-        heavy["limitCost"] = json!(4);
+        heavy["weight"] = json!(4);
         assert_eq!(
             field_of(ChargeWithLimitRequest::from_json(&heavy)),
-            "limitCost"
+            "weight"
         );
         let mut no_window = value;
         no_window

@@ -298,7 +298,7 @@ int_newtype!(
 int_newtype!(
     /// How much one request weighs against a limit: at least 1 (and at most
     /// the limit, checked by [`LimitRequest`]).
-    LimitCost, "cost", 1, RATE_LIMIT_MAX
+    Weight, "weight", 1, RATE_LIMIT_MAX
 );
 
 /// A small JSON object stored with a job or ledger row.

@@ -32,7 +32,7 @@ impl Rng {
     }
 }
 
-const FIELDS: [&str; 16] = [
+const FIELDS: [&str; 17] = [
     "userId",
     "operation",
     "cost",
@@ -47,7 +47,8 @@ const FIELDS: [&str; 16] = [
     "key",
     "limit",
     "windowSeconds",
-    "limitCost",
+    "weight",
+    "limitKey",
     "success",
 ];
 
@@ -135,8 +136,8 @@ fn valid_requests() -> Vec<Value> {
         json!({"jobId": user, "resultUrl": "https://x", "actualCost": 1}),
         json!({"userId": user, "jobId": user, "reason": "r"}),
         json!({"userId": user, "amount": 5, "reason": "r", "idempotencyKey": "k"}),
-        json!({"key": "k", "limit": 5, "windowSeconds": 60, "cost": 1}),
-        json!({"userId": user, "operation": "image", "cost": 5, "key": "k", "limit": 5, "windowSeconds": 60, "limitCost": 2}),
+        json!({"key": "k", "limit": 5, "windowSeconds": 60, "weight": 1}),
+        json!({"userId": user, "operation": "image", "cost": 5, "limitKey": "k", "limit": 5, "windowSeconds": 60, "weight": 2}),
         json!({"success": true, "limit": 5, "remaining": 4, "reset": 9, "retryAfter": 0, "windowSeconds": 60}),
     ]
 }

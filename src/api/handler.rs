@@ -13,8 +13,8 @@ use crate::client::{CreditClient, Settled};
 use crate::error::{CreditError, ErrorCode};
 use crate::rate_limit_headers::rate_limit_headers;
 use crate::{
-    ChargeRequest, ChargeResult, ChargeWithLimitsRequest, HoldSeconds, JobId, JobView, LimitCost, LimitKey,
-    LimitRequest, RateLimitResult, RefundRequest, ResultUrl, RunOutput, UserId,
+    ChargeRequest, ChargeResult, ChargeWithLimitsRequest, HoldSeconds, JobId, JobView, LimitKey,
+    LimitRequest, RateLimitResult, RefundRequest, ResultUrl, RunOutput, UserId, Weight,
 };
 use std::net::{IpAddr, Ipv6Addr};
 use serde_json::{json, Value};
@@ -414,7 +414,7 @@ fn limit_request(suffix: &str, policy: LimitPolicy) -> Result<LimitRequest, ApiE
         key: LimitKey::reserved(suffix)?,
         limit: policy.limit,
         window_seconds: policy.window_seconds,
-        cost: LimitCost::new(1)?,
+        weight: Weight::new(1)?,
     })
 }
 

@@ -158,7 +158,7 @@ export const scenarios = [
   ["chargeWithLimit charges when allowed and changes nothing when denied", async ({ CreditClient, rateLimitHeaders }) => {
     const credits = new CreditClient({ url: API_URL, serviceRoleKey: SERVICE_ROLE_KEY });
     const userId = await userWith(10, credits);
-    const request = { userId, operation: "image_generation", cost: 3, key: `user:${userId}`, limit: 1, windowSeconds: 3600 };
+    const request = { userId, operation: "image_generation", cost: 3, limitKey: `user:${userId}`, limit: 1, windowSeconds: 3600 };
     const allowed = await credits.chargeWithLimit(request);
     assert.equal(allowed.success, true);
     assert.match(allowed.jobId, UUID);

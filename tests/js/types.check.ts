@@ -46,7 +46,7 @@ export async function typed(): Promise<void> {
   const alwaysThere: string = headers["Retry-After"];
 
   const both: ChargeWithLimitResult = await credits.chargeWithLimit({
-    userId: "u", operation: "image", cost: 1, key: "k", limit: 1, windowSeconds: 60,
+    userId: "u", operation: "image", cost: 1, limitKey: "k", limit: 1, windowSeconds: 60,
   });
   if (both.success) {
     const id: string = both.jobId;
