@@ -319,8 +319,6 @@ pub struct ChargeWithLimitsRequest {
     pub limits: Vec<LimitRequest>,
 }
 
-/// The most limits one call may check.
-pub const LIMITS_PER_CALL_MAX: usize = 16;
 
 /// `charge_credits_with_limits`' result: every limit's outcome, in the
 /// request's order, and the charge when every limit allowed it.

@@ -29,6 +29,8 @@ pub const RESULT_URL_CHARS_MAX: usize = 2048;
 pub const METADATA_BYTES_MAX: usize = 4096;
 /// A hold lasts at most a day: past that, a job is lost, not slow.
 pub const HOLD_SECONDS_MAX: u32 = 86_400;
+/// The most limits one call may check (`charge_credits_with_limits`).
+pub const LIMITS_PER_CALL_MAX: usize = 16;
 /// Rate-limit windows go from 1 s to a day (docs/design.md, "Rate limits").
 pub const WINDOW_SECONDS_MAX: u32 = 86_400;
 
@@ -403,4 +405,66 @@ pub(crate) fn quote(text: &str) -> String {
         out.push('…');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The migrations, concatenated: where the SQL states each limit once,
+    /// as `creditgate.<name>() ... AS $$ SELECT <n> $$`.
+    fn migrations() -> String {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/supabase/migrations");
+        let mut files: Vec<_> = std::fs::read_dir(dir).expect("the migrations").flatten().map(|entry| entry.path()).collect();
+        files.sort();
+        files.iter().map(|path| std::fs::read_to_string(path).expect("readable")).collect()
+    }
+
+    fn sql_limit(sql: &str, name: &str) -> u64 {
+        let start = sql.find(&format!("FUNCTION creditgate.{name}()")).unwrap_or_else(|| panic!("creditgate.{name}() is defined"));
+        let body = &sql[start..];
+        let open = body.find("$$").expect("a body") + 2;
+        let close = open + body[open..].find("$$").expect("its end");
+        let text = body[open..close].trim();
+        let number = text.strip_prefix("SELECT").unwrap_or_else(|| panic!("{name}: {text}")).trim();
+        number.trim_end_matches(|c: char| !c.is_ascii_digit()).parse().unwrap_or_else(|_| panic!("{name}: {text}"))
+    }
+
+    /// Every bound Rust checks before a request is sent is the one the SQL
+    /// enforces, and the TypeScript types say the same numbers.
+    #[test]
+    fn the_rust_limits_are_the_sql_limits() {
+        let sql = migrations();
+        let pairs: [(&str, u64); 11] = [
+            ("cost_credits_max", u64::from(CREDITS_MAX)),
+            ("idempotency_key_length_max", IDEMPOTENCY_KEY_CHARS_MAX as u64),
+            ("operation_type_length_max", OPERATION_CHARS_MAX as u64),
+            ("metadata_bytes_max", METADATA_BYTES_MAX as u64),
+            ("reason_length_max", REASON_CHARS_MAX as u64),
+            ("result_url_length_max", RESULT_URL_CHARS_MAX as u64),
+            ("hold_seconds_max", u64::from(HOLD_SECONDS_MAX)),
+            ("rate_limit_max", u64::from(RATE_LIMIT_MAX)),
+            ("window_seconds_max", u64::from(WINDOW_SECONDS_MAX)),
+            ("rate_limit_key_length_max", LIMIT_KEY_CHARS_MAX as u64),
+            ("rate_limits_per_call_max", LIMITS_PER_CALL_MAX as u64),
+        ];
+        for (name, rust) in pairs {
+            assert_eq!(sql_limit(&sql, name), rust, "creditgate.{name}() and the Rust constant");
+        }
+        let typescript = include_str!("js_client.rs");
+        for phrase in [
+            format!("from 1 to {CREDITS_MAX}"),
+            format!("1 to {OPERATION_CHARS_MAX} chars"),
+            format!("1 to {IDEMPOTENCY_KEY_CHARS_MAX} chars"),
+            format!("at most {METADATA_BYTES_MAX} bytes"),
+            format!("1 to {HOLD_SECONDS_MAX}"),
+            format!("at most {RESULT_URL_CHARS_MAX} chars"),
+            format!("1 to {REASON_CHARS_MAX} chars"),
+            format!("1 to {LIMIT_KEY_CHARS_MAX} chars"),
+            format!("1 to {RATE_LIMIT_MAX}"),
+            format!("1 to {WINDOW_SECONDS_MAX} seconds"),
+        ] {
+            assert!(typescript.contains(&phrase), "the TypeScript types say {phrase:?}");
+        }
+    }
 }
