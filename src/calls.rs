@@ -7,7 +7,7 @@
 //! the SQL `DEFAULT` applies (an explicit `null` would override it).
 
 use crate::{
-    ChargeRequest, ChargeWithLimitsRequest, CompleteRequest, GrantRequest, JobId, LimitRequest,
+    ChargeRequest, ChargeWithLimitsRequest, CompleteRequest, GrantRequest, IdempotencyKey, JobId, LimitRequest, Metadata,
     RefundRequest, UserId,
 };
 use serde_json::{json, Map, Value};
@@ -58,25 +58,21 @@ pub fn charge(request: &ChargeRequest) -> Rpc {
     Rpc::new("charge_credits", charge_args(request))
 }
 
+fn key_arg(key: Option<&IdempotencyKey>) -> Option<Value> {
+    key.map(|key| json!(key.as_str()))
+}
+
+fn metadata_arg(metadata: Option<&Metadata>) -> Option<Value> {
+    metadata.map(|metadata| Value::Object(metadata.as_map().clone()))
+}
+
 fn charge_args(request: &ChargeRequest) -> Map<String, Value> {
     args([
         ("p_user_id", Some(json!(request.user_id.to_string()))),
         ("p_operation_type", Some(json!(request.operation.as_str()))),
         ("p_cost", Some(json!(request.cost.get()))),
-        (
-            "p_idempotency_key",
-            request
-                .idempotency_key
-                .as_ref()
-                .map(|key| json!(key.as_str())),
-        ),
-        (
-            "p_metadata",
-            request
-                .metadata
-                .as_ref()
-                .map(|metadata| Value::Object(metadata.as_map().clone())),
-        ),
+        ("p_idempotency_key", key_arg(request.idempotency_key.as_ref())),
+        ("p_metadata", metadata_arg(request.metadata.as_ref())),
         (
             "p_hold_seconds",
             request.hold_seconds.map(|seconds| json!(seconds.get())),
@@ -118,20 +114,8 @@ pub fn grant(request: &GrantRequest) -> Rpc {
         ("p_user_id", Some(json!(request.user_id.to_string()))),
         ("p_amount", Some(json!(request.amount.get()))),
         ("p_reason", Some(json!(request.reason.as_str()))),
-        (
-            "p_idempotency_key",
-            request
-                .idempotency_key
-                .as_ref()
-                .map(|key| json!(key.as_str())),
-        ),
-        (
-            "p_metadata",
-            request
-                .metadata
-                .as_ref()
-                .map(|metadata| Value::Object(metadata.as_map().clone())),
-        ),
+        ("p_idempotency_key", key_arg(request.idempotency_key.as_ref())),
+        ("p_metadata", metadata_arg(request.metadata.as_ref())),
     ]);
     Rpc::new("grant_credits", body)
 }

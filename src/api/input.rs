@@ -35,18 +35,7 @@ pub fn body_object(request: &ApiRequest, empty_ok: bool) -> Result<Map<String, V
         .map_err(|error| ApiError::invalid("body", format!("the body is not valid JSON: {error}")))?;
     match value {
         Value::Object(map) => Ok(map),
-        other => Err(ApiError::invalid("body", format!("the body must be a JSON object, got {}", kind(&other)))),
-    }
-}
-
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
+        other => Err(ApiError::invalid("body", format!("the body must be a JSON object, got {}", crate::values::type_name(&other)))),
     }
 }
 
@@ -70,7 +59,7 @@ fn string<'m>(map: &'m Map<String, Value>, name: &str) -> Result<Option<&'m str>
     match field(map, name) {
         None => Ok(None),
         Some(Value::String(text)) => Ok(Some(text)),
-        Some(other) => Err(ApiError::invalid(name, format!("{name} must be a string, got {}", kind(other)))),
+        Some(other) => Err(ApiError::invalid(name, format!("{name} must be a string, got {}", crate::values::type_name(other)))),
     }
 }
 
@@ -88,7 +77,7 @@ fn metadata(map: &Map<String, Value>, ours: Map<String, Value>) -> Result<Metada
             theirs.clone()
         }
         Some(other) => {
-            return Err(ApiError::invalid("metadata", format!("metadata must be a JSON object, got {}", kind(other))));
+            return Err(ApiError::invalid("metadata", format!("metadata must be a JSON object, got {}", crate::values::type_name(other))));
         }
     };
     merged.insert(RESERVED_METADATA_KEY.into(), Value::Object(ours));
