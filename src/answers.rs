@@ -115,7 +115,7 @@ struct CompleteRow {
 }
 
 /// `complete_generation_job`. A hold that had expired comes back as a row
-/// with status `expired` (the release is committed, the credits are back):
+/// with status `expired` (its expiry is committed, the credits are back):
 /// for the caller that is a refused completion, `job_already_settled`.
 pub fn complete(response: &Answer) -> Result<CompleteResult, CreditError> {
     let row: CompleteRow = response.row("complete_generation_job")?;

@@ -339,7 +339,7 @@ impl JsCreditClient {
         })
     }
 
-    /// Captures a job's hold; with `actualCost` below it, returns the rest.
+    /// Completes a job; with `actualCost` below its hold, the rest goes back.
     /// Rejects with `job_already_settled`, `job_not_found`.
     #[wasm_bindgen(unchecked_return_type = "Promise<CompleteResult>")]
     pub fn complete(

@@ -169,7 +169,7 @@ impl ChargeRequest {
     }
 }
 
-/// `complete`: capture a job's hold, optionally at a lower actual cost.
+/// `complete`: settle a job keeping its cost, or a lower actual cost.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CompleteRequest {
     pub job_id: JobId,
@@ -195,7 +195,7 @@ impl CompleteRequest {
     }
 }
 
-/// `refund`: void a job's whole hold.
+/// `refund`: settle a job returning its whole hold.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RefundRequest {
     pub user_id: UserId,

@@ -219,7 +219,7 @@ impl Api {
             Settled::Refunded { refunded } => {
                 let message = match refunded {
                     Some(_) => format!("the generation failed ({cause}); the credits were refunded"),
-                    None => format!("the generation failed ({cause}); the hold is released when it expires"),
+                    None => format!("the generation failed ({cause}); the hold expires and comes back"),
                 };
                 let mut error = ApiError::from_code(ErrorCode::Upstream, message).with_detail("cause", cause);
                 if let Some(status) = generator_status {

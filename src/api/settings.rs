@@ -35,7 +35,7 @@ pub const DEFAULT_GENERATOR_TIMEOUT_MS: u32 = 20_000;
 pub const GENERATOR_TIMEOUT_MS_MIN: u32 = 100;
 pub const GENERATOR_TIMEOUT_MS_MAX: u32 = 120_000;
 /// A `/generate` hold outlives the generator's timeout by this much, so a
-/// hold whose refund could not be made (the database went away) is released
+/// hold whose refund could not be made (the database went away) is expired
 /// by the sweeper soon after, never while the generation may still finish.
 pub const GENERATE_HOLD_MARGIN_SECONDS: u32 = 60;
 /// Price lists are short: one entry per kind of paid work.
