@@ -180,7 +180,7 @@ impl CreditClient {
 
     /// Charges, runs `work` with the job, then settles the job with what
     /// `work` returned (see [`CreditClient::settle`]). If the refund itself
-    /// cannot be made (the network is gone), the hold is released by the
+    /// cannot be made (the network is gone), the hold is expired by the
     /// expiry sweeper after its `holdSeconds`: the credits are never lost.
     ///
     /// A replayed charge (same idempotency key) still calls `work`, with

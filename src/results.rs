@@ -16,7 +16,7 @@ pub struct ChargeResult {
     pub balance: i64,
     /// True when this is a retry with a known key: nothing was charged again.
     pub replayed: bool,
-    /// When the hold is released if the job is not settled (ISO 8601), if known.
+    /// When the hold expires if the job is not settled (ISO 8601), if known.
     pub expires_at: Option<String>,
 }
 
