@@ -59,7 +59,6 @@ BEGIN
   END;
 END;
 $$;
-REVOKE ALL ON FUNCTION creditgate.ensure_constraint(regclass, text, text) FROM PUBLIC;
 
 /**
  * Drops every foreign key on p_table that references p_referenced, except
@@ -85,7 +84,6 @@ BEGIN
   END LOOP;
 END;
 $$;
-REVOKE ALL ON FUNCTION creditgate.drop_foreign_keys(regclass, regclass, text) FROM PUBLIC;
 
 /** True when p_table has a column p_column. */
 CREATE OR REPLACE FUNCTION creditgate.has_column(p_table regclass, p_column text)
@@ -100,7 +98,25 @@ AS $$
     WHERE a.attrelid = p_table AND a.attname = p_column AND a.attnum > 0 AND NOT a.attisdropped
   )
 $$;
-REVOKE ALL ON FUNCTION creditgate.has_column(regclass, text) FROM PUBLIC;
+
+/**
+ * Makes public function p_function callable by p_roles (a comma-separated
+ * list of role names) and by no other client role: PUBLIC, anon and
+ * authenticated lose EXECUTE first. Every public function is exposed with it.
+ */
+CREATE OR REPLACE FUNCTION creditgate.expose(p_function regprocedure, p_roles text)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION %s FROM PUBLIC, anon, authenticated', p_function);
+  EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO %s', p_function,
+    (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(pg_catalog.btrim(r)), ', ')
+     FROM pg_catalog.regexp_split_to_table(p_roles, ',') AS r));
+END;
+$$;
 
 -- -----------------------------------------------------------------------------
 -- users: one row per auth user; `credits` is the spendable balance (open holds
@@ -154,8 +170,8 @@ COMMENT ON COLUMN public.users.credits IS 'Spendable balance in credits; open ho
 COMMENT ON COLUMN public.users.closed_at IS 'When the auth user was deleted and the account closed (balance zeroed in the ledger).';
 
 -- -----------------------------------------------------------------------------
--- generation_jobs: a hold. A charge opens it (status pending) and it is
--- settled exactly once: completed (capture), failed (refund) or expired.
+-- generation_jobs: a job holding credits. A charge opens it (status pending)
+-- and it is settled exactly once: completed, failed (refunded) or expired.
 -- -----------------------------------------------------------------------------
 CREATE TABLE IF NOT EXISTS public.generation_jobs (
   id uuid PRIMARY KEY DEFAULT pg_catalog.gen_random_uuid(),
@@ -178,12 +194,13 @@ CREATE TABLE IF NOT EXISTS public.generation_jobs (
 ALTER TABLE public.generation_jobs ADD COLUMN IF NOT EXISTS expires_at timestamptz;
 ALTER TABLE public.generation_jobs ADD COLUMN IF NOT EXISTS captured_credits integer;
 ALTER TABLE public.generation_jobs ADD COLUMN IF NOT EXISTS refunded_credits integer;
--- The seed had no way to complete a job, so its open jobs are mostly finished
--- work: they are captured at upgrade rather than refunded by the sweeper,
--- which would mint credits for work that was done.
+-- The seed had no way to complete a job, so its open jobs (the seed's
+-- 'pending' and 'processing') are mostly finished work: they are completed at
+-- upgrade rather than refunded by the sweeper, which would mint credits for
+-- work that was done.
 UPDATE public.generation_jobs
 SET status = 'completed', completed_at = pg_catalog.clock_timestamp(), captured_credits = cost,
-    error_message = coalesce(error_message, 'Captured at the creditgate upgrade')
+    error_message = coalesce(error_message, 'Completed at the creditgate upgrade')
 WHERE expires_at IS NULL AND status IN ('pending', 'processing');
 UPDATE public.generation_jobs SET expires_at = coalesce(created_at, pg_catalog.clock_timestamp())
 WHERE expires_at IS NULL;
@@ -201,10 +218,22 @@ SELECT creditgate.drop_foreign_keys('public.generation_jobs', 'auth.users', NULL
 SELECT creditgate.drop_foreign_keys('public.generation_jobs', 'public.users', 'generation_jobs_user_fk');
 SELECT creditgate.ensure_constraint('public.generation_jobs', 'generation_jobs_user_fk',
   'FOREIGN KEY (user_id) REFERENCES public.users (id)');
-SELECT creditgate.ensure_constraint('public.generation_jobs', 'generation_jobs_status_known',
-  $c$CHECK (status IN ('pending', 'processing', 'completed', 'failed', 'expired'))$c$);
-SELECT creditgate.ensure_constraint('public.generation_jobs', 'generation_jobs_settled_once',
-  $c$CHECK ((status IN ('pending', 'processing')) = (completed_at IS NULL))$c$);
+-- No creditgate version ever wrote the seed's 'processing' (the seed's open
+-- jobs are completed above); the status list no longer has it. The earlier
+-- constraints that allowed it are replaced, under new names.
+DO $$
+BEGIN
+  IF EXISTS (SELECT FROM public.generation_jobs j WHERE j.status = 'processing') THEN
+    RAISE EXCEPTION 'creditgate: a job has status processing, which no version writes; settle it first';
+  END IF;
+END
+$$;
+ALTER TABLE public.generation_jobs DROP CONSTRAINT IF EXISTS generation_jobs_status_known;
+ALTER TABLE public.generation_jobs DROP CONSTRAINT IF EXISTS generation_jobs_settled_once;
+SELECT creditgate.ensure_constraint('public.generation_jobs', 'generation_jobs_status_listed',
+  $c$CHECK (status IN ('pending', 'completed', 'failed', 'expired'))$c$);
+SELECT creditgate.ensure_constraint('public.generation_jobs', 'generation_jobs_settled_when_not_pending',
+  $c$CHECK ((status = 'pending') = (completed_at IS NULL))$c$);
 -- Costs are bounded so that no sum of them can overflow (see creditgate.cost_credits_max()).
 SELECT creditgate.ensure_constraint('public.generation_jobs', 'generation_jobs_cost_range',
   'CHECK (cost BETWEEN 1 AND 1000000000)');
@@ -223,14 +252,22 @@ CREATE INDEX IF NOT EXISTS generation_jobs_user_created
   ON public.generation_jobs (user_id, created_at);
 -- Open holds by user and deadline: each user's release, and the sweeper's
 -- scan (it lists the users with an expired hold, which is this index's order).
+DO $$
+BEGIN
+  -- Earlier versions' predicate also named 'processing'.
+  IF pg_catalog.pg_get_indexdef(to_regclass('public.generation_jobs_open_user_expiry')) LIKE '%processing%' THEN
+    DROP INDEX public.generation_jobs_open_user_expiry;
+  END IF;
+END
+$$;
 CREATE INDEX IF NOT EXISTS generation_jobs_open_user_expiry
-  ON public.generation_jobs (user_id, expires_at) WHERE status IN ('pending', 'processing');
+  ON public.generation_jobs (user_id, expires_at) WHERE status = 'pending';
 -- An earlier version also kept open holds by deadline alone: the index above
 -- serves that scan too, and each charge and settlement wrote both.
 DROP INDEX IF EXISTS public.generation_jobs_open_expiry;
 
 COMMENT ON TABLE public.generation_jobs IS
-  'Holds: a charge opens a job; it is settled exactly once (completed, failed = refunded, expired).';
+  'Jobs: a charge opens one, holding its cost; it is settled exactly once (completed, failed = refunded, expired).';
 COMMENT ON COLUMN public.generation_jobs.cost IS 'Credits held by the charge.';
 COMMENT ON COLUMN public.generation_jobs.expires_at IS 'Deadline: an open hold past it is refunded (status expired).';
 COMMENT ON COLUMN public.generation_jobs.captured_credits IS 'Credits kept at settlement (0 for a refund or expiry).';
@@ -369,11 +406,40 @@ SELECT creditgate.ensure_constraint('public.credit_ledger', 'credit_ledger_user_
   'FOREIGN KEY (user_id) REFERENCES public.users (id)');
 SELECT creditgate.ensure_constraint('public.credit_ledger', 'credit_ledger_job_fk',
   'FOREIGN KEY (job_id) REFERENCES public.generation_jobs (id)');
-SELECT creditgate.ensure_constraint('public.credit_ledger', 'credit_ledger_entry_type_known',
-  $c$CHECK (entry_type IN ('charge', 'refund', 'expiry', 'capture', 'grant',
+-- Earlier versions named the entry of a completion 'capture' and wrote each
+-- settlement entry's type (refund, expiry, capture) in operation_type too.
+-- Existing rows are rewritten once: 'capture' becomes 'completion', and a
+-- settlement entry takes its job's operation_type. The ledger is append-only
+-- (credit_ledger_append_only, created below, refuses UPDATE): this rewrite
+-- disables that trigger for the one UPDATE and enables it again, inside this
+-- migration's transaction, so no other session ever sees the ledger without
+-- it; a re-run finds nothing to rewrite and leaves the trigger alone.
+DO $$
+BEGIN
+  IF EXISTS (SELECT FROM public.credit_ledger l JOIN public.generation_jobs j ON j.id = l.job_id
+             WHERE l.entry_type IN ('refund', 'expiry', 'capture')
+               AND (l.entry_type = 'capture' OR l.operation_type IS DISTINCT FROM j.operation_type)) THEN
+    ALTER TABLE public.credit_ledger DROP CONSTRAINT IF EXISTS credit_ledger_entry_type_known;
+    ALTER TABLE public.credit_ledger DROP CONSTRAINT IF EXISTS credit_ledger_job_entries_name_a_job;
+    DROP INDEX IF EXISTS public.credit_ledger_one_settlement_per_job;
+    ALTER TABLE public.credit_ledger DISABLE TRIGGER credit_ledger_append_only;
+    UPDATE public.credit_ledger l
+    SET entry_type = CASE WHEN l.entry_type = 'capture' THEN 'completion' ELSE l.entry_type END,
+        operation_type = j.operation_type
+    FROM public.generation_jobs j
+    WHERE j.id = l.job_id AND l.entry_type IN ('refund', 'expiry', 'capture')
+      AND (l.entry_type = 'capture' OR l.operation_type IS DISTINCT FROM j.operation_type);
+    ALTER TABLE public.credit_ledger ENABLE TRIGGER credit_ledger_append_only;
+  END IF;
+END
+$$;
+ALTER TABLE public.credit_ledger DROP CONSTRAINT IF EXISTS credit_ledger_entry_type_known;
+ALTER TABLE public.credit_ledger DROP CONSTRAINT IF EXISTS credit_ledger_job_entries_name_a_job;
+SELECT creditgate.ensure_constraint('public.credit_ledger', 'credit_ledger_entry_type_listed',
+  $c$CHECK (entry_type IN ('charge', 'refund', 'expiry', 'completion', 'grant',
                            'opening_balance', 'account_closure', 'legacy'))$c$);
-SELECT creditgate.ensure_constraint('public.credit_ledger', 'credit_ledger_job_entries_name_a_job',
-  $c$CHECK ((job_id IS NOT NULL) = (entry_type IN ('charge', 'refund', 'expiry', 'capture')))$c$);
+SELECT creditgate.ensure_constraint('public.credit_ledger', 'credit_ledger_job_entry_names_a_job',
+  $c$CHECK ((job_id IS NOT NULL) = (entry_type IN ('charge', 'refund', 'expiry', 'completion')))$c$);
 SELECT creditgate.ensure_constraint('public.credit_ledger', 'credit_ledger_delta_nonzero',
   $c$CHECK (delta <> 0 OR entry_type = 'legacy')$c$);
 SELECT creditgate.ensure_constraint('public.credit_ledger', 'credit_ledger_operation_type_length',
@@ -386,13 +452,23 @@ CREATE INDEX IF NOT EXISTS credit_ledger_user_id_id ON public.credit_ledger (use
 -- settlement entry per job.
 CREATE UNIQUE INDEX IF NOT EXISTS credit_ledger_one_charge_per_job
   ON public.credit_ledger (job_id) WHERE entry_type = 'charge';
+DO $$
+BEGIN
+  -- Earlier versions' predicate named 'capture'.
+  IF pg_catalog.pg_get_indexdef(to_regclass('public.credit_ledger_one_settlement_per_job')) LIKE '%capture%' THEN
+    DROP INDEX public.credit_ledger_one_settlement_per_job;
+  END IF;
+END
+$$;
 CREATE UNIQUE INDEX IF NOT EXISTS credit_ledger_one_settlement_per_job
-  ON public.credit_ledger (job_id) WHERE entry_type IN ('refund', 'expiry', 'capture');
+  ON public.credit_ledger (job_id) WHERE entry_type IN ('refund', 'expiry', 'completion');
 
 COMMENT ON TABLE public.credit_ledger IS
   'Append-only: one row per balance change. Per user: ids increase in commit order, balance_after = previous + delta, sum(delta) = users.credits.';
 COMMENT ON COLUMN public.credit_ledger.entry_type IS
-  'charge (hold taken), refund / expiry / capture (hold settled; capture returns the unused part), grant, opening_balance (legacy upgrade), account_closure, legacy (rows from before creditgate).';
+  'charge (hold taken), refund / expiry / completion (job settled; a completion returns the unused part of the hold), grant, opening_balance (legacy upgrade), account_closure, legacy (rows from before creditgate).';
+COMMENT ON COLUMN public.credit_ledger.operation_type IS
+  'The operation of the job (charge and settlement entries), or the entry type for entries without a job (grant, opening_balance, account_closure, legacy).';
 
 /** Refuses UPDATE, DELETE and TRUNCATE on the ledger, loudly. */
 CREATE OR REPLACE FUNCTION creditgate.forbid_ledger_change()
@@ -407,7 +483,6 @@ BEGIN
           HINT = 'Correct a ledger entry with a new entry; history is never rewritten.';
 END;
 $$;
-REVOKE ALL ON FUNCTION creditgate.forbid_ledger_change() FROM PUBLIC;
 
 DROP TRIGGER IF EXISTS credit_ledger_append_only ON public.credit_ledger;
 CREATE TRIGGER credit_ledger_append_only
@@ -432,7 +507,6 @@ BEGIN
   RETURN NEW;
 END;
 $$;
-REVOKE ALL ON FUNCTION creditgate.fill_legacy_amount() FROM PUBLIC;
 
 DO $$
 BEGIN
@@ -474,10 +548,10 @@ ALTER TABLE public.idempotency_keys ADD COLUMN IF NOT EXISTS created_at timestam
 -- The scope of existing rows, from what each row records. creditgate always
 -- wrote 'charge' or 'grant' here; a grant never points at a job and always
 -- stored its response. The seed wrote the charge's operation type ('image')
--- or NULL, no response and no job_id: it keyed only charges (its
--- generation_jobs row keeps the operation type). So: a row that points at a
--- job, has no stored response, or is not a 'grant' is a charge. Old
--- uniqueness was (user, key), so no two rows can collide here. Only rows
+-- or NULL, no response: it keyed only charges (its generation_jobs row keeps
+-- the operation type). So: a row that points at a job (job_id), has no
+-- stored response, or is not a 'grant' is a charge.
+-- Old uniqueness was (user, key), so no two rows can collide here. Only rows
 -- whose scope is not yet one of the two are touched: a re-run writes nothing.
 UPDATE public.idempotency_keys k SET operation = 'charge'
 WHERE k.operation IS NULL
@@ -655,4 +729,8 @@ CREATE POLICY credit_ledger_only_own ON public.credit_ledger AS RESTRICTIVE
 -- PostgREST reloads its schema cache at commit, so new and changed functions
 -- are callable at once (as `supabase db push` users expect).
 -- -----------------------------------------------------------------------------
+-- PostgreSQL grants EXECUTE on a new function to PUBLIC; the schema's
+-- default privileges (above) revoke it, and this statement does it for a
+-- creditgate function created another way (by another role, or before).
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA creditgate FROM PUBLIC;
 NOTIFY pgrst, 'reload schema';

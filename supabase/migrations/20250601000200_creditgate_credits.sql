@@ -1,6 +1,6 @@
 -- =============================================================================
--- creditgate 2/4: credits. Charge (a hold), complete (capture), refund (void),
--- expire, grant, balance and reconciliation.
+-- creditgate 2/4: credits. Charge (a hold), settle it (complete, refund,
+-- expire), grant, balance and reconciliation. Words: docs/glossary.md.
 --
 -- Every public function is a thin wrapper: it reads the clock once and calls
 -- an internal creditgate.*_at(..., p_now) that no client may call, so tests
@@ -22,6 +22,37 @@
 -- job_already_settled / idempotency_in_flight, PT422 idempotency_key_reused.
 -- The creditgate code is in HINT, machine-readable JSON in DETAIL.
 -- =============================================================================
+
+-- -----------------------------------------------------------------------------
+-- Earlier versions' internal functions: the dead ones go, and those whose
+-- parameter names or result changed are dropped so that CREATE OR REPLACE
+-- below can install them (plpgsql callers find them by name at run time).
+-- -----------------------------------------------------------------------------
+DROP FUNCTION IF EXISTS creditgate.require_charge_arguments(uuid, text, integer, text, integer);
+DROP FUNCTION IF EXISTS creditgate.void_open_holds(uuid, timestamptz, text, text, text, text, timestamptz);
+DROP FUNCTION IF EXISTS creditgate.release_expired_holds(uuid, timestamptz);
+DROP FUNCTION IF EXISTS creditgate.require_open(public.generation_jobs);
+DROP FUNCTION IF EXISTS creditgate.require_idempotency_scope(text);
+DO $$
+BEGIN
+  IF (SELECT 'p_captured' = ANY (p.proargnames) FROM pg_catalog.pg_proc p WHERE p.oid =
+      to_regprocedure('creditgate.settle_job(public.generation_jobs, text, integer, text, text, text, text, timestamptz)')) THEN
+    DROP FUNCTION creditgate.settle_job(public.generation_jobs, text, integer, text, text, text, text, timestamptz);
+  END IF;
+  IF (SELECT 'p_operation' = ANY (p.proargnames) FROM pg_catalog.pg_proc p WHERE p.oid =
+      to_regprocedure('creditgate.record_idempotency_key(uuid, text, text, text, jsonb, uuid)')) THEN
+    DROP FUNCTION creditgate.record_idempotency_key(uuid, text, text, text, jsonb, uuid);
+  END IF;
+  IF (SELECT 'p_operation' = ANY (p.proargnames) FROM pg_catalog.pg_proc p WHERE p.oid =
+      to_regprocedure('creditgate.claim_idempotency_key(uuid, text, text, text)')) THEN
+    DROP FUNCTION creditgate.claim_idempotency_key(uuid, text, text, text);
+  END IF;
+  IF (SELECT 'replayed' = ANY (p.proargnames) FROM pg_catalog.pg_proc p WHERE p.oid =
+      to_regprocedure('creditgate.open_hold(uuid, text, integer, text, text, jsonb, integer, timestamptz)')) THEN
+    DROP FUNCTION creditgate.open_hold(uuid, text, integer, text, text, jsonb, integer, timestamptz);
+  END IF;
+END
+$$;
 
 -- -----------------------------------------------------------------------------
 -- Limits. Each is named, enforced before any change, and tested at the bound
@@ -52,31 +83,69 @@ LANGUAGE sql IMMUTABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS
 -- A hold longer than a day is a lost job, not a slow one.
 CREATE OR REPLACE FUNCTION creditgate.hold_seconds_max() RETURNS integer
 LANGUAGE sql IMMUTABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$ SELECT 86400 $$;
+-- Rate limits: buckets per window (W/20 is the most a request can be refused early).
+CREATE OR REPLACE FUNCTION creditgate.rate_limit_buckets() RETURNS integer
+LANGUAGE sql IMMUTABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$ SELECT 20 $$;
+-- Requests (or weight units) per window: far above any per-user policy, and
+-- small enough that no sum of weights in a window can overflow an integer.
+CREATE OR REPLACE FUNCTION creditgate.rate_limit_max() RETURNS integer
+LANGUAGE sql IMMUTABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$ SELECT 1000000 $$;
+-- Windows from one second to one day.
+CREATE OR REPLACE FUNCTION creditgate.window_seconds_max() RETURNS integer
+LANGUAGE sql IMMUTABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$ SELECT 86400 $$;
+-- A limit key names a subject ("user:<uuid>", "ip:<address>"); also an index bound.
+CREATE OR REPLACE FUNCTION creditgate.rate_limit_key_length_max() RETURNS integer
+LANGUAGE sql IMMUTABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$ SELECT 255 $$;
+-- A limit key as stored: a caller's (at most 255), or check_rate_limit's encoded
+-- pair 'creditgate:check:' || length(type) || ':' || type || ':' || identifier,
+-- at most 17 + 2 + 1 + 64 + 1 + 190 = 275 characters.
+CREATE OR REPLACE FUNCTION creditgate.rate_limit_stored_key_length_max() RETURNS integer
+LANGUAGE sql IMMUTABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$ SELECT 320 $$;
+-- Entries of one apply_rate_limits / charge_credits_with_limits call.
+CREATE OR REPLACE FUNCTION creditgate.rate_limits_per_call_max() RETURNS integer
+LANGUAGE sql IMMUTABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$ SELECT 16 $$;
+-- check_rate_limit's p_type and p_identifier.
+CREATE OR REPLACE FUNCTION creditgate.rate_limit_type_length_max() RETURNS integer
+LANGUAGE sql IMMUTABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$ SELECT 64 $$;
+CREATE OR REPLACE FUNCTION creditgate.rate_limit_identifier_length_max() RETURNS integer
+LANGUAGE sql IMMUTABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$ SELECT 190 $$;
 
-REVOKE ALL ON FUNCTION creditgate.cost_credits_max(), creditgate.balance_credits_max(),
-  creditgate.idempotency_key_length_max(), creditgate.operation_type_length_max(),
-  creditgate.metadata_bytes_max(), creditgate.reason_length_max(),
-  creditgate.result_url_length_max(), creditgate.hold_seconds_max() FROM PUBLIC;
+-- These functions are the only place a limit is written. They are IMMUTABLE
+-- and take no argument, so the planner evaluates a call once, when it plans
+-- the expression that contains it (PL/pgSQL keeps that plan for the session):
+-- `p_cost BETWEEN 1 AND creditgate.cost_credits_max()` runs as a comparison
+-- with a constant, at the cost of a literal (measured: docs/rpc.md, Limits).
 
--- The hot functions below (lock_user, charge, complete, refund) check their
--- arguments inline with these bounds as literals, and call the named checks
--- only when one fails, to raise the precise error. Every creditgate function
--- is SECURITY DEFINER with its own search_path, so none is inlined: a call
--- costs a GUC save and restore, and a charge used to make about 25 of them.
--- The literals must equal the named limits: a changed limit fails this file
--- instead of drifting from them.
-DO $$
-BEGIN
-  IF NOT (creditgate.cost_credits_max() = 1000000000
-          AND creditgate.idempotency_key_length_max() = 255
-          AND creditgate.operation_type_length_max() = 64
-          AND creditgate.metadata_bytes_max() = 4096
-          AND creditgate.reason_length_max() = 500
-          AND creditgate.result_url_length_max() = 2048
-          AND creditgate.hold_seconds_max() = 86400) THEN
-    RAISE EXCEPTION 'creditgate: a named limit changed: update the literals of the fast paths in 20250601000200_creditgate_credits.sql';
-  END IF;
-END
+/**
+ * Every limit, one row each, under a stable name: what tests compare with the
+ * client's constants (src/types.rs). Owner only, like every creditgate function.
+ */
+CREATE OR REPLACE FUNCTION creditgate.limits()
+RETURNS TABLE (name text, value bigint)
+LANGUAGE sql
+STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT l.name, l.value FROM (VALUES
+    (1, 'cost_credits_max', creditgate.cost_credits_max()::bigint),
+    (2, 'balance_credits_max', creditgate.balance_credits_max()),
+    (3, 'idempotency_key_length_max', creditgate.idempotency_key_length_max()),
+    (4, 'operation_type_length_max', creditgate.operation_type_length_max()),
+    (5, 'metadata_bytes_max', creditgate.metadata_bytes_max()),
+    (6, 'reason_length_max', creditgate.reason_length_max()),
+    (7, 'result_url_length_max', creditgate.result_url_length_max()),
+    (8, 'hold_seconds_max', creditgate.hold_seconds_max()),
+    (9, 'rate_limit_max', creditgate.rate_limit_max()),
+    (10, 'window_seconds_max', creditgate.window_seconds_max()),
+    (11, 'rate_limit_key_length_max', creditgate.rate_limit_key_length_max()),
+    (12, 'rate_limit_stored_key_length_max', creditgate.rate_limit_stored_key_length_max()),
+    (13, 'rate_limit_type_length_max', creditgate.rate_limit_type_length_max()),
+    (14, 'rate_limit_identifier_length_max', creditgate.rate_limit_identifier_length_max()),
+    (15, 'limits_per_call_max', creditgate.rate_limits_per_call_max()),
+    (16, 'rate_limit_buckets', creditgate.rate_limit_buckets())
+  ) AS l(position, name, value)
+  ORDER BY l.position
 $$;
 
 -- -----------------------------------------------------------------------------
@@ -101,7 +170,6 @@ BEGIN
     HINT = p_code;
 END;
 $$;
-REVOKE ALL ON FUNCTION creditgate.fail(text, text, text, jsonb) FROM PUBLIC;
 
 /** Raises invalid_argument (22023) with p_message unless p_ok is true. */
 CREATE OR REPLACE FUNCTION creditgate.require(p_ok boolean, p_message text, p_details jsonb)
@@ -116,7 +184,6 @@ BEGIN
   END IF;
 END;
 $$;
-REVOKE ALL ON FUNCTION creditgate.require(boolean, text, jsonb) FROM PUBLIC;
 
 /** Requires p_value (parameter p_name) within [p_min, p_max]; NULL is refused. */
 CREATE OR REPLACE FUNCTION creditgate.require_range(p_name text, p_value integer, p_min integer, p_max integer)
@@ -131,7 +198,6 @@ BEGIN
     pg_catalog.jsonb_build_object('parameter', p_name, 'value', p_value, 'min', p_min, 'max', p_max));
 END;
 $$;
-REVOKE ALL ON FUNCTION creditgate.require_range(text, integer, integer, integer) FROM PUBLIC;
 
 /** Requires text parameter p_name to be at most p_max characters, and non-empty; NULL only when optional. */
 CREATE OR REPLACE FUNCTION creditgate.require_text(p_name text, p_value text, p_max integer, p_optional boolean)
@@ -151,7 +217,6 @@ BEGIN
   END IF;
 END;
 $$;
-REVOKE ALL ON FUNCTION creditgate.require_text(text, text, integer, boolean) FROM PUBLIC;
 
 /** Requires uuid parameter p_name to be given. */
 CREATE OR REPLACE FUNCTION creditgate.require_id(p_name text, p_value uuid)
@@ -165,7 +230,6 @@ BEGIN
     pg_catalog.jsonb_build_object('parameter', p_name));
 END;
 $$;
-REVOKE ALL ON FUNCTION creditgate.require_id(text, uuid) FROM PUBLIC;
 
 /** Metadata as stored: NULL becomes {}; it must be a JSON object of at most metadata_bytes_max() bytes. */
 CREATE OR REPLACE FUNCTION creditgate.clean_metadata(p_metadata jsonb)
@@ -186,7 +250,6 @@ BEGIN
   RETURN v_metadata;
 END;
 $$;
-REVOKE ALL ON FUNCTION creditgate.clean_metadata(jsonb) FROM PUBLIC;
 
 /**
  * Drops every public function named p_name whose arguments (names, types,
@@ -214,7 +277,6 @@ BEGIN
   END LOOP;
 END;
 $$;
-REVOKE ALL ON FUNCTION creditgate.drop_other_versions(text, text, text) FROM PUBLIC;
 
 -- -----------------------------------------------------------------------------
 -- Balance changes: the one path every credit movement takes
@@ -246,16 +308,15 @@ BEGIN
   RETURN v_balance;
 END;
 $$;
-REVOKE ALL ON FUNCTION creditgate.apply_delta(uuid, integer, text, text, text, jsonb, uuid) FROM PUBLIC;
 
 /**
- * Settles an open job once: status p_status, p_captured credits kept, the rest
- * of the hold returned with a ledger entry of type p_entry_type. Returns the
- * new balance.
+ * Settles an open job once: status p_status, p_kept credits kept, the rest of
+ * the hold returned with a ledger entry of type p_entry_type (its
+ * operation_type is the job's). Returns the new balance.
  * Locks: the caller holds the users row, then the job row.
  */
 CREATE OR REPLACE FUNCTION creditgate.settle_job(
-  p_job public.generation_jobs, p_status text, p_captured integer, p_entry_type text,
+  p_job public.generation_jobs, p_status text, p_kept integer, p_entry_type text,
   p_description text, p_error_message text, p_result_url text, p_now timestamptz)
 RETURNS integer
 LANGUAGE plpgsql
@@ -263,34 +324,34 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-  v_returned integer := p_job.cost - p_captured;
+  v_returned integer := p_job.cost - p_kept;
   v_balance integer;
 BEGIN
   UPDATE public.generation_jobs j
   SET status = p_status,
       completed_at = p_now,
-      captured_credits = p_captured,
+      captured_credits = p_kept,
       refunded_credits = v_returned,
       error_message = coalesce(p_error_message, j.error_message),
       result_url = coalesce(p_result_url, j.result_url)
   WHERE j.id = p_job.id;
 
   IF v_returned > 0 THEN
-    RETURN creditgate.apply_delta(p_job.user_id, v_returned, p_entry_type, p_entry_type, p_description,
+    RETURN creditgate.apply_delta(p_job.user_id, v_returned, p_entry_type, p_job.operation_type, p_description,
       pg_catalog.jsonb_build_object('job_id', p_job.id), p_job.id);
   END IF;
   SELECT u.credits INTO v_balance FROM public.users u WHERE u.id = p_job.user_id;
   RETURN v_balance;
 END;
 $$;
-REVOKE ALL ON FUNCTION creditgate.settle_job(public.generation_jobs, text, integer, text, text, text, text, timestamptz) FROM PUBLIC;
 
 /**
- * Returns the whole of each open hold of the user due at or before p_due_by
- * (status p_status, a ledger entry of type p_entry_type). Returns how many.
+ * Settles each pending job of the user due at or before p_due_by, returning
+ * its whole hold (status p_status, a ledger entry of type p_entry_type):
+ * expiry, or the refunds of an account closure. Returns how many.
  * Locks: the caller holds the users row; this locks the jobs.
  */
-CREATE OR REPLACE FUNCTION creditgate.void_open_holds(
+CREATE OR REPLACE FUNCTION creditgate.settle_pending_jobs(
   p_user_id uuid, p_due_by timestamptz, p_status text, p_entry_type text,
   p_description text, p_error_message text, p_now timestamptz)
 RETURNS integer
@@ -300,45 +361,43 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   v_job public.generation_jobs;
-  v_voided integer := 0;
+  v_settled integer := 0;
 BEGIN
   FOR v_job IN
     SELECT * FROM public.generation_jobs j
-    WHERE j.user_id = p_user_id AND j.status IN ('pending', 'processing') AND j.expires_at <= p_due_by
+    WHERE j.user_id = p_user_id AND j.status = 'pending' AND j.expires_at <= p_due_by
     ORDER BY j.expires_at, j.id
     FOR UPDATE
   LOOP
     PERFORM creditgate.settle_job(v_job, p_status, 0, p_entry_type, p_description, p_error_message, NULL, p_now);
-    v_voided := v_voided + 1;
+    v_settled := v_settled + 1;
   END LOOP;
-  RETURN v_voided;
+  RETURN v_settled;
 END;
 $$;
-REVOKE ALL ON FUNCTION creditgate.void_open_holds(uuid, timestamptz, text, text, text, text, timestamptz) FROM PUBLIC;
 
 /**
- * Refunds the user's holds whose deadline is at or before p_now (status
- * expired). Returns how many it released.
+ * Expires the user's holds whose deadline is at or before p_now (status
+ * expired, an expiry entry returning the whole hold). Returns how many.
  * Locks: the caller holds the users row; this locks the jobs.
  */
-CREATE OR REPLACE FUNCTION creditgate.release_expired_holds(p_user_id uuid, p_now timestamptz)
+CREATE OR REPLACE FUNCTION creditgate.expire_holds(p_user_id uuid, p_now timestamptz)
 RETURNS integer
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-  RETURN creditgate.void_open_holds(p_user_id, p_now, 'expired', 'expiry', 'Hold expired',
+  RETURN creditgate.settle_pending_jobs(p_user_id, p_now, 'expired', 'expiry', 'Hold expired',
     'Hold expired before completion', p_now);
 END;
 $$;
-REVOKE ALL ON FUNCTION creditgate.release_expired_holds(uuid, timestamptz) FROM PUBLIC;
 
 /**
- * Locks the user's row, releases the user's expired holds (so an expired hold
- * never blocks a charge) and returns the balance. One read of the row; the
- * release runs only when an index probe finds an expired hold, which most
- * calls do not.
+ * Locks the user's row, expires the user's holds past their deadline (so an
+ * expired hold never blocks a charge) and returns the balance. One read of
+ * the row; expiry runs only when an index probe finds such a hold, which
+ * most calls do not.
  * Locks: the users row (FOR UPDATE), then the user's expired jobs.
  * Errors: PT404 user_not_found; also when p_open and the account is closed.
  */
@@ -359,30 +418,28 @@ BEGIN
       pg_catalog.jsonb_build_object('user_id', p_user_id));
   END IF;
   IF EXISTS (SELECT FROM public.generation_jobs j
-             WHERE j.user_id = p_user_id AND j.status IN ('pending', 'processing') AND j.expires_at <= p_now) THEN
-    PERFORM creditgate.release_expired_holds(p_user_id, p_now);
+             WHERE j.user_id = p_user_id AND j.status = 'pending' AND j.expires_at <= p_now) THEN
+    PERFORM creditgate.expire_holds(p_user_id, p_now);
     SELECT u.credits INTO v_balance FROM public.users u WHERE u.id = p_user_id;
   END IF;
   RETURN v_balance;
 END;
 $$;
-REVOKE ALL ON FUNCTION creditgate.lock_user(uuid, timestamptz, boolean) FROM PUBLIC;
 
-/** Raises PT409 job_already_settled unless the job is open. */
-CREATE OR REPLACE FUNCTION creditgate.require_open(p_job public.generation_jobs)
+/** Raises PT409 job_already_settled unless the job is pending. */
+CREATE OR REPLACE FUNCTION creditgate.require_pending(p_job public.generation_jobs)
 RETURNS void
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-  IF p_job.status NOT IN ('pending', 'processing') THEN
+  IF p_job.status <> 'pending' THEN
     PERFORM creditgate.fail('PT409', 'job_already_settled', 'Job already settled',
       pg_catalog.jsonb_build_object('job_id', p_job.id, 'status', p_job.status));
   END IF;
 END;
 $$;
-REVOKE ALL ON FUNCTION creditgate.require_open(public.generation_jobs) FROM PUBLIC;
 
 -- -----------------------------------------------------------------------------
 -- Idempotency (IETF Idempotency-Key draft, Stripe): keys scoped per user and
@@ -390,35 +447,22 @@ REVOKE ALL ON FUNCTION creditgate.require_open(public.generation_jobs) FROM PUBL
 -- for grant_credits); within a scope, same key and request -> the original
 -- result; same key, other request -> PT422; same key while the first is still
 -- running -> PT409. The same key in the other scope is another key.
+-- Every path claims a key with claim_idempotency_key and stores its result
+-- with record_idempotency_key, once per call.
 -- -----------------------------------------------------------------------------
 
-/** The scopes an idempotency key can be claimed in (idempotency_keys.operation). */
-CREATE OR REPLACE FUNCTION creditgate.require_idempotency_scope(p_scope text)
-RETURNS void
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-  PERFORM creditgate.require(p_scope IN ('charge', 'grant'),
-    'the idempotency scope must be charge or grant',
-    pg_catalog.jsonb_build_object('parameter', 'p_operation', 'value', p_scope));
-END;
-$$;
-REVOKE ALL ON FUNCTION creditgate.require_idempotency_scope(text) FROM PUBLIC;
-
 /**
- * Claims (p_user_id, p_operation, p_key) for this transaction, p_operation
- * being the scope ('charge' or 'grant'), and returns the stored response of
- * an earlier identical request in that scope, or NULL when the key is new
- * there (or NULL). The claim is a transaction-scoped advisory lock on the
- * scoped key, taken without waiting: held by another transaction means that
- * request is in flight. The same key in the other scope is not looked at.
+ * Claims (p_user_id, p_scope, p_key) for this transaction, p_scope being
+ * 'charge' or 'grant', and returns the stored response of an earlier
+ * identical request (same p_request_hash) in that scope, or NULL when the key
+ * is new there (or NULL). The claim is a transaction-scoped advisory lock on
+ * the scoped key, taken without waiting: held by another transaction means
+ * that request is in flight. The same key in the other scope is not looked at.
  * Errors: 22023 (unknown scope), PT409 idempotency_in_flight, PT422
  * idempotency_key_reused.
  */
 CREATE OR REPLACE FUNCTION creditgate.claim_idempotency_key(
-  p_user_id uuid, p_key text, p_operation text, p_request_hash text)
+  p_user_id uuid, p_key text, p_scope text, p_request_hash text)
 RETURNS jsonb
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -430,19 +474,20 @@ BEGIN
   IF p_key IS NULL THEN
     RETURN NULL;
   END IF;
-  IF p_operation IS DISTINCT FROM 'charge' AND p_operation IS DISTINCT FROM 'grant' THEN
-    PERFORM creditgate.require_idempotency_scope(p_operation);
+  IF p_scope IS DISTINCT FROM 'charge' AND p_scope IS DISTINCT FROM 'grant' THEN
+    PERFORM creditgate.require(false, 'the idempotency scope must be charge or grant',
+      pg_catalog.jsonb_build_object('parameter', 'p_operation', 'value', p_scope));
   END IF;
   -- A uuid has no ':' and a scope is one word: the lock name is unambiguous.
   IF NOT pg_catalog.pg_try_advisory_xact_lock(
-      pg_catalog.hashtextextended(p_user_id::text || ':' || p_operation || ':' || p_key, 7146)) THEN
+      pg_catalog.hashtextextended(p_user_id::text || ':' || p_scope || ':' || p_key, 7146)) THEN
     PERFORM creditgate.fail('PT409', 'idempotency_in_flight',
       'A request with this idempotency key is still in progress',
-      pg_catalog.jsonb_build_object('idempotency_key', p_key, 'operation', p_operation));
+      pg_catalog.jsonb_build_object('idempotency_key', p_key, 'operation', p_scope));
   END IF;
 
   SELECT * INTO v_stored FROM public.idempotency_keys k
-  WHERE k.user_id = p_user_id AND k.operation = p_operation AND k.key = p_key;
+  WHERE k.user_id = p_user_id AND k.operation = p_scope AND k.key = p_key;
   IF NOT FOUND THEN
     RETURN NULL;
   END IF;
@@ -454,14 +499,14 @@ BEGIN
   RETURN v_stored.response;
 END;
 $$;
-REVOKE ALL ON FUNCTION creditgate.claim_idempotency_key(uuid, text, text, text) FROM PUBLIC;
 
 /**
- * Stores what a retry with (p_user_id, p_operation, p_key) gets back, in the
- * scope p_operation. Does nothing for a NULL key. Errors: 22023 (unknown scope).
+ * Stores what a retry with (p_user_id, p_scope, p_key) gets back, after
+ * creditgate.claim_idempotency_key claimed it. Does nothing for a NULL key.
+ * Errors: 22023 (unknown scope).
  */
 CREATE OR REPLACE FUNCTION creditgate.record_idempotency_key(
-  p_user_id uuid, p_key text, p_operation text, p_request_hash text, p_response jsonb, p_job_id uuid)
+  p_user_id uuid, p_key text, p_scope text, p_request_hash text, p_response jsonb, p_job_id uuid)
 RETURNS void
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -469,15 +514,15 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
   IF p_key IS NOT NULL THEN
-    IF p_operation IS DISTINCT FROM 'charge' AND p_operation IS DISTINCT FROM 'grant' THEN
-      PERFORM creditgate.require_idempotency_scope(p_operation);
+    IF p_scope IS DISTINCT FROM 'charge' AND p_scope IS DISTINCT FROM 'grant' THEN
+      PERFORM creditgate.require(false, 'the idempotency scope must be charge or grant',
+        pg_catalog.jsonb_build_object('parameter', 'p_operation', 'value', p_scope));
     END IF;
     INSERT INTO public.idempotency_keys (user_id, key, operation, status, request_hash, response, job_id)
-    VALUES (p_user_id, p_key, p_operation, 'completed', p_request_hash, p_response, p_job_id);
+    VALUES (p_user_id, p_key, p_scope, 'completed', p_request_hash, p_response, p_job_id);
   END IF;
 END;
 $$;
-REVOKE ALL ON FUNCTION creditgate.record_idempotency_key(uuid, text, text, text, jsonb, uuid) FROM PUBLIC;
 
 /** The fingerprint of a charge request: what must match for a retry to replay. */
 CREATE OR REPLACE FUNCTION creditgate.charge_request_hash(
@@ -494,43 +539,63 @@ BEGIN
     'metadata', p_metadata, 'hold_seconds', p_hold_seconds)::text);
 END;
 $$;
-REVOKE ALL ON FUNCTION creditgate.charge_request_hash(text, integer, jsonb, integer) FROM PUBLIC;
 
 -- -----------------------------------------------------------------------------
--- Charge: a hold
+-- Charge: a hold. Every charge function (charge_credits, atomic_charge_credits,
+-- charge_credits_with_limit(s)) checks its arguments once with
+-- check_charge_arguments, then calls charge_checked, which hashes the request,
+-- claims the key, spends the limits and opens the hold (open_hold), once each.
 -- -----------------------------------------------------------------------------
 
-/** The argument checks of a charge, shared by every function that charges. */
-CREATE OR REPLACE FUNCTION creditgate.require_charge_arguments(
-  p_user_id uuid, p_operation_type text, p_cost integer, p_idempotency_key text, p_hold_seconds integer)
-RETURNS void
+/**
+ * Checks a charge's arguments and returns its metadata as stored ({} for
+ * NULL). The whole check is one expression; the precise checks run only when
+ * it fails, to raise the error that names the parameter.
+ * Errors: 22023 invalid_argument.
+ */
+CREATE OR REPLACE FUNCTION creditgate.check_charge_arguments(
+  p_user_id uuid, p_operation_type text, p_cost integer, p_idempotency_key text, p_metadata jsonb,
+  p_hold_seconds integer)
+RETURNS jsonb
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+  v_metadata jsonb := coalesce(p_metadata, '{}'::jsonb);
 BEGIN
-  PERFORM creditgate.require_id('p_user_id', p_user_id);
-  PERFORM creditgate.require_text('p_operation_type', p_operation_type, creditgate.operation_type_length_max(), false);
-  PERFORM creditgate.require_range('p_cost', p_cost, 1, creditgate.cost_credits_max());
-  PERFORM creditgate.require_text('p_idempotency_key', p_idempotency_key, creditgate.idempotency_key_length_max(), true);
-  PERFORM creditgate.require_range('p_hold_seconds', p_hold_seconds, 1, creditgate.hold_seconds_max());
+  IF NOT (p_user_id IS NOT NULL
+          AND pg_catalog.char_length(p_operation_type) BETWEEN 1 AND creditgate.operation_type_length_max()
+          AND p_cost BETWEEN 1 AND creditgate.cost_credits_max()
+          AND (p_idempotency_key IS NULL
+               OR pg_catalog.char_length(p_idempotency_key) BETWEEN 1 AND creditgate.idempotency_key_length_max())
+          AND p_hold_seconds BETWEEN 1 AND creditgate.hold_seconds_max()) IS TRUE THEN
+    PERFORM creditgate.require_id('p_user_id', p_user_id);
+    PERFORM creditgate.require_text('p_operation_type', p_operation_type, creditgate.operation_type_length_max(), false);
+    PERFORM creditgate.require_range('p_cost', p_cost, 1, creditgate.cost_credits_max());
+    PERFORM creditgate.require_text('p_idempotency_key', p_idempotency_key, creditgate.idempotency_key_length_max(), true);
+    PERFORM creditgate.require_range('p_hold_seconds', p_hold_seconds, 1, creditgate.hold_seconds_max());
+  END IF;
+  IF (pg_catalog.jsonb_typeof(v_metadata) = 'object'
+      AND pg_catalog.octet_length(v_metadata::text) <= creditgate.metadata_bytes_max()) THEN
+    RETURN v_metadata;
+  END IF;
+  RETURN creditgate.clean_metadata(p_metadata);
 END;
 $$;
-REVOKE ALL ON FUNCTION creditgate.require_charge_arguments(uuid, text, integer, text, integer) FROM PUBLIC;
 
 /**
- * The hold itself, once the arguments are checked and the key claimed (or
- * NULL): locks the user, takes p_cost credits, opens the job until p_now +
- * p_hold_seconds and stores what a retry with p_idempotency_key gets back
- * (p_request_hash is its fingerprint). Every charge ends here, so the key is
- * validated, hashed and claimed once per call, by the caller.
+ * The hold itself: locks the user, takes p_cost credits, opens the job until
+ * p_now + p_hold_seconds and records what a retry with p_idempotency_key gets
+ * back (p_request_hash is its fingerprint). Called by charge_checked only,
+ * with checked arguments and the key claimed.
  * Locks: the users row, then the user's expired jobs.
  * Errors: PT402 insufficient_credits {"balance","needed"}, PT404 user_not_found.
  */
 CREATE OR REPLACE FUNCTION creditgate.open_hold(
   p_user_id uuid, p_operation_type text, p_cost integer, p_idempotency_key text, p_request_hash text,
   p_metadata jsonb, p_hold_seconds integer, p_now timestamptz)
-RETURNS TABLE (job_id uuid, new_balance integer, replayed boolean, expires_at timestamptz)
+RETURNS TABLE (job_id uuid, new_balance integer, expires_at timestamptz)
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -558,18 +623,63 @@ BEGIN
     p_operation_type || ' generation',
     p_metadata || pg_catalog.jsonb_build_object('job_id', v_job_id, 'idempotency_key', p_idempotency_key),
     v_job_id);
-
-  -- What a retry gets back (creditgate.record_idempotency_key, inline).
-  IF p_idempotency_key IS NOT NULL THEN
-    INSERT INTO public.idempotency_keys (user_id, key, operation, status, request_hash, response, job_id)
-    VALUES (p_user_id, p_idempotency_key, 'charge', 'completed', p_request_hash,
-      pg_catalog.jsonb_build_object('job_id', v_job_id, 'new_balance', v_balance, 'expires_at', v_expires_at),
-      v_job_id);
-  END IF;
-  RETURN QUERY SELECT v_job_id, v_balance, false, v_expires_at;
+  PERFORM creditgate.record_idempotency_key(p_user_id, p_idempotency_key, 'charge', p_request_hash,
+    pg_catalog.jsonb_build_object('job_id', v_job_id, 'new_balance', v_balance, 'expires_at', v_expires_at),
+    v_job_id);
+  RETURN QUERY SELECT v_job_id, v_balance, v_expires_at;
 END;
 $$;
-REVOKE ALL ON FUNCTION creditgate.open_hold(uuid, text, integer, text, text, jsonb, integer, timestamptz) FROM PUBLIC;
+
+/**
+ * A charge whose arguments are checked (check_charge_arguments; p_metadata
+ * as it returned it) and whose limits are normalised (parse_rate_limits, or
+ * '[]'): hashes the request and claims the key (when there is one), spends
+ * the limits unless it is a replay, then opens the hold. A replay returns the
+ * original job (replayed = true) and spends nothing; a refusal by a limit
+ * returns allowed = false and the job fields NULL.
+ * Locks: idempotency claim, the rate_limits rows (canonical order; not for a
+ * refusal), the users row, the user's jobs.
+ * Errors: those of claim_idempotency_key and open_hold.
+ */
+CREATE OR REPLACE FUNCTION creditgate.charge_checked(
+  p_user_id uuid, p_operation_type text, p_cost integer, p_idempotency_key text, p_metadata jsonb,
+  p_hold_seconds integer, p_limits jsonb, p_now timestamptz)
+RETURNS TABLE (allowed boolean, job_id uuid, new_balance integer, replayed boolean, expires_at timestamptz,
+               limits jsonb)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  v_hash text;
+  v_replay jsonb;
+  v_rates jsonb := '{"allowed": true, "limits": []}'::jsonb;
+  v_hold record;
+BEGIN
+  IF p_idempotency_key IS NOT NULL THEN
+    v_hash := creditgate.charge_request_hash(p_operation_type, p_cost, p_metadata, p_hold_seconds);
+    v_replay := creditgate.claim_idempotency_key(p_user_id, p_idempotency_key, 'charge', v_hash);
+  END IF;
+  IF pg_catalog.jsonb_array_length(p_limits) > 0 THEN
+    -- Rate limits live in 20250601000300_creditgate_rate_limits.sql.
+    v_rates := creditgate.apply_rate_limits_at(p_limits, v_replay IS NULL, p_now);
+  END IF;
+
+  IF v_replay IS NOT NULL THEN
+    RETURN QUERY SELECT true, (v_replay ->> 'job_id')::uuid, (v_replay ->> 'new_balance')::integer, true,
+      (v_replay ->> 'expires_at')::timestamptz, v_rates -> 'limits';
+    RETURN;
+  END IF;
+  IF NOT (v_rates ->> 'allowed')::boolean THEN
+    RETURN QUERY SELECT false, NULL::uuid, NULL::integer, false, NULL::timestamptz, v_rates -> 'limits';
+    RETURN;
+  END IF;
+
+  SELECT h.* INTO v_hold FROM creditgate.open_hold(p_user_id, p_operation_type, p_cost, p_idempotency_key, v_hash,
+    p_metadata, p_hold_seconds, p_now) h;
+  RETURN QUERY SELECT true, v_hold.job_id, v_hold.new_balance, false, v_hold.expires_at, v_rates -> 'limits';
+END;
+$$;
 
 /**
  * Takes p_cost credits from the user's balance and opens a job holding them
@@ -589,40 +699,15 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-  v_metadata jsonb := coalesce(p_metadata, '{}'::jsonb);
-  v_hash text;
-  v_replay jsonb;
+  v_metadata jsonb := creditgate.check_charge_arguments(p_user_id, p_operation_type, p_cost, p_idempotency_key,
+    p_metadata, p_hold_seconds);
 BEGIN
-  -- Fast path of creditgate.clean_metadata and require_charge_arguments (the
-  -- literals are the named limits, asserted above); they run only to raise
-  -- the precise error.
-  IF NOT (pg_catalog.jsonb_typeof(v_metadata) = 'object'
-          AND pg_catalog.octet_length(v_metadata::text) <= 4096) THEN
-    v_metadata := creditgate.clean_metadata(p_metadata);
-  END IF;
-  IF NOT (p_user_id IS NOT NULL
-          AND pg_catalog.char_length(p_operation_type) BETWEEN 1 AND 64
-          AND p_cost BETWEEN 1 AND 1000000000
-          AND (p_idempotency_key IS NULL OR pg_catalog.char_length(p_idempotency_key) BETWEEN 1 AND 255)
-          AND p_hold_seconds BETWEEN 1 AND 86400) IS TRUE THEN
-    PERFORM creditgate.require_charge_arguments(p_user_id, p_operation_type, p_cost, p_idempotency_key, p_hold_seconds);
-  END IF;
-
-  IF p_idempotency_key IS NOT NULL THEN
-    v_hash := creditgate.charge_request_hash(p_operation_type, p_cost, v_metadata, p_hold_seconds);
-    v_replay := creditgate.claim_idempotency_key(p_user_id, p_idempotency_key, 'charge', v_hash);
-    IF v_replay IS NOT NULL THEN
-      RETURN QUERY SELECT (v_replay ->> 'job_id')::uuid, (v_replay ->> 'new_balance')::integer, true,
-        (v_replay ->> 'expires_at')::timestamptz;
-      RETURN;
-    END IF;
-  END IF;
-
-  RETURN QUERY SELECT * FROM creditgate.open_hold(p_user_id, p_operation_type, p_cost, p_idempotency_key, v_hash,
-    v_metadata, p_hold_seconds, p_now);
+  RETURN QUERY
+    SELECT c.job_id, c.new_balance, c.replayed, c.expires_at
+    FROM creditgate.charge_checked(p_user_id, p_operation_type, p_cost, p_idempotency_key, v_metadata,
+      p_hold_seconds, '[]'::jsonb, p_now) c;
 END;
 $$;
-REVOKE ALL ON FUNCTION creditgate.charge_credits_at(uuid, text, integer, text, jsonb, integer, timestamptz) FROM PUBLIC;
 
 SELECT creditgate.drop_other_versions('charge_credits',
   $a$p_user_id uuid, p_operation_type text, p_cost integer, p_idempotency_key text DEFAULT NULL::text, p_metadata jsonb DEFAULT '{}'::jsonb, p_hold_seconds integer DEFAULT 900$a$,
@@ -646,8 +731,7 @@ BEGIN
       p_metadata, p_hold_seconds, pg_catalog.clock_timestamp());
 END;
 $$;
-REVOKE ALL ON FUNCTION public.charge_credits(uuid, text, integer, text, jsonb, integer) FROM PUBLIC, anon, authenticated;
-GRANT EXECUTE ON FUNCTION public.charge_credits(uuid, text, integer, text, jsonb, integer) TO service_role;
+SELECT creditgate.expose('public.charge_credits(uuid, text, integer, text, jsonb, integer)', 'service_role');
 
 SELECT creditgate.drop_other_versions('atomic_charge_credits',
   $a$p_user_id uuid, p_operation_type text, p_cost integer, p_idempotency_key text DEFAULT NULL::text, p_metadata jsonb DEFAULT '{}'::jsonb$a$,
@@ -674,20 +758,19 @@ BEGIN
       pg_catalog.clock_timestamp()) c;
 END;
 $$;
-REVOKE ALL ON FUNCTION public.atomic_charge_credits(uuid, text, integer, text, jsonb) FROM PUBLIC, anon, authenticated;
-GRANT EXECUTE ON FUNCTION public.atomic_charge_credits(uuid, text, integer, text, jsonb) TO service_role;
+SELECT creditgate.expose('public.atomic_charge_credits(uuid, text, integer, text, jsonb)', 'service_role');
 
 -- -----------------------------------------------------------------------------
--- Settlement: complete (capture), refund (void)
+-- Settlement: complete, refund
 -- -----------------------------------------------------------------------------
 
 /**
  * Completes an open job: keeps p_actual_cost (default: the whole hold) and
  * returns the rest of the hold in the same transaction.
- * Locks: the users row (releasing expired holds), then the job.
- * An expired hold (deadline passed; released by this call or earlier) is
+ * Locks: the users row (expiring due holds), then the job.
+ * An expired hold (deadline passed; expired by this call or earlier) is
  * not an error: one row (job_id, 'expired', balance, refunded = the hold),
- * the hold released and committed with the caller's transaction; callers
+ * the expiry committed with the caller's transaction; callers
  * treat status 'expired' as job_already_settled.
  * Errors: 22023 (p_actual_cost outside 0..cost, p_result_url not http(s)),
  * PT404 job_not_found, PT409 job_already_settled (completed or failed).
@@ -702,15 +785,14 @@ AS $$
 DECLARE
   v_user_id uuid;
   v_job public.generation_jobs;
-  v_captured integer;
+  v_kept integer;
   v_balance integer;
 BEGIN
-  -- Fast path (literals: the named limits, asserted above); the named checks
-  -- run only to raise the precise error.
+  -- One expression; the precise checks run only to raise the error.
   IF NOT (p_job_id IS NOT NULL
-          AND (p_result_url IS NULL OR (pg_catalog.char_length(p_result_url) BETWEEN 1 AND 2048
+          AND (p_result_url IS NULL OR (pg_catalog.char_length(p_result_url) BETWEEN 1 AND creditgate.result_url_length_max()
                                         AND p_result_url ~* '^https?://'))
-          AND (p_actual_cost IS NULL OR p_actual_cost BETWEEN 0 AND 1000000000)) IS TRUE THEN
+          AND (p_actual_cost IS NULL OR p_actual_cost BETWEEN 0 AND creditgate.cost_credits_max())) IS TRUE THEN
     PERFORM creditgate.require_id('p_job_id', p_job_id);
     PERFORM creditgate.require_text('p_result_url', p_result_url, creditgate.result_url_length_max(), true);
     PERFORM creditgate.require(p_result_url IS NULL OR p_result_url ~* '^https?://',
@@ -728,33 +810,32 @@ BEGIN
   v_balance := creditgate.lock_user(v_user_id, p_now, false);
   SELECT * INTO v_job FROM public.generation_jobs j WHERE j.id = p_job_id FOR UPDATE;
   IF v_job.status = 'expired' THEN
-    -- The hold expired (released just now by lock_user, or earlier): not
-    -- an error, which would roll the release back. One row says so:
-    -- status 'expired', the whole hold refunded, the balance; nothing captured.
+    -- The hold expired (just now in lock_user, or earlier): not
+    -- an error, which would roll the expiry back. One row says so:
+    -- status 'expired', the whole hold refunded, the balance; nothing kept.
     RETURN QUERY SELECT v_job.id, 'expired'::text, v_balance, v_job.cost;
     RETURN;
   END IF;
-  IF v_job.status NOT IN ('pending', 'processing') THEN
-    PERFORM creditgate.require_open(v_job);
+  IF v_job.status <> 'pending' THEN
+    PERFORM creditgate.require_pending(v_job);
   END IF;
   IF p_actual_cost > v_job.cost THEN
     PERFORM creditgate.require(false, 'p_actual_cost cannot exceed the held amount',
       pg_catalog.jsonb_build_object('parameter', 'p_actual_cost', 'value', p_actual_cost, 'held', v_job.cost));
   END IF;
 
-  v_captured := coalesce(p_actual_cost, v_job.cost);
-  v_balance := creditgate.settle_job(v_job, 'completed', v_captured, 'capture',
-    'Capture: unused part of the hold returned', NULL, p_result_url, p_now);
-  RETURN QUERY SELECT v_job.id, 'completed'::text, v_balance, v_job.cost - v_captured;
+  v_kept := coalesce(p_actual_cost, v_job.cost);
+  v_balance := creditgate.settle_job(v_job, 'completed', v_kept, 'completion',
+    'Completion: unused part of the hold returned', NULL, p_result_url, p_now);
+  RETURN QUERY SELECT v_job.id, 'completed'::text, v_balance, v_job.cost - v_kept;
 END;
 $$;
-REVOKE ALL ON FUNCTION creditgate.complete_generation_job_at(uuid, text, integer, timestamptz) FROM PUBLIC;
 
 SELECT creditgate.drop_other_versions('complete_generation_job',
   'p_job_id uuid, p_result_url text DEFAULT NULL::text, p_actual_cost integer DEFAULT NULL::integer',
   'TABLE(job_id uuid, status text, new_balance integer, refunded integer)');
 
-/** Capture: see creditgate.complete_generation_job_at. For service_role. */
+/** Complete a job: see creditgate.complete_generation_job_at. For service_role. */
 CREATE OR REPLACE FUNCTION public.complete_generation_job(
   p_job_id uuid, p_result_url text DEFAULT NULL, p_actual_cost integer DEFAULT NULL)
 RETURNS TABLE (job_id uuid, status text, new_balance integer, refunded integer)
@@ -767,14 +848,13 @@ BEGIN
     SELECT * FROM creditgate.complete_generation_job_at(p_job_id, p_result_url, p_actual_cost, pg_catalog.clock_timestamp());
 END;
 $$;
-REVOKE ALL ON FUNCTION public.complete_generation_job(uuid, text, integer) FROM PUBLIC, anon, authenticated;
-GRANT EXECUTE ON FUNCTION public.complete_generation_job(uuid, text, integer) TO service_role;
+SELECT creditgate.expose('public.complete_generation_job(uuid, text, integer)', 'service_role');
 
 /**
  * Refunds an open job of this user: the whole hold goes back (status failed).
  * p_amount must be NULL or exactly the held amount.
- * Locks: the users row (releasing expired holds), then the job.
- * An expired hold (released by this call or earlier) is not an error: the
+ * Locks: the users row (expiring due holds), then the job.
+ * An expired hold (expired by this call or earlier) is not an error: the
  * new balance is returned and the job stays 'expired' (refunded_credits =
  * cost); read generation_jobs.status to tell it from a refund.
  * Errors: 22023, PT404 user_not_found / job_not_found (also another user's
@@ -792,11 +872,10 @@ DECLARE
   v_balance integer;
   v_reason text := coalesce(p_reason, 'no reason given');
 BEGIN
-  -- Fast path (literals: the named limits, asserted above); the named checks
-  -- run only to raise the precise error.
+  -- One expression; the precise checks run only to raise the error.
   IF NOT (p_user_id IS NOT NULL AND p_job_id IS NOT NULL
-          AND (p_amount IS NULL OR p_amount BETWEEN 1 AND 1000000000)
-          AND (p_reason IS NULL OR pg_catalog.char_length(p_reason) BETWEEN 1 AND 500)) IS TRUE THEN
+          AND (p_amount IS NULL OR p_amount BETWEEN 1 AND creditgate.cost_credits_max())
+          AND (p_reason IS NULL OR pg_catalog.char_length(p_reason) BETWEEN 1 AND creditgate.reason_length_max())) IS TRUE THEN
     PERFORM creditgate.require_id('p_user_id', p_user_id);
     PERFORM creditgate.require_id('p_job_id', p_job_id);
     IF p_amount IS NOT NULL THEN
@@ -811,13 +890,13 @@ BEGIN
     PERFORM creditgate.fail('PT404', 'job_not_found', 'Job not found', pg_catalog.jsonb_build_object('job_id', p_job_id));
   END IF;
   IF v_job.status = 'expired' AND (p_amount IS NULL OR p_amount = v_job.cost) THEN
-    -- The hold expired (released just now by lock_user, or earlier): the
+    -- The hold expired (just now in lock_user, or earlier): the
     -- credits are back, which is what a refund asks. Not an error, which
-    -- would roll the release back: the new balance, the job stays 'expired'.
+    -- would roll the expiry back: the new balance, the job stays 'expired'.
     RETURN v_balance;
   END IF;
-  IF v_job.status NOT IN ('pending', 'processing') THEN
-    PERFORM creditgate.require_open(v_job);
+  IF v_job.status <> 'pending' THEN
+    PERFORM creditgate.require_pending(v_job);
   END IF;
   IF p_amount <> v_job.cost THEN
     PERFORM creditgate.require(false, 'p_amount must equal the held amount',
@@ -827,7 +906,6 @@ BEGIN
   RETURN creditgate.settle_job(v_job, 'failed', 0, 'refund', 'Refund: ' || v_reason, 'Refunded: ' || v_reason, NULL, p_now);
 END;
 $$;
-REVOKE ALL ON FUNCTION creditgate.refund_credits_at(uuid, uuid, integer, text, timestamptz) FROM PUBLIC;
 
 SELECT creditgate.drop_other_versions('refund_credits',
   'p_user_id uuid, p_job_id uuid, p_amount integer, p_reason text', 'integer');
@@ -843,11 +921,10 @@ BEGIN
   RETURN creditgate.refund_credits_at(p_user_id, p_job_id, p_amount, p_reason, pg_catalog.clock_timestamp());
 END;
 $$;
-REVOKE ALL ON FUNCTION public.refund_credits(uuid, uuid, integer, text) FROM PUBLIC, anon, authenticated;
-GRANT EXECUTE ON FUNCTION public.refund_credits(uuid, uuid, integer, text) TO service_role;
+SELECT creditgate.expose('public.refund_credits(uuid, uuid, integer, text)', 'service_role');
 
 -- -----------------------------------------------------------------------------
--- Grants (top-ups)
+-- Grants
 -- -----------------------------------------------------------------------------
 
 /**
@@ -886,7 +963,7 @@ BEGIN
 
   v_balance := creditgate.lock_user(p_user_id, p_now, true);
   SELECT coalesce(sum(j.cost), 0) INTO v_held FROM public.generation_jobs j
-  WHERE j.user_id = p_user_id AND j.status IN ('pending', 'processing');
+  WHERE j.user_id = p_user_id AND j.status = 'pending';
   -- Bounding balance + holds bounds every later refund: none can overflow.
   PERFORM creditgate.require(v_balance::bigint + v_held + p_amount <= creditgate.balance_credits_max(),
     pg_catalog.format('the grant would take balance plus open holds past %s credits', creditgate.balance_credits_max()),
@@ -900,7 +977,6 @@ BEGIN
   RETURN v_balance;
 END;
 $$;
-REVOKE ALL ON FUNCTION creditgate.grant_credits_at(uuid, integer, text, text, jsonb, timestamptz) FROM PUBLIC;
 
 SELECT creditgate.drop_other_versions('grant_credits',
   $a$p_user_id uuid, p_amount integer, p_reason text, p_idempotency_key text DEFAULT NULL::text, p_metadata jsonb DEFAULT '{}'::jsonb$a$,
@@ -920,17 +996,16 @@ BEGIN
     pg_catalog.clock_timestamp());
 END;
 $$;
-REVOKE ALL ON FUNCTION public.grant_credits(uuid, integer, text, text, jsonb) FROM PUBLIC, anon, authenticated;
-GRANT EXECUTE ON FUNCTION public.grant_credits(uuid, integer, text, text, jsonb) TO service_role;
+SELECT creditgate.expose('public.grant_credits(uuid, integer, text, text, jsonb)', 'service_role');
 
 -- -----------------------------------------------------------------------------
 -- Balance reads and expiry
 -- -----------------------------------------------------------------------------
 
 /**
- * The user's balance with expired holds released first, so a read never
+ * The user's balance with due holds expired first, so a read never
  * shows an expired hold as spent.
- * Locks: the users row, only when the user has an expired hold to release.
+ * Locks: the users row, only when the user has a hold to expire.
  * Errors: 22023, PT404 user_not_found.
  */
 CREATE OR REPLACE FUNCTION creditgate.get_credit_balance_at(p_user_id uuid, p_now timestamptz)
@@ -944,7 +1019,7 @@ DECLARE
 BEGIN
   PERFORM creditgate.require_id('p_user_id', p_user_id);
   IF EXISTS (SELECT FROM public.generation_jobs j
-             WHERE j.user_id = p_user_id AND j.status IN ('pending', 'processing') AND j.expires_at <= p_now) THEN
+             WHERE j.user_id = p_user_id AND j.status = 'pending' AND j.expires_at <= p_now) THEN
     RETURN creditgate.lock_user(p_user_id, p_now, false);
   END IF;
   SELECT u.credits INTO v_balance FROM public.users u WHERE u.id = p_user_id;
@@ -954,11 +1029,10 @@ BEGIN
   RETURN v_balance;
 END;
 $$;
-REVOKE ALL ON FUNCTION creditgate.get_credit_balance_at(uuid, timestamptz) FROM PUBLIC;
 
 SELECT creditgate.drop_other_versions('get_credit_balance', 'p_user_id uuid', 'integer');
 
-/** A user's balance, expired holds released: see creditgate.get_credit_balance_at. For service_role. */
+/** A user's balance, due holds expired first: see creditgate.get_credit_balance_at. For service_role. */
 CREATE OR REPLACE FUNCTION public.get_credit_balance(p_user_id uuid)
 RETURNS integer
 LANGUAGE plpgsql
@@ -969,13 +1043,12 @@ BEGIN
   RETURN creditgate.get_credit_balance_at(p_user_id, pg_catalog.clock_timestamp());
 END;
 $$;
-REVOKE ALL ON FUNCTION public.get_credit_balance(uuid) FROM PUBLIC, anon, authenticated;
-GRANT EXECUTE ON FUNCTION public.get_credit_balance(uuid) TO service_role;
+SELECT creditgate.expose('public.get_credit_balance(uuid)', 'service_role');
 
 SELECT creditgate.drop_other_versions('get_my_credit_balance', '', 'integer');
 
 /**
- * The calling user's own balance (auth.uid()), expired holds released. The one
+ * The calling user's own balance (auth.uid()), due holds expired first. The one
  * function `authenticated` may call.
  * Errors: 42501 without a user in the JWT, PT404 user_not_found.
  */
@@ -994,12 +1067,11 @@ BEGIN
   RETURN creditgate.get_credit_balance_at(v_user_id, pg_catalog.clock_timestamp());
 END;
 $$;
-REVOKE ALL ON FUNCTION public.get_my_credit_balance() FROM PUBLIC, anon, authenticated;
-GRANT EXECUTE ON FUNCTION public.get_my_credit_balance() TO authenticated, service_role;
+SELECT creditgate.expose('public.get_my_credit_balance()', 'authenticated, service_role');
 
 /**
- * The sweeper: refunds every open hold whose deadline is at or before p_now.
- * Returns how many holds it released. A user whose row another transaction
+ * The sweeper: expires every pending hold whose deadline is at or before p_now.
+ * Returns how many holds it expired. A user whose row another transaction
  * holds is skipped: that user's holds go at their next balance check or the
  * next sweep.
  * Locks: each user row (SKIP LOCKED), then that user's jobs.
@@ -1012,22 +1084,21 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   v_user_id uuid;
-  v_released integer := 0;
+  v_expired integer := 0;
 BEGIN
   FOR v_user_id IN
     SELECT DISTINCT j.user_id FROM public.generation_jobs j
-    WHERE j.status IN ('pending', 'processing') AND j.expires_at <= p_now
+    WHERE j.status = 'pending' AND j.expires_at <= p_now
     ORDER BY j.user_id
   LOOP
     PERFORM FROM public.users u WHERE u.id = v_user_id FOR UPDATE SKIP LOCKED;
     IF FOUND THEN
-      v_released := v_released + creditgate.release_expired_holds(v_user_id, p_now);
+      v_expired := v_expired + creditgate.expire_holds(v_user_id, p_now);
     END IF;
   END LOOP;
-  RETURN v_released;
+  RETURN v_expired;
 END;
 $$;
-REVOKE ALL ON FUNCTION creditgate.expire_stale_generation_jobs_at(timestamptz) FROM PUBLIC;
 
 SELECT creditgate.drop_other_versions('expire_stale_generation_jobs', '', 'integer');
 
@@ -1042,8 +1113,7 @@ BEGIN
   RETURN creditgate.expire_stale_generation_jobs_at(pg_catalog.clock_timestamp());
 END;
 $$;
-REVOKE ALL ON FUNCTION public.expire_stale_generation_jobs() FROM PUBLIC, anon, authenticated;
-GRANT EXECUTE ON FUNCTION public.expire_stale_generation_jobs() TO service_role;
+SELECT creditgate.expose('public.expire_stale_generation_jobs()', 'service_role');
 
 -- -----------------------------------------------------------------------------
 -- Reconciliation
@@ -1084,7 +1154,7 @@ AS $$
     SELECT l.job_id,
            sum(l.delta) AS delta_sum,
            count(*) FILTER (WHERE l.entry_type = 'charge') AS charges,
-           count(*) FILTER (WHERE l.entry_type IN ('refund', 'expiry', 'capture')) AS settlements
+           count(*) FILTER (WHERE l.entry_type IN ('refund', 'expiry', 'completion')) AS settlements
     FROM public.credit_ledger l WHERE l.job_id IS NOT NULL GROUP BY l.job_id
   )
   SELECT u.id, 'balance_mismatch',
@@ -1109,21 +1179,24 @@ AS $$
   SELECT j.user_id, 'job_settled_twice',
          pg_catalog.jsonb_build_object('job_id', j.id, 'status', j.status, 'settlements', e.settlements)
   FROM public.generation_jobs j JOIN job_entries e ON e.job_id = j.id
-  WHERE e.settlements > 1 OR (e.settlements = 1 AND j.status IN ('pending', 'processing'))
+  WHERE e.settlements > 1 OR (e.settlements = 1 AND j.status = 'pending')
   UNION ALL
   SELECT j.user_id, 'job_ledger_mismatch',
          pg_catalog.jsonb_build_object('job_id', j.id, 'status', j.status, 'cost', j.cost,
            'captured', j.captured_credits, 'ledger_sum', e.delta_sum)
   FROM public.generation_jobs j JOIN job_entries e ON e.job_id = j.id
   WHERE e.charges <> 1
-     OR -e.delta_sum <> CASE WHEN j.status IN ('pending', 'processing') THEN j.cost
+     OR -e.delta_sum <> CASE WHEN j.status = 'pending' THEN j.cost
                              ELSE coalesce(j.captured_credits, -1) END
 $$;
-REVOKE ALL ON FUNCTION public.verify_credit_ledger() FROM PUBLIC, anon, authenticated;
-GRANT EXECUTE ON FUNCTION public.verify_credit_ledger() TO service_role;
+SELECT creditgate.expose('public.verify_credit_ledger()', 'service_role');
 
 -- -----------------------------------------------------------------------------
 -- PostgREST reloads its schema cache at commit, so new and changed functions
 -- are callable at once (as `supabase db push` users expect).
 -- -----------------------------------------------------------------------------
+-- PostgreSQL grants EXECUTE on a new function to PUBLIC; the schema's
+-- default privileges (20250601000100) revoke it, and this statement does it
+-- for a creditgate function created another way (by another role, or before).
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA creditgate FROM PUBLIC;
 NOTIFY pgrst, 'reload schema';

@@ -17,70 +17,13 @@
 -- LANGUAGE sql function is parsed and planned again at every call).
 -- =============================================================================
 
--- -----------------------------------------------------------------------------
--- Limits
--- -----------------------------------------------------------------------------
-
--- Buckets per window: W/20 is the most a request can be refused early.
-CREATE OR REPLACE FUNCTION creditgate.rate_limit_buckets() RETURNS integer
-LANGUAGE sql IMMUTABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$ SELECT 20 $$;
--- Requests (or cost units) per window: far above any per-user policy, and
--- small enough that no sum of costs in a window can overflow an integer.
-CREATE OR REPLACE FUNCTION creditgate.rate_limit_max() RETURNS integer
-LANGUAGE sql IMMUTABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$ SELECT 1000000 $$;
--- Windows from one second to one day.
-CREATE OR REPLACE FUNCTION creditgate.window_seconds_max() RETURNS integer
-LANGUAGE sql IMMUTABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$ SELECT 86400 $$;
--- A key names a subject ("user:<uuid>", "ip:<address>"); also an index bound.
-CREATE OR REPLACE FUNCTION creditgate.rate_limit_key_length_max() RETURNS integer
-LANGUAGE sql IMMUTABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$ SELECT 255 $$;
--- A key as stored: a caller's key (at most 255), or check_rate_limit's encoded
--- pair 'creditgate:check:' || length(type) || ':' || type || ':' || identifier,
--- at most 17 + 2 + 1 + 64 + 1 + 190 = 275 characters.
-CREATE OR REPLACE FUNCTION creditgate.rate_limit_stored_key_length_max() RETURNS integer
-LANGUAGE sql IMMUTABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$ SELECT 320 $$;
--- Entries of one apply_rate_limits / charge_credits_with_limits call.
-CREATE OR REPLACE FUNCTION creditgate.rate_limits_per_call_max() RETURNS integer
-LANGUAGE sql IMMUTABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$ SELECT 16 $$;
-CREATE OR REPLACE FUNCTION creditgate.rate_limit_type_length_max() RETURNS integer
-LANGUAGE sql IMMUTABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$ SELECT 64 $$;
-CREATE OR REPLACE FUNCTION creditgate.rate_limit_identifier_length_max() RETURNS integer
-LANGUAGE sql IMMUTABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$ SELECT 190 $$;
-
-REVOKE ALL ON FUNCTION creditgate.rate_limit_buckets(), creditgate.rate_limit_max(),
-  creditgate.window_seconds_max(), creditgate.rate_limit_key_length_max(),
-  creditgate.rate_limit_type_length_max(), creditgate.rate_limit_identifier_length_max(),
-  creditgate.rate_limit_stored_key_length_max(), creditgate.rate_limits_per_call_max() FROM PUBLIC;
-
--- The functions below check their arguments inline with these bounds (and,
--- in the combined call, the charge's) as literals, and call the named checks
--- only when one fails, to raise the precise error (see the same block in
--- 20250601000200_creditgate_credits.sql). A changed limit fails this file
--- instead of drifting from the literals.
-DO $$
-BEGIN
-  IF NOT (creditgate.rate_limit_buckets() = 20
-          AND creditgate.rate_limit_max() = 1000000
-          AND creditgate.window_seconds_max() = 86400
-          AND creditgate.rate_limit_key_length_max() = 255
-          AND creditgate.rate_limit_type_length_max() = 64
-          AND creditgate.rate_limit_identifier_length_max() = 190
-          AND creditgate.rate_limit_stored_key_length_max() = 320
-          AND creditgate.cost_credits_max() = 1000000000
-          AND creditgate.idempotency_key_length_max() = 255
-          AND creditgate.operation_type_length_max() = 64
-          AND creditgate.metadata_bytes_max() = 4096
-          AND creditgate.hold_seconds_max() = 86400) THEN
-    RAISE EXCEPTION 'creditgate: a named limit changed: update the literals of the fast paths in 20250601000300_creditgate_rate_limits.sql';
-  END IF;
-END
-$$;
+-- The limits (rate_limit_max() and the others) are in 20250601000200, with
+-- every other limit.
 
 /** Milliseconds to whole seconds, rounded up: a client told to wait never comes back early. */
 CREATE OR REPLACE FUNCTION creditgate.seconds_ceil(p_milliseconds bigint) RETURNS integer
 LANGUAGE plpgsql IMMUTABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$ BEGIN RETURN ((p_milliseconds + 999) / 1000)::integer; END $$;
-REVOKE ALL ON FUNCTION creditgate.seconds_ceil(bigint) FROM PUBLIC;
 
 -- -----------------------------------------------------------------------------
 -- The rate limiter
@@ -106,7 +49,7 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-  v_buckets constant integer := 20;  -- creditgate.rate_limit_buckets(), asserted above
+  v_buckets constant integer := creditgate.rate_limit_buckets();
   v_bucket_ms bigint;
   v_now_ms bigint;
   v_current bigint;
@@ -124,9 +67,10 @@ DECLARE
 BEGIN
   -- Callers check a caller's key against rate_limit_key_length_max() (255);
   -- here the bound is that of a stored key (check_rate_limit's encoded pairs).
-  IF NOT (pg_catalog.char_length(p_key) BETWEEN 1 AND 320 AND p_limit BETWEEN 1 AND 1000000
-          AND p_window_seconds BETWEEN 1 AND 86400 AND p_cost BETWEEN 1 AND p_limit) IS TRUE THEN
-    -- Only to raise the precise error: the literals are the named limits.
+  IF NOT (pg_catalog.char_length(p_key) BETWEEN 1 AND creditgate.rate_limit_stored_key_length_max()
+          AND p_limit BETWEEN 1 AND creditgate.rate_limit_max()
+          AND p_window_seconds BETWEEN 1 AND creditgate.window_seconds_max()
+          AND p_cost BETWEEN 1 AND p_limit) IS TRUE THEN
     PERFORM creditgate.require_text('p_key', p_key, creditgate.rate_limit_stored_key_length_max(), false);
     PERFORM creditgate.require_range('p_limit', p_limit, 1, creditgate.rate_limit_max());
     PERFORM creditgate.require_range('p_window_seconds', p_window_seconds, 1, creditgate.window_seconds_max());
@@ -226,7 +170,6 @@ BEGIN
     v_retry_ms;
 END;
 $$;
-REVOKE ALL ON FUNCTION creditgate.rate_limit_at(text, integer, integer, integer, boolean, timestamptz) FROM PUBLIC;
 
 /**
  * Checks a key given by a caller of apply_rate_limit(s): 1 to 255 characters
@@ -255,7 +198,6 @@ BEGIN
   END IF;
 END;
 $$;
-REVOKE ALL ON FUNCTION creditgate.require_rate_limit_key(text, text, boolean) FROM PUBLIC;
 
 /** apply_rate_limit at time p_now: see creditgate.rate_limit_at. */
 CREATE OR REPLACE FUNCTION creditgate.apply_rate_limit_at(
@@ -266,7 +208,8 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-  IF NOT (pg_catalog.char_length(p_key) BETWEEN 1 AND 255 AND NOT pg_catalog.starts_with(p_key, 'creditgate:')) IS TRUE THEN
+  IF NOT (pg_catalog.char_length(p_key) BETWEEN 1 AND creditgate.rate_limit_key_length_max()
+          AND NOT pg_catalog.starts_with(p_key, 'creditgate:')) IS TRUE THEN
     PERFORM creditgate.require_rate_limit_key('p_key', p_key, false);
   END IF;
   RETURN QUERY
@@ -274,7 +217,6 @@ BEGIN
     FROM creditgate.rate_limit_at(p_key, p_limit, p_window_seconds, p_cost, true, p_now) r;
 END;
 $$;
-REVOKE ALL ON FUNCTION creditgate.apply_rate_limit_at(text, integer, integer, integer, timestamptz) FROM PUBLIC;
 
 SELECT creditgate.drop_other_versions('apply_rate_limit',
   'p_key text, p_limit integer, p_window_seconds integer, p_cost integer DEFAULT 1',
@@ -298,8 +240,7 @@ BEGIN
     SELECT * FROM creditgate.apply_rate_limit_at(p_key, p_limit, p_window_seconds, p_cost, pg_catalog.clock_timestamp());
 END;
 $$;
-REVOKE ALL ON FUNCTION public.apply_rate_limit(text, integer, integer, integer) FROM PUBLIC, anon, authenticated;
-GRANT EXECUTE ON FUNCTION public.apply_rate_limit(text, integer, integer, integer) TO service_role;
+SELECT creditgate.expose('public.apply_rate_limit(text, integer, integer, integer)', 'service_role');
 
 /**
  * The stored key of check_rate_limit's (p_type, p_identifier): in the reserved
@@ -317,7 +258,6 @@ BEGIN
   RETURN 'creditgate:check:' || pg_catalog.char_length(p_type) || ':' || p_type || ':' || p_identifier;
 END;
 $$;
-REVOKE ALL ON FUNCTION creditgate.check_rate_limit_key(text, text) FROM PUBLIC;
 
 /**
  * The seed's check_rate_limit at time p_now: one request for the pair
@@ -333,8 +273,8 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-  IF NOT (pg_catalog.char_length(p_identifier) BETWEEN 1 AND 190
-          AND pg_catalog.char_length(p_type) BETWEEN 1 AND 64) IS TRUE THEN
+  IF NOT (pg_catalog.char_length(p_identifier) BETWEEN 1 AND creditgate.rate_limit_identifier_length_max()
+          AND pg_catalog.char_length(p_type) BETWEEN 1 AND creditgate.rate_limit_type_length_max()) IS TRUE THEN
     PERFORM creditgate.require_text('p_identifier', p_identifier, creditgate.rate_limit_identifier_length_max(), false);
     PERFORM creditgate.require_text('p_type', p_type, creditgate.rate_limit_type_length_max(), false);
   END IF;
@@ -344,7 +284,6 @@ BEGIN
     p_window_seconds, 1, true, p_now) r;
 END;
 $$;
-REVOKE ALL ON FUNCTION creditgate.check_rate_limit_at(text, text, integer, integer, timestamptz) FROM PUBLIC;
 
 SELECT creditgate.drop_other_versions('check_rate_limit',
   'p_identifier text, p_type text, p_max_requests integer, p_window_seconds integer',
@@ -364,8 +303,7 @@ BEGIN
       pg_catalog.clock_timestamp());
 END;
 $$;
-REVOKE ALL ON FUNCTION public.check_rate_limit(text, text, integer, integer) FROM PUBLIC, anon, authenticated;
-GRANT EXECUTE ON FUNCTION public.check_rate_limit(text, text, integer, integer) TO service_role;
+SELECT creditgate.expose('public.check_rate_limit(text, text, integer, integer)', 'service_role');
 COMMENT ON FUNCTION public.check_rate_limit(text, text, integer, integer) IS
   'At most p_max_requests allowed in any interval of p_window_seconds for (p_type, p_identifier); denied requests are not counted.';
 
@@ -384,7 +322,6 @@ BEGIN
   RETURN v_deleted;
 END;
 $$;
-REVOKE ALL ON FUNCTION creditgate.cleanup_expired_rate_limits_at(timestamptz) FROM PUBLIC;
 
 SELECT creditgate.drop_other_versions('cleanup_expired_rate_limits', '', 'integer');
 
@@ -399,8 +336,7 @@ BEGIN
   RETURN creditgate.cleanup_expired_rate_limits_at(pg_catalog.clock_timestamp());
 END;
 $$;
-REVOKE ALL ON FUNCTION public.cleanup_expired_rate_limits() FROM PUBLIC, anon, authenticated;
-GRANT EXECUTE ON FUNCTION public.cleanup_expired_rate_limits() TO service_role;
+SELECT creditgate.expose('public.cleanup_expired_rate_limits()', 'service_role');
 
 -- -----------------------------------------------------------------------------
 -- Several rate limits at once, all or nothing
@@ -486,7 +422,6 @@ BEGIN
   RETURN v_out;
 END;
 $$;
-REVOKE ALL ON FUNCTION creditgate.parse_rate_limits(jsonb, integer, boolean) FROM PUBLIC;
 
 /**
  * One result entry {"key", "allowed", "limit", "remaining", "reset_seconds",
@@ -506,7 +441,7 @@ AS $$
 DECLARE
   v_limit integer := (p_entry ->> 'limit')::integer;
   v_cost integer := (p_entry ->> 'cost')::integer;
-  v_bucket_ms bigint := (p_entry ->> 'window_seconds')::bigint * 1000 / 20;
+  v_bucket_ms bigint := (p_entry ->> 'window_seconds')::bigint * 1000 / creditgate.rate_limit_buckets();
   v_now_ms bigint := pg_catalog.floor(EXTRACT(EPOCH FROM p_now) * 1000)::bigint;
   v_remaining integer := p_remaining;
   v_reset_ms bigint := p_reset_ms;
@@ -515,7 +450,7 @@ BEGIN
     -- As rate_limit_at would have answered had it consumed: the cost taken,
     -- the window running until the current bucket leaves it.
     v_remaining := p_remaining - v_cost;
-    v_reset_ms := GREATEST(p_reset_ms, (v_now_ms / v_bucket_ms + 21) * v_bucket_ms - v_now_ms);
+    v_reset_ms := GREATEST(p_reset_ms, (v_now_ms / v_bucket_ms + creditgate.rate_limit_buckets() + 1) * v_bucket_ms - v_now_ms);
   END IF;
   RETURN pg_catalog.jsonb_build_object(
     'key', p_entry ->> 'key',
@@ -527,7 +462,6 @@ BEGIN
                                 ELSE creditgate.seconds_ceil(p_retry_after_ms) END);
 END;
 $$;
-REVOKE ALL ON FUNCTION creditgate.rate_limit_entry(jsonb, boolean, integer, bigint, bigint, text, timestamptz) FROM PUBLIC;
 
 /**
  * Applies the normalised limits p_limits (creditgate.parse_rate_limits) at
@@ -596,7 +530,6 @@ BEGIN
   RETURN pg_catalog.jsonb_build_object('allowed', v_all, 'limits', pg_catalog.to_jsonb(v_entries));
 END;
 $$;
-REVOKE ALL ON FUNCTION creditgate.apply_rate_limits_at(jsonb, boolean, timestamptz) FROM PUBLIC;
 
 SELECT creditgate.drop_other_versions('apply_rate_limits', 'p_limits jsonb',
   'TABLE(key text, allowed boolean, "limit" integer, remaining integer, reset_seconds integer, retry_after_seconds integer)');
@@ -626,8 +559,7 @@ BEGIN
     ORDER BY e.position;
 END;
 $$;
-REVOKE ALL ON FUNCTION public.apply_rate_limits(jsonb) FROM PUBLIC, anon, authenticated;
-GRANT EXECUTE ON FUNCTION public.apply_rate_limits(jsonb) TO service_role;
+SELECT creditgate.expose('public.apply_rate_limits(jsonb)', 'service_role');
 
 -- -----------------------------------------------------------------------------
 -- Rate limits and a charge, all or nothing
@@ -636,12 +568,12 @@ GRANT EXECUTE ON FUNCTION public.apply_rate_limits(jsonb) TO service_role;
 /**
  * Applies the limits p_limits (a JSON array as for apply_rate_limits, 0 to
  * 16 entries; 'creditgate:' keys allowed, except 'creditgate:check:'), then
- * the charge. Refused by a limit: allowed = false, the job fields NULL,
- * nothing spent or charged. A charge error (insufficient credits, ...)
- * rolls the whole call back, the limits included. An idempotent replay
- * returns the original job and spends no limit (`limits` then shows each
- * limit's state, allowed). The key is validated, hashed and claimed once
- * (creditgate.open_hold does the hold).
+ * the charge: creditgate.charge_checked, once the charge's arguments
+ * (check_charge_arguments) and the limits (parse_rate_limits) are checked.
+ * Refused by a limit: allowed = false, the job fields NULL, nothing spent or
+ * charged. A charge error (insufficient credits, ...) rolls the whole call
+ * back, the limits included. An idempotent replay returns the original job
+ * and spends no limit (`limits` then shows each limit's state, allowed).
  * Locks: idempotency claim, the rate_limits rows (canonical order; not for a
  * refusal), the users row, the user's jobs.
  * Errors: 22023 and those of charge_credits_at.
@@ -656,50 +588,14 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-  v_metadata jsonb := coalesce(p_metadata, '{}'::jsonb);
-  v_hash text;
-  v_replay jsonb;
-  v_rates jsonb;
-  v_charge record;
+  v_metadata jsonb := creditgate.check_charge_arguments(p_user_id, p_operation_type, p_cost, p_idempotency_key,
+    p_metadata, p_hold_seconds);
 BEGIN
-  -- The fast paths of creditgate.charge_credits_at (literals asserted above).
-  IF NOT (pg_catalog.jsonb_typeof(v_metadata) = 'object'
-          AND pg_catalog.octet_length(v_metadata::text) <= 4096) THEN
-    v_metadata := creditgate.clean_metadata(p_metadata);
-  END IF;
-  IF NOT (p_user_id IS NOT NULL
-          AND pg_catalog.char_length(p_operation_type) BETWEEN 1 AND 64
-          AND p_cost BETWEEN 1 AND 1000000000
-          AND (p_idempotency_key IS NULL OR pg_catalog.char_length(p_idempotency_key) BETWEEN 1 AND 255)
-          AND p_hold_seconds BETWEEN 1 AND 86400) IS TRUE THEN
-    PERFORM creditgate.require_charge_arguments(p_user_id, p_operation_type, p_cost, p_idempotency_key, p_hold_seconds);
-  END IF;
-  v_rates := creditgate.parse_rate_limits(p_limits, 0, true);
-
-  IF p_idempotency_key IS NOT NULL THEN
-    v_hash := creditgate.charge_request_hash(p_operation_type, p_cost, v_metadata, p_hold_seconds);
-    v_replay := creditgate.claim_idempotency_key(p_user_id, p_idempotency_key, 'charge', v_hash);
-  END IF;
-
-  v_rates := creditgate.apply_rate_limits_at(v_rates, v_replay IS NULL, p_now);
-
-  IF v_replay IS NOT NULL THEN
-    RETURN QUERY SELECT true, (v_replay ->> 'job_id')::uuid, (v_replay ->> 'new_balance')::integer, true,
-      (v_replay ->> 'expires_at')::timestamptz, v_rates -> 'limits';
-    RETURN;
-  END IF;
-  IF NOT (v_rates ->> 'allowed')::boolean THEN
-    RETURN QUERY SELECT false, NULL::uuid, NULL::integer, false, NULL::timestamptz, v_rates -> 'limits';
-    RETURN;
-  END IF;
-
-  SELECT h.* INTO v_charge
-  FROM creditgate.open_hold(p_user_id, p_operation_type, p_cost, p_idempotency_key, v_hash, v_metadata,
-    p_hold_seconds, p_now) h;
-  RETURN QUERY SELECT true, v_charge.job_id, v_charge.new_balance, false, v_charge.expires_at, v_rates -> 'limits';
+  RETURN QUERY
+    SELECT * FROM creditgate.charge_checked(p_user_id, p_operation_type, p_cost, p_idempotency_key, v_metadata,
+      p_hold_seconds, creditgate.parse_rate_limits(p_limits, 0, true), p_now);
 END;
 $$;
-REVOKE ALL ON FUNCTION creditgate.charge_credits_with_limits_at(uuid, text, integer, jsonb, text, jsonb, integer, timestamptz) FROM PUBLIC;
 
 SELECT creditgate.drop_other_versions('charge_credits_with_limits',
   $a$p_user_id uuid, p_operation_type text, p_cost integer, p_limits jsonb, p_idempotency_key text DEFAULT NULL::text, p_metadata jsonb DEFAULT '{}'::jsonb, p_hold_seconds integer DEFAULT 900$a$,
@@ -721,14 +617,15 @@ BEGIN
       p_idempotency_key, p_metadata, p_hold_seconds, pg_catalog.clock_timestamp());
 END;
 $$;
-REVOKE ALL ON FUNCTION public.charge_credits_with_limits(uuid, text, integer, jsonb, text, jsonb, integer) FROM PUBLIC, anon, authenticated;
-GRANT EXECUTE ON FUNCTION public.charge_credits_with_limits(uuid, text, integer, jsonb, text, jsonb, integer) TO service_role;
+SELECT creditgate.expose('public.charge_credits_with_limits(uuid, text, integer, jsonb, text, jsonb, integer)', 'service_role');
 
 /**
- * One rate limit and a charge, all or nothing: creditgate.charge_credits_with_limits_at
- * with the one limit (p_limit_cost against p_limit per p_window_seconds for
- * p_limit_key), its entry's fields as columns.
- * Errors: those of charge_credits_with_limits_at (the limit's named by these parameters).
+ * One rate limit and a charge, all or nothing: creditgate.charge_checked with
+ * the one limit (p_limit_cost against p_limit per p_window_seconds for
+ * p_limit_key), its entry's fields as columns. The charge's arguments are
+ * checked first (an invalid charge is refused as such), then the limit's,
+ * named by this function's parameters.
+ * Errors: those of charge_credits_with_limits_at.
  */
 CREATE OR REPLACE FUNCTION creditgate.charge_credits_with_limit_at(
   p_user_id uuid, p_operation_type text, p_cost integer, p_limit_key text, p_limit integer,
@@ -740,18 +637,14 @@ LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+  v_metadata jsonb := creditgate.check_charge_arguments(p_user_id, p_operation_type, p_cost, p_idempotency_key,
+    p_metadata, p_hold_seconds);
 BEGIN
-  -- The charge's arguments first (an invalid charge is refused as such),
-  -- then the limit's, named by this function's parameters.
-  IF NOT (p_user_id IS NOT NULL
-          AND pg_catalog.char_length(p_operation_type) BETWEEN 1 AND 64
-          AND p_cost BETWEEN 1 AND 1000000000
-          AND (p_idempotency_key IS NULL OR pg_catalog.char_length(p_idempotency_key) BETWEEN 1 AND 255)
-          AND p_hold_seconds BETWEEN 1 AND 86400) IS TRUE THEN
-    PERFORM creditgate.require_charge_arguments(p_user_id, p_operation_type, p_cost, p_idempotency_key, p_hold_seconds);
-  END IF;
-  IF NOT (pg_catalog.char_length(p_limit_key) BETWEEN 1 AND 255 AND p_limit BETWEEN 1 AND 1000000
-          AND p_window_seconds BETWEEN 1 AND 86400 AND p_limit_cost BETWEEN 1 AND p_limit
+  IF NOT (pg_catalog.char_length(p_limit_key) BETWEEN 1 AND creditgate.rate_limit_key_length_max()
+          AND p_limit BETWEEN 1 AND creditgate.rate_limit_max()
+          AND p_window_seconds BETWEEN 1 AND creditgate.window_seconds_max()
+          AND p_limit_cost BETWEEN 1 AND p_limit
           AND NOT pg_catalog.starts_with(p_limit_key, 'creditgate:check:')) IS TRUE THEN
     PERFORM creditgate.require_rate_limit_key('p_limit_key', p_limit_key, true);
     PERFORM creditgate.require_range('p_limit', p_limit, 1, creditgate.rate_limit_max());
@@ -763,13 +656,13 @@ BEGIN
     SELECT c.allowed, c.job_id, c.new_balance, c.replayed, c.expires_at,
            (c.limits -> 0 ->> 'limit')::integer, (c.limits -> 0 ->> 'remaining')::integer,
            (c.limits -> 0 ->> 'reset_seconds')::integer, (c.limits -> 0 ->> 'retry_after_seconds')::integer
-    FROM creditgate.charge_credits_with_limits_at(p_user_id, p_operation_type, p_cost,
+    FROM creditgate.charge_checked(p_user_id, p_operation_type, p_cost, p_idempotency_key, v_metadata,
+      p_hold_seconds,
       pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object('key', p_limit_key, 'limit', p_limit,
         'window_seconds', p_window_seconds, 'cost', p_limit_cost)),
-      p_idempotency_key, p_metadata, p_hold_seconds, p_now) c;
+      p_now) c;
 END;
 $$;
-REVOKE ALL ON FUNCTION creditgate.charge_credits_with_limit_at(uuid, text, integer, text, integer, integer, text, jsonb, integer, integer, timestamptz) FROM PUBLIC;
 
 SELECT creditgate.drop_other_versions('charge_credits_with_limit',
   $a$p_user_id uuid, p_operation_type text, p_cost integer, p_limit_key text, p_limit integer, p_window_seconds integer, p_idempotency_key text DEFAULT NULL::text, p_metadata jsonb DEFAULT '{}'::jsonb, p_hold_seconds integer DEFAULT 900, p_limit_cost integer DEFAULT 1$a$,
@@ -793,11 +686,14 @@ BEGIN
       pg_catalog.clock_timestamp());
 END;
 $$;
-REVOKE ALL ON FUNCTION public.charge_credits_with_limit(uuid, text, integer, text, integer, integer, text, jsonb, integer, integer) FROM PUBLIC, anon, authenticated;
-GRANT EXECUTE ON FUNCTION public.charge_credits_with_limit(uuid, text, integer, text, integer, integer, text, jsonb, integer, integer) TO service_role;
+SELECT creditgate.expose('public.charge_credits_with_limit(uuid, text, integer, text, integer, integer, text, jsonb, integer, integer)', 'service_role');
 
 -- -----------------------------------------------------------------------------
 -- PostgREST reloads its schema cache at commit, so new and changed functions
 -- are callable at once (as `supabase db push` users expect).
 -- -----------------------------------------------------------------------------
+-- PostgreSQL grants EXECUTE on a new function to PUBLIC; the schema's
+-- default privileges (20250601000100) revoke it, and this statement does it
+-- for a creditgate function created another way (by another role, or before).
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA creditgate FROM PUBLIC;
 NOTIFY pgrst, 'reload schema';

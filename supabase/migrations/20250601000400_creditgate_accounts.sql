@@ -46,7 +46,6 @@ BEGIN
   END IF;
 END;
 $$;
-REVOKE ALL ON FUNCTION creditgate.record_opening_balance(uuid) FROM PUBLIC;
 
 /**
  * A new auth user gets an account with a zero balance. A closed account of the
@@ -70,7 +69,6 @@ BEGIN
   RETURN NEW;
 END;
 $$;
-REVOKE ALL ON FUNCTION creditgate.on_auth_user_created() FROM PUBLIC;
 
 DROP TRIGGER IF EXISTS on_auth_user_created_creditgate ON auth.users;
 CREATE TRIGGER on_auth_user_created_creditgate
@@ -78,7 +76,7 @@ CREATE TRIGGER on_auth_user_created_creditgate
   FOR EACH ROW EXECUTE FUNCTION creditgate.on_auth_user_created();
 
 /**
- * Closes an account, once: every open hold is refunded, then a closing ledger
+ * Closes an account, once: every pending job is refunded, then a closing ledger
  * entry takes the balance to zero, and the row is marked closed_at. The row
  * and its ledger stay: history is never rewritten, the ledger still adds up,
  * and the user's jobs and entries keep their subject. A closed account can
@@ -103,7 +101,7 @@ BEGIN
   -- The clock is read once the row is ours: a closure that waited for a
   -- charge's lock is dated after that charge, not before it.
   v_now := coalesce(p_now, pg_catalog.clock_timestamp());
-  PERFORM creditgate.void_open_holds(p_user_id, 'infinity', 'failed', 'refund', 'Refund: account closed',
+  PERFORM creditgate.settle_pending_jobs(p_user_id, 'infinity', 'failed', 'refund', 'Refund: account closed',
     'Refunded: account closed', v_now);
 
   SELECT u.credits INTO v_balance FROM public.users u WHERE u.id = p_user_id;
@@ -114,7 +112,6 @@ BEGIN
   UPDATE public.users u SET closed_at = v_now WHERE u.id = p_user_id;
 END;
 $$;
-REVOKE ALL ON FUNCTION creditgate.close_account(uuid, timestamptz) FROM PUBLIC;
 
 /** Deleting an auth user closes its account (creditgate.close_account); the deletion always proceeds. */
 CREATE OR REPLACE FUNCTION creditgate.on_auth_user_deleted()
@@ -129,7 +126,6 @@ BEGIN
   RETURN OLD;
 END;
 $$;
-REVOKE ALL ON FUNCTION creditgate.on_auth_user_deleted() FROM PUBLIC;
 
 DROP TRIGGER IF EXISTS on_auth_user_deleted_creditgate ON auth.users;
 CREATE TRIGGER on_auth_user_deleted_creditgate
@@ -186,4 +182,8 @@ $$;
 -- PostgREST reloads its schema cache at commit, so new and changed functions
 -- are callable at once (as `supabase db push` users expect).
 -- -----------------------------------------------------------------------------
+-- PostgreSQL grants EXECUTE on a new function to PUBLIC; the schema's
+-- default privileges (20250601000100) revoke it, and this statement does it
+-- for a creditgate function created another way (by another role, or before).
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA creditgate FROM PUBLIC;
 NOTIFY pgrst, 'reload schema';

@@ -33,7 +33,7 @@ SELECT results_eq(
 SELECT results_eq(
   format($$SELECT delta, balance_after, entry_type, job_id FROM public.credit_ledger
            WHERE job_id = %L ORDER BY id$$, :'partial_job'),
-  format($$VALUES (-40, 30, 'charge'::text, %L::uuid), (15, 45, 'capture'::text, %L::uuid)$$, :'partial_job', :'partial_job'),
+  format($$VALUES (-40, 30, 'charge'::text, %L::uuid), (15, 45, 'completion'::text, %L::uuid)$$, :'partial_job', :'partial_job'),
   'the ledger shows the hold and the returned 15');
 
 SELECT job_id AS zero_job FROM public.atomic_charge_credits(tests.id_of('alice'), 'llm', 5) \gset
@@ -88,8 +88,8 @@ SELECT results_eq(
   'the job is failed (the seed''s status), nothing captured, 20 returned');
 SELECT results_eq(
   format($$SELECT delta, balance_after, operation_type, entry_type FROM public.credit_ledger WHERE job_id = %L AND delta > 0$$, :'refund_job'),
-  $$VALUES (20, 35, 'refund'::text, 'refund'::text)$$,
-  'the ledger records the refund');
+  $$VALUES (20, 35, 'image'::text, 'refund'::text)$$,
+  'the ledger records the refund, under the job''s operation');
 SELECT * FROM tests.refused(format($$SELECT public.refund_credits(%L, %L, 20, 'again')$$, tests.id_of('alice'), :'refund_job'),
   'PT409', 'a second refund is refused (the seed paid it again)');
 SELECT * FROM tests.refused(format($$SELECT public.refund_credits(%L, %L, NULL, 'again')$$, tests.id_of('alice'), :'refund_job'),

@@ -32,7 +32,7 @@ SELECT * FROM tests.refused(format($$DELETE FROM public.users WHERE id = %L$$, t
 -- -----------------------------------------------------------------------------
 SELECT results_eq(
   format($$SELECT entry_type, delta, balance_after FROM public.credit_ledger WHERE user_id = %L ORDER BY id$$, tests.id_of('alice')),
-  $$VALUES ('grant'::text, 100, 100), ('charge'::text, -30, 70), ('capture'::text, 10, 80),
+  $$VALUES ('grant'::text, 100, 100), ('charge'::text, -30, 70), ('completion'::text, 10, 80),
            ('charge'::text, -15, 65), ('refund'::text, 15, 80), ('charge'::text, -5, 75)$$,
   'one row per balance change, in order, balance_after chaining by id');
 SELECT is((SELECT sum(delta)::integer FROM public.credit_ledger WHERE user_id = tests.id_of('alice')), tests.credits_of('alice'),
@@ -60,7 +60,7 @@ ROLLBACK TO SAVEPOINT fault;
 
 SET LOCAL session_replication_role = replica;
 UPDATE public.credit_ledger SET balance_after = balance_after + 1
-WHERE id = (SELECT id FROM public.credit_ledger WHERE user_id = tests.id_of('alice') AND entry_type = 'capture');
+WHERE id = (SELECT id FROM public.credit_ledger WHERE user_id = tests.id_of('alice') AND entry_type = 'completion');
 SELECT results_eq($$SELECT problem, count(*)::integer FROM public.verify_credit_ledger() GROUP BY problem$$,
   $$VALUES ('chain_broken'::text, 2)$$,
   'a wrong balance_after: chain_broken, at that row and the next');
