@@ -347,7 +347,7 @@ impl Api {
             .ok_or_else(|| ApiError::from_code(ErrorCode::JobNotFound, "Job not found").with_detail("jobId", job_id.to_string()))?;
         let user = UserId::parse("userId", &job.user_id)?;
         trace.user = Some(user.to_string());
-        if !matches!(job.status.as_str(), "pending" | "processing") {
+        if job.status != "pending" {
             // Settled already (an expired hold's credits are back): the SQL
             // would change nothing, and the caller should know.
             return Err(ApiError::from_code(ErrorCode::JobAlreadySettled, format!("the job is already {}", job.status))
