@@ -20,7 +20,7 @@ pub enum Need {
     Everything,
 }
 
-pub fn main(_args: &[String]) -> Result<()> {
+pub fn main() -> Result<()> {
     ensure(Need::Everything)
 }
 

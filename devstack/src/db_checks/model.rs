@@ -26,13 +26,14 @@
 //! a failed charge gave its unit back); `verify_credit_ledger()` is empty.
 
 use crate::pg::Cluster;
+use crate::support::{connect, sqlstate};
 use anyhow::{anyhow, bail, Context, Result};
 use chrono::{DateTime, Utc};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 use uuid::Uuid;
 
 const SESSIONS: usize = 16;
@@ -150,14 +151,6 @@ fn lock(model: &Shared) -> Result<std::sync::MutexGuard<'_, Model>> {
 pub fn concurrency(cluster: &Cluster, database: &str) -> Result<()> {
     let url = cluster.url("postgres", database);
     tokio::runtime::Runtime::new()?.block_on(run(url))
-}
-
-pub(crate) async fn connect(url: &str) -> Result<Client> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(client)
 }
 
 async fn run(url: String) -> Result<()> {
@@ -298,11 +291,6 @@ async fn check_jobs(admin: &Client, users: &[Uuid], model: &Model) -> Result<()>
         }
     }
     Ok(())
-}
-
-/// The SQLSTATE of a database error, if it is one.
-pub(crate) fn sqlstate(error: &tokio_postgres::Error) -> Option<String> {
-    error.as_db_error().map(|db| db.code().code().to_string())
 }
 
 /// One random operation. Each arm lists the business errors it may meet;
