@@ -543,7 +543,9 @@ async fn hostile_tokens(http: &HttpStack) -> Result<()> {
         }
     }
     // Bob, signed in for real, on Alice's job.
-    let bob_attempts: Vec<(&str, String, Vec<u8>, bool, &[u16])> = vec![
+    // (method, URL, body, a /rest/v1 call, the statuses it may get)
+    type Attempt<'a> = (&'a str, String, Vec<u8>, bool, &'a [u16]);
+    let bob_attempts: Vec<Attempt> = vec![
         ("GET", http.function(&format!("/jobs/{job}")), Vec::new(), false, &[404]),
         ("POST", http.function(&format!("/jobs/{job}/refund")), br#"{"reason":"not mine"}"#.to_vec(), false, &[403]),
         ("POST", http.function(&format!("/jobs/{job}/complete")), b"{}".to_vec(), false, &[403]),
@@ -789,6 +791,9 @@ async fn kill_load(
     Ok(())
 }
 
+// Every session has finished: nothing else takes the lock while it is held
+// across these awaits.
+#[allow(clippy::await_holding_lock)]
 async fn resolve_after_kills(http: &HttpStack, users: &[(Uuid, String)], outcomes: &Mutex<Outcomes>) -> Result<String> {
     let client = client();
     let db = connect(&http.db_url()).await?;

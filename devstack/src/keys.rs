@@ -335,9 +335,12 @@ impl EcPublicKey {
         let point = public.to_encoded_point(false);
         let x = URL_SAFE_NO_PAD.encode(point.x().expect("an uncompressed point"));
         let y = URL_SAFE_NO_PAD.encode(point.y().expect("an uncompressed point"));
-        // What `DecodingKey::from_jwk` does with an EC JWK; the KeySet reads
-        // the JWK itself to keep PostgREST's leniency (extra members, `=`).
-        let decoding = DecodingKey::from_ec_components(&x, &y).expect("coordinates just encoded");
+        // A normalised JWK for jsonwebtoken: the KeySet reads the configured
+        // JWK itself, to keep PostgREST's leniency (extra members, `=`
+        // padding) and to refuse a point off the curve when it is read.
+        let jwk: jsonwebtoken::jwk::Jwk =
+            serde_json::from_value(json!({"kty": "EC", "crv": "P-256", "x": x, "y": y})).expect("an EC JWK");
+        let decoding = DecodingKey::from_jwk(&jwk).expect("coordinates just encoded");
         EcPublicKey { x, y, decoding }
     }
 }

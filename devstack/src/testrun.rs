@@ -55,30 +55,7 @@ pub fn main(groups: &[String]) -> Result<()> {
     let root = crate::project_root();
     let wanted = |name: &str| only.is_empty() || only.iter().any(|o| name.starts_with(o));
     if wanted("db") {
-        let cluster = Cluster::start(&root.join("target/devstack/test-pg"), TEST_PG_PORT, true)?;
-        run.suite("db: migrations on a fresh database, three times over", || fresh_migrations(&cluster));
-        run.suite("db: pgTAP (supabase/tests/database)", || {
-            prove_dir(&cluster, FRESH, &root.join("supabase/tests/database"))
-        });
-        run.suite("db: legacy upgrade, from before the seed (tests/upgrade)", || {
-            legacy_upgrade(&cluster, "legacy", &root.join("tests/upgrade"))
-        });
-        run.suite("db: legacy upgrade, the seed half applied (tests/upgrade/seed-half-applied)", || {
-            legacy_upgrade(&cluster, "seed_half_applied", &root.join("tests/upgrade/seed-half-applied"))
-        });
-        run.suite("db: concurrency", || db_checks::model::concurrency(&cluster, FRESH));
-        run.suite("db: concurrency, charges under two shared limits (charge_credits_with_limits)", || {
-            db_checks::limits_model::multi_limit_concurrency(&cluster, FRESH)
-        });
-        run.suite("db: pg_cron runs the sweeper and the cleanup (cron.job_run_details: succeeded)", || {
-            db_checks::cron::cron_runs(&cluster, FRESH)
-        });
-        run.suite("db: privileges, every function and table tried as each role", || {
-            db_checks::privileges::privilege_sweep(&cluster, FRESH)
-        });
-        run.suite("db: PostgreSQL immediate shutdown under charges, twice: no credit lost or created", || {
-            db_checks::crash::postgres_crash()
-        });
+        db_suites(&mut run)?;
     }
     if wanted("rust") {
         run.suite("rust: cargo test (crate units, devstack units, gateway conformance)", || {
@@ -113,6 +90,36 @@ pub fn main(groups: &[String]) -> Result<()> {
     run.finish()
 }
 
+/// The database suites, on a fresh private cluster.
+fn db_suites(run: &mut Run) -> Result<()> {
+    let root = crate::project_root();
+    let cluster = Cluster::start(&root.join("target/devstack/test-pg"), TEST_PG_PORT, true)?;
+    run.suite("db: migrations on a fresh database, three times over", || fresh_migrations(&cluster));
+    run.suite("db: pgTAP (supabase/tests/database)", || {
+        prove_dir(&cluster, FRESH, &root.join("supabase/tests/database"))
+    });
+    run.suite("db: legacy upgrade, from before the seed (tests/upgrade)", || {
+        legacy_upgrade(&cluster, "legacy", &root.join("tests/upgrade"))
+    });
+    run.suite("db: legacy upgrade, the seed half applied (tests/upgrade/seed-half-applied)", || {
+        legacy_upgrade(&cluster, "seed_half_applied", &root.join("tests/upgrade/seed-half-applied"))
+    });
+    run.suite("db: concurrency", || db_checks::model::concurrency(&cluster, FRESH));
+    run.suite("db: concurrency, charges under two shared limits (charge_credits_with_limits)", || {
+        db_checks::limits_model::multi_limit_concurrency(&cluster, FRESH)
+    });
+    run.suite("db: pg_cron runs the sweeper and the cleanup (cron.job_run_details: succeeded)", || {
+        db_checks::cron::cron_runs(&cluster, FRESH)
+    });
+    run.suite("db: privileges, every function and table tried as each role", || {
+        db_checks::privileges::privilege_sweep(&cluster, FRESH)
+    });
+    run.suite("db: PostgreSQL immediate shutdown under charges, twice: no credit lost or created", || {
+        db_checks::crash::postgres_crash()
+    });
+    Ok(())
+}
+
 /// The test stack's options: its own ports and data, beside a developer's.
 fn test_stack_options() -> crate::stack::Options {
     crate::stack::Options {
@@ -143,7 +150,7 @@ fn stack_suites(run: &mut Run, wanted: &dyn Fn(&str) -> bool) -> Result<()> {
     std::env::remove_var(crate::stack::EXTRA_FUNCTIONS_ENV);
     let served = ServedStack::serve(stack?, "test stack", STACK_START_TIMEOUT)?;
     let stack = served.stack();
-    let env = vec![
+    let env = [
         ("CREDITGATE_URL", options.api_url()),
         ("CREDITGATE_ANON_KEY", crate::keys::anon_key()),
         ("CREDITGATE_SERVICE_ROLE_KEY", crate::keys::service_role_key()),
@@ -154,12 +161,32 @@ fn stack_suites(run: &mut Run, wanted: &dyn Fn(&str) -> bool) -> Result<()> {
         ("CREDITGATE_DB_URL", stack.cluster().url("postgres", "postgres")),
         ("PATH", crate::setup::tool_path()),
     ];
+    for (group, name, mut command) in stack_suite_commands(&root) {
+        if !wanted(group) {
+            continue;
+        }
+        // `cargo run` sets LD_LIBRARY_PATH for us; Deno refuses to spawn
+        // (psql) with it set unless given every run permission.
+        command
+            .current_dir(&root)
+            .env_remove("LD_LIBRARY_PATH")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+        run.suite(name, || crate::setup::run(&mut command));
+    }
+    // The stack's processes stop here.
+    drop(served);
+    Ok(())
+}
+
+/// The stack suites' commands: (group, suite name, command), in the order
+/// they run.
+fn stack_suite_commands(root: &Path) -> Vec<(&'static str, &'static str, Command)> {
     let script = |path: &str| {
         let mut command = Command::new("bash");
         command.arg(root.join(path));
         command
     };
-    let suites: Vec<(&str, &str, Command)> = vec![
+    vec![
         ("js", "js: the packed package from Node, Deno and Chromium (tests/js/run.sh)", script("tests/js/run.sh")),
         ("wasm", "wasm: wasm-pack test --headless --chrome (tests/wasm/run.sh)", script("tests/wasm/run.sh")),
         ("function", "function: the Edge Function's types and handler under Deno (tests/function)", {
@@ -181,22 +208,7 @@ fn stack_suites(run: &mut Run, wanted: &dyn Fn(&str) -> bool) -> Result<()> {
             command.args(["--experimental-websocket", "--test"]).arg(root.join("tests/page"));
             command
         }),
-    ];
-    for (group, name, mut command) in suites {
-        if !wanted(group) {
-            continue;
-        }
-        // `cargo run` sets LD_LIBRARY_PATH for us; Deno refuses to spawn
-        // (psql) with it set unless given every run permission.
-        command
-            .current_dir(&root)
-            .env_remove("LD_LIBRARY_PATH")
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())));
-        run.suite(name, || crate::setup::run(&mut command));
-    }
-    // The stack's processes stop here.
-    drop(served);
-    Ok(())
+    ]
 }
 
 /// `cargo dev up` builds the package first, which takes minutes cold.

@@ -147,7 +147,7 @@ pub fn measure(root: &Path, options: &Options) -> Result<Figures> {
 /// Deno (alternating runs), then the wasm one through the front proxy.
 fn charge_rates(root: &Path, options: &Options, stack: &Stack, stack_options: &StackOptions, deno_port: u16) -> Result<Vec<Series>> {
     let users = make_users(stack)?;
-    let _functions = DenoFunctions::start(root, &stack_options, deno_port)?;
+    let _functions = DenoFunctions::start(root, stack_options, deno_port)?;
     wait_for_port(deno_port, None, None, PORT_TIMEOUT)?;
     let targets = [
         ("wasm: credits (Rust -> wasm)", format!("http://127.0.0.1:{deno_port}/credits/charge")),

@@ -27,6 +27,8 @@ use subtle::{Choice, ConstantTimeEq};
 pub(super) const BODY_LIMIT_BYTES: usize = 1 << 20;
 
 pub(super) type Body = Full<Bytes>;
+/// The answer to a request the proxy refuses (boxed: a response is large).
+type Refusal = Box<Response<Body>>;
 type HttpClient = hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Body>;
 
 pub(super) struct Proxy {
@@ -96,7 +98,7 @@ async fn route(proxy: &Proxy, mut request: Request<Incoming>, peer: SocketAddr) 
             return preflight();
         }
         match check_api_key(proxy, &request) {
-            Err(refusal) => return refusal,
+            Err(refusal) => return *refusal,
             Ok(key) => stand_in_for_api_key(proxy, &mut request, &key),
         }
         let target = format!("http://127.0.0.1:{}{}", proxy.options.gateway_port, path_and_query(&request, rest));
@@ -109,7 +111,7 @@ async fn route(proxy: &Proxy, mut request: Request<Incoming>, peer: SocketAddr) 
         };
         if function.verify_jwt && request.method() != hyper::Method::OPTIONS {
             if let Err(refusal) = check_jwt(proxy, &request) {
-                return refusal;
+                return *refusal;
             }
         }
         let target = format!(
@@ -157,15 +159,15 @@ fn jwks(proxy: &Proxy, method: &hyper::Method) -> Response<Body> {
 
 /// Supabase's API gateway admits a request to `/rest/v1` only with one of the
 /// project's keys in `apikey` (header or query); returns that key.
-fn check_api_key(proxy: &Proxy, request: &Request<Incoming>) -> Result<String, Response<Body>> {
+fn check_api_key(proxy: &Proxy, request: &Request<Incoming>) -> Result<String, Refusal> {
     let from_header = request.headers().get("apikey").and_then(|value| value.to_str().ok()).map(str::to_string);
     let from_query = request.uri().query().and_then(|query| {
         query.split('&').find_map(|pair| pair.strip_prefix("apikey=").map(str::to_string))
     });
     match from_header.or(from_query) {
-        None => Err(json_response(StatusCode::UNAUTHORIZED, json!({"message": "No API key found in request"}))),
+        None => Err(Box::new(json_response(StatusCode::UNAUTHORIZED, json!({"message": "No API key found in request"})))),
         Some(key) if is_project_key(proxy, &key) => Ok(key),
-        Some(_) => Err(json_response(StatusCode::UNAUTHORIZED, json!({"message": "Invalid API key"}))),
+        Some(_) => Err(Box::new(json_response(StatusCode::UNAUTHORIZED, json!({"message": "Invalid API key"})))),
     }
 }
 
@@ -188,7 +190,7 @@ fn stand_in_for_api_key(proxy: &Proxy, request: &mut Request<Incoming>, key: &st
     let authorization = request.headers().get("authorization").and_then(|value| value.to_str().ok());
     let replace = match authorization {
         None => true,
-        Some(value) => crate::gateway::jwt::bearer_token(Some(value.as_bytes())) == key.as_bytes(),
+        Some(value) => crate::gateway::jwt::bearer_token(Some(value.as_bytes())).ct_eq(key.as_bytes()).into(),
     };
     if replace {
         if let Ok(value) = format!("Bearer {jwt}").parse() {
@@ -199,14 +201,14 @@ fn stand_in_for_api_key(proxy: &Proxy, request: &mut Request<Incoming>, key: &st
 
 /// The edge runtime's `verify_jwt`: a valid, unexpired token signed with one
 /// of the project's keys (an ES256 user token, or an HS256 legacy key).
-fn check_jwt(proxy: &Proxy, request: &Request<Incoming>) -> Result<(), Response<Body>> {
+fn check_jwt(proxy: &Proxy, request: &Request<Incoming>) -> Result<(), Refusal> {
     let Some(header) = request.headers().get("authorization").and_then(|value| value.to_str().ok()) else {
-        return Err(json_response(StatusCode::UNAUTHORIZED, json!({"msg": "Error: Missing authorization header"})));
+        return Err(Box::new(json_response(StatusCode::UNAUTHORIZED, json!({"msg": "Error: Missing authorization header"}))));
     };
     let token = header.strip_prefix("Bearer ").or_else(|| header.strip_prefix("bearer ")).unwrap_or("");
     match keys::verify(token, &proxy.keys, chrono::Utc::now().timestamp()) {
         Ok(_) => Ok(()),
-        Err(_) => Err(json_response(StatusCode::UNAUTHORIZED, json!({"msg": "Invalid JWT"}))),
+        Err(_) => Err(Box::new(json_response(StatusCode::UNAUTHORIZED, json!({"msg": "Invalid JWT"})))),
     }
 }
 
