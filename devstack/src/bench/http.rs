@@ -276,7 +276,9 @@ impl DenoFunctions {
             .env("SUPABASE_URL", stack.api_url())
             .env("SUPABASE_ANON_KEY", crate::keys::anon_key())
             .env("SUPABASE_SERVICE_ROLE_KEY", crate::keys::service_role_key())
-            .env("CREDITGATE_JWT_SECRET", crate::keys::JWT_SECRET)
+            // As on a project with signing keys: the JWKS inline, no legacy
+            // secret (both handlers verify the ES256 user tokens with it).
+            .env("SUPABASE_JWKS", crate::keys::current_key().jwks().to_string())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
