@@ -276,4 +276,12 @@ export const scenarios = [
     assert.equal((await credits.limit({ key, limit: 3, windowSeconds: 60 })).success, true);
     await rejectsWith(credits.tokenBucket({ key: "creditgate:x", capacity: 1, refillPerSecond: 1 }), "invalid_argument", CreditError);
   }],
+
+  ["tokenBucket is exact under concurrency: 40 requests at once, a bucket of 7, exactly 7 allowed", async ({ CreditClient }) => {
+    const credits = new CreditClient({ url: API_URL, serviceRoleKey: SERVICE_ROLE_KEY });
+    const bucket = { key: `js:burst:${crypto.randomUUID()}`, capacity: 7, refillPerSecond: 0.00001 };
+    const results = await Promise.all(Array.from({ length: 40 }, () => credits.tokenBucket(bucket)));
+    assert.equal(results.filter((result) => result.success).length, 7);
+    assert.ok(results.filter((result) => !result.success).every((result) => result.remaining === 0 && result.retryAfter > 0));
+  }],
 ];
