@@ -6,8 +6,8 @@
 
 use crate::error::{CreditError, ErrorCode};
 use crate::{
-    BalanceResult, ChargeResult, ChargeWithLimitResult, ChargeWithLimitsResult, CompleteResult,
-    JobId, LimitRequest, RateLimitResult,
+    BalanceResult, BlockResult, ChargeResult, ChargeWithLimitResult, ChargeWithLimitsResult, CompleteResult,
+    JobId, LimitKeyRequest, LimitRequest, LimitUsage, PeekLimitRequest, RateLimitResult, ResetResult, UnblockResult,
 };
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -164,6 +164,10 @@ struct LimitRow {
 
 impl LimitRow {
     fn into_result(self, request: &LimitRequest) -> RateLimitResult {
+        self.into_window(Some(request.window_seconds.get()))
+    }
+
+    fn into_window(self, window_seconds: Option<u32>) -> RateLimitResult {
         let clamp = |value: i64| value.clamp(0, i64::from(u32::MAX)) as u32;
         RateLimitResult {
             success: self.allowed,
@@ -176,7 +180,7 @@ impl LimitRow {
             } else {
                 clamp(self.retry_after_seconds).max(1)
             },
-            window_seconds: Some(request.window_seconds.get()),
+            window_seconds,
         }
     }
 }
@@ -188,6 +192,50 @@ pub fn limit(
 ) -> Result<RateLimitResult, CreditError> {
     let row: LimitRow = response.row("apply_rate_limit")?;
     Ok(row.into_result(request))
+}
+
+/// `apply_token_bucket`: a limit's row (`limit` is the capacity; a bucket
+/// has no window).
+pub fn token_bucket(response: &Answer) -> Result<RateLimitResult, CreditError> {
+    let row: LimitRow = response.row("apply_token_bucket")?;
+    Ok(row.into_window(None))
+}
+
+/// `peek_rate_limit`: a limit's row, nothing spent.
+pub fn peek_limit(request: &PeekLimitRequest, response: &Answer) -> Result<RateLimitResult, CreditError> {
+    let row: LimitRow = response.row("peek_rate_limit")?;
+    Ok(row.into_window(Some(request.window_seconds.get())))
+}
+
+/// `reset_rate_limit`: how many counters were cleared.
+pub fn reset_limit(request: &LimitKeyRequest, response: &Answer) -> Result<ResetResult, CreditError> {
+    let cleared: i64 = response.scalar("reset_rate_limit")?;
+    Ok(ResetResult { key: request.key.as_str().to_owned(), cleared: cleared.clamp(0, i64::from(u32::MAX)) as u32 })
+}
+
+/// `get_rate_limit_usage`: its rows.
+pub fn limit_usage(response: &Answer) -> Result<Vec<LimitUsage>, CreditError> {
+    let value = response.json("get_rate_limit_usage")?;
+    serde_json::from_value(value).map_err(|error| unexpected("get_rate_limit_usage", &error.to_string()))
+}
+
+#[derive(Deserialize)]
+struct BlockRow {
+    key: String,
+    blocked_until: Option<String>,
+    reason: String,
+}
+
+/// `block_rate_limit_key`: the block in force.
+pub fn block_limit_key(response: &Answer) -> Result<BlockResult, CreditError> {
+    let row: BlockRow = response.row("block_rate_limit_key")?;
+    Ok(BlockResult { key: row.key, until: row.blocked_until, reason: row.reason })
+}
+
+/// `unblock_rate_limit_key`: whether a block was in force.
+pub fn unblock_limit_key(request: &LimitKeyRequest, response: &Answer) -> Result<UnblockResult, CreditError> {
+    let unblocked: bool = response.scalar("unblock_rate_limit_key")?;
+    Ok(UnblockResult { key: request.key.as_str().to_owned(), unblocked })
 }
 
 /// `chargeWithLimit`'s flat shape: the one-limit case of

@@ -7,8 +7,8 @@
 //! the SQL `DEFAULT` applies (an explicit `null` would override it).
 
 use crate::{
-    ChargeRequest, ChargeWithLimitsRequest, CompleteRequest, GrantRequest, IdempotencyKey, JobId, LimitRequest, Metadata,
-    RefundRequest, UserId,
+    BlockRequest, ChargeRequest, ChargeWithLimitsRequest, CompleteRequest, GrantRequest, IdempotencyKey, JobId,
+    LimitKeyRequest, LimitRequest, Metadata, PeekLimitRequest, RefundRequest, TokenBucketRequest, UsageRequest, UserId,
 };
 use serde_json::{json, Map, Value};
 
@@ -140,6 +140,54 @@ pub fn limit(request: &LimitRequest) -> Rpc {
         ("p_cost", Some(json!(request.weight.get()))),
     ]);
     Rpc::new("apply_rate_limit", body)
+}
+
+/// `apply_token_bucket` (its `p_cost` is the weight).
+pub fn token_bucket(request: &TokenBucketRequest) -> Rpc {
+    let body = args([
+        ("p_key", Some(json!(request.key.as_str()))),
+        ("p_capacity", Some(json!(request.capacity.get()))),
+        ("p_refill_per_second", Some(json!(request.refill_per_second))),
+        ("p_cost", Some(json!(request.weight.get()))),
+    ]);
+    Rpc::new("apply_token_bucket", body)
+}
+
+/// `peek_rate_limit`.
+pub fn peek_limit(request: &PeekLimitRequest) -> Rpc {
+    let body = args([
+        ("p_key", Some(json!(request.key.as_str()))),
+        ("p_limit", Some(json!(request.limit.get()))),
+        ("p_window_seconds", Some(json!(request.window_seconds.get()))),
+    ]);
+    Rpc::new("peek_rate_limit", body)
+}
+
+/// `reset_rate_limit`.
+pub fn reset_limit(request: &LimitKeyRequest) -> Rpc {
+    Rpc::new("reset_rate_limit", args([("p_key", Some(json!(request.key.as_str())))]))
+}
+
+/// `get_rate_limit_usage`.
+pub fn limit_usage(request: &UsageRequest) -> Rpc {
+    let body = args([("p_key_prefix", Some(json!(request.prefix))), ("p_max_rows", Some(json!(request.max_rows)))]);
+    Rpc::new("get_rate_limit_usage", body)
+}
+
+/// `block_rate_limit_key` (`p_until` null: until unblocked; it has no
+/// default, so it is always sent).
+pub fn block_limit_key(request: &BlockRequest) -> Rpc {
+    let body = args([
+        ("p_key", Some(json!(request.key.as_str()))),
+        ("p_until", Some(request.until.as_ref().map_or(Value::Null, |until| json!(until)))),
+        ("p_reason", Some(json!(request.reason.as_str()))),
+    ]);
+    Rpc::new("block_rate_limit_key", body)
+}
+
+/// `unblock_rate_limit_key`.
+pub fn unblock_limit_key(request: &LimitKeyRequest) -> Rpc {
+    Rpc::new("unblock_rate_limit_key", args([("p_key", Some(json!(request.key.as_str())))]))
 }
 
 /// `charge_credits_with_limits`: the charge's arguments and `p_limits`.
@@ -303,6 +351,57 @@ mod tests {
             rpc.body,
             json!({"p_key": "ip:1.2.3.4", "p_limit": 5, "p_window_seconds": 3600, "p_cost": 1})
         );
+    }
+
+    #[test]
+    fn the_operator_tools_send_the_sql_arguments() {
+        let bucket = TokenBucketRequest::from_json(&json!({"key": "tb:1", "capacity": 5, "refillPerSecond": 0.5}))
+            .expect("valid");
+        assert_eq!(token_bucket(&bucket).function, "apply_token_bucket");
+        assert_eq!(
+            token_bucket(&bucket).body,
+            json!({"p_key": "tb:1", "p_capacity": 5, "p_refill_per_second": 0.5, "p_cost": 1})
+        );
+        let peek = PeekLimitRequest::from_json(&json!({"key": "creditgate:user:x", "limit": 5, "windowSeconds": 60}))
+            .expect("reserved keys may be peeked at");
+        assert_eq!(
+            peek_limit(&peek).body,
+            json!({"p_key": "creditgate:user:x", "p_limit": 5, "p_window_seconds": 60})
+        );
+        let key = LimitKeyRequest::from_json("resetLimit", &json!({"key": "creditgate:ip:1.2.3.4"})).expect("valid");
+        assert_eq!(reset_limit(&key).body, json!({"p_key": "creditgate:ip:1.2.3.4"}));
+        assert_eq!(unblock_limit_key(&key).function, "unblock_rate_limit_key");
+        let usage = UsageRequest::from_json(&json!({"prefix": "creditgate:user:"})).expect("valid");
+        assert_eq!(limit_usage(&usage).body, json!({"p_key_prefix": "creditgate:user:", "p_max_rows": 100}));
+        let forever = BlockRequest::from_json(&json!({"key": "ip:1", "reason": "abuse"})).expect("valid");
+        assert_eq!(block_limit_key(&forever).body, json!({"p_key": "ip:1", "p_until": null, "p_reason": "abuse"}));
+        let until = BlockRequest::from_json(&json!({"key": "ip:1", "reason": "abuse", "until": "2030-01-01T00:00:00Z"}))
+            .expect("valid");
+        assert_eq!(block_limit_key(&until).body["p_until"], "2030-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn the_operator_tools_check_their_input() {
+        for bad in [
+            json!({"key": "tb", "capacity": 5, "refillPerSecond": 0}),
+            json!({"key": "tb", "capacity": 5, "refillPerSecond": 0.000001}),
+            json!({"key": "tb", "capacity": 5, "refillPerSecond": "1"}),
+            json!({"key": "tb", "capacity": 5, "refillPerSecond": 1, "weight": 6}),
+            json!({"key": "creditgate:x", "capacity": 5, "refillPerSecond": 1}),
+            json!({"key": "tb", "capacity": 0, "refillPerSecond": 1}),
+        ] {
+            assert!(TokenBucketRequest::from_json(&bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            TokenBucketRequest::from_json(&json!({"key": "tb", "capacity": 0, "refillPerSecond": 1}))
+                .expect_err("capacity")
+                .details()["field"],
+            "capacity"
+        );
+        assert!(UsageRequest::from_json(&json!({"limit": 1001})).is_err());
+        assert!(UsageRequest::from_json(&json!({"limit": 0})).is_err());
+        assert!(BlockRequest::from_json(&json!({"key": "ip:1"})).is_err(), "a reason is required");
+        assert!(LimitKeyRequest::from_json("resetLimit", &json!({"key": ""})).is_err());
     }
 
     #[test]

@@ -9,9 +9,11 @@ use crate::calls::{self, Filter, Read, Rpc};
 use crate::config::Config;
 use crate::error::CreditError;
 use crate::{
-    BalanceResult, ChargeRequest, ChargeResult, ChargeWithLimitRequest, ChargeWithLimitResult,
-    ChargeWithLimitsRequest, ChargeWithLimitsResult, CompleteRequest, CompleteResult, GrantRequest, JobId,
-    JobView, LedgerView, LimitRequest, RateLimitResult, Reason, RefundRequest, RunOutput, UserId,
+    BalanceResult, BlockRequest, BlockResult, ChargeRequest, ChargeResult, ChargeWithLimitRequest,
+    ChargeWithLimitResult, ChargeWithLimitsRequest, ChargeWithLimitsResult, CompleteRequest, CompleteResult,
+    GrantRequest, JobId, JobView, LedgerView, LimitKeyRequest, LimitRequest, LimitUsage, PeekLimitRequest,
+    RateLimitResult, Reason, RefundRequest, ResetResult, RunOutput, TokenBucketRequest, UnblockResult, UsageRequest,
+    UserId,
 };
 use postgrest::Postgrest;
 use std::future::Future;
@@ -140,6 +142,38 @@ impl CreditClient {
 
     pub async fn limit(&self, request: &LimitRequest) -> Result<RateLimitResult, CreditError> {
         answers::limit(request, &self.rpc(calls::limit(request)).await?)
+    }
+
+    /// A token bucket: `capacity` at once, then `refill_per_second`. Over it
+    /// is a value (`success: false`), not an error.
+    pub async fn token_bucket(&self, request: &TokenBucketRequest) -> Result<RateLimitResult, CreditError> {
+        answers::token_bucket(&self.rpc(calls::token_bucket(request)).await?)
+    }
+
+    /// What [`CreditClient::limit`] would answer for a request of weight 1,
+    /// spending nothing.
+    pub async fn peek_limit(&self, request: &PeekLimitRequest) -> Result<RateLimitResult, CreditError> {
+        answers::peek_limit(request, &self.rpc(calls::peek_limit(request)).await?)
+    }
+
+    /// Clears every window and token bucket of a key.
+    pub async fn reset_limit(&self, request: &LimitKeyRequest) -> Result<ResetResult, CreditError> {
+        answers::reset_limit(request, &self.rpc(calls::reset_limit(request)).await?)
+    }
+
+    /// The windows in use of keys starting with a prefix, for dashboards.
+    pub async fn limit_usage(&self, request: &UsageRequest) -> Result<Vec<LimitUsage>, CreditError> {
+        answers::limit_usage(&self.rpc(calls::limit_usage(request)).await?)
+    }
+
+    /// Blocks a key: every limit naming it is 403 `blocked` until `until`.
+    pub async fn block_limit_key(&self, request: &BlockRequest) -> Result<BlockResult, CreditError> {
+        answers::block_limit_key(&self.rpc(calls::block_limit_key(request)).await?)
+    }
+
+    /// Lifts a block.
+    pub async fn unblock_limit_key(&self, request: &LimitKeyRequest) -> Result<UnblockResult, CreditError> {
+        answers::unblock_limit_key(request, &self.rpc(calls::unblock_limit_key(request)).await?)
     }
 
     /// One limit and the charge in one transaction: the one-limit case of

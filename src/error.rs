@@ -38,6 +38,10 @@ pub enum ErrorCode {
     /// Over a rate limit. `limit()` returns this as a value; the HTTP layer
     /// raises it with `Retry-After`.
     RateLimited,
+    /// A limit key of the request is blocked by an operator (PT403 with
+    /// hint `blocked`; details `{key, until, reason}`): not retryable, the
+    /// block ends when it ends.
+    Blocked,
     /// PostgREST or the database answered something unexpected (5xx, a
     /// missing function, an undecodable body).
     Upstream,
@@ -47,7 +51,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in docs/design.md's order.
-    pub const ALL: [ErrorCode; 12] = [
+    pub const ALL: [ErrorCode; 13] = [
         ErrorCode::InvalidArgument,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
@@ -58,6 +62,7 @@ impl ErrorCode {
         ErrorCode::JobAlreadySettled,
         ErrorCode::IdempotencyKeyReused,
         ErrorCode::RateLimited,
+        ErrorCode::Blocked,
         ErrorCode::Upstream,
         ErrorCode::Network,
     ];
@@ -75,6 +80,7 @@ impl ErrorCode {
             ErrorCode::JobAlreadySettled => "job_already_settled",
             ErrorCode::IdempotencyKeyReused => "idempotency_key_reused",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Blocked => "blocked",
             ErrorCode::Upstream => "upstream",
             ErrorCode::Network => "network",
         }
@@ -99,7 +105,7 @@ impl ErrorCode {
             ErrorCode::InvalidArgument => 400,
             ErrorCode::Unauthorized => 401,
             ErrorCode::InsufficientCredits => 402,
-            ErrorCode::Forbidden => 403,
+            ErrorCode::Forbidden | ErrorCode::Blocked => 403,
             ErrorCode::UserNotFound | ErrorCode::JobNotFound => 404,
             ErrorCode::IdempotencyInFlight | ErrorCode::JobAlreadySettled => 409,
             ErrorCode::IdempotencyKeyReused => 422,
@@ -389,6 +395,8 @@ fn code_from_sqlstate(sqlstate: Option<&str>, message: &str, http_status: u16) -
         }
         Some("PT409") => ErrorCode::JobAlreadySettled,
         Some("PT422") => ErrorCode::IdempotencyKeyReused,
+        Some("PT403") if lowercase.contains("blocked") => ErrorCode::Blocked,
+        Some("PT403") => ErrorCode::Forbidden,
         Some("42501") if http_status == 401 => ErrorCode::Unauthorized,
         Some("42501") => ErrorCode::Forbidden,
         // JWT missing, malformed, expired, or with an unknown role.
@@ -464,6 +472,7 @@ mod tests {
             ("job_already_settled", 409),
             ("idempotency_key_reused", 422),
             ("rate_limited", 429),
+            ("blocked", 403),
             ("upstream", 502),
             ("network", 503),
         ];

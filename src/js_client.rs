@@ -14,8 +14,9 @@ use crate::client::{CreditClient, RunError, RunOutcome};
 use crate::error::CreditError;
 use crate::config::Config;
 use crate::{
-    user_id_from_json, ChargeRequest, ChargeWithLimitRequest, CompleteRequest, GrantRequest,
-    LimitRequest, RateLimitResult, RefundRequest, RunOutput,
+    user_id_from_json, BlockRequest, ChargeRequest, ChargeWithLimitRequest, CompleteRequest, GrantRequest,
+    LimitKeyRequest, LimitRequest, PeekLimitRequest, RateLimitResult, RefundRequest, RunOutput, TokenBucketRequest,
+    UsageRequest,
 };
 use js_sys::{Function, Object, Promise, Reflect, JSON};
 use serde::Serialize;
@@ -41,6 +42,7 @@ export type CreditErrorCode =
   | "job_already_settled"     // 409: completed, refunded or expired already
   | "idempotency_key_reused"  // 422: same key, different request
   | "rate_limited"            // 429 (limit() returns denials as values; the HTTP API raises this)
+  | "blocked"                 // 403: a limit key is blocked (details { key, until, reason }); not retryable
   | "upstream"                // 502: PostgREST/the database answered something unexpected
   | "network";                // 503: no answer at all
 
@@ -161,6 +163,77 @@ export interface RateLimitResult {
   retryAfter: number;
   /** The window, in seconds. */
   windowSeconds?: number | null;
+}
+
+/** A token bucket: `capacity` tokens at once (a burst), refilled at `refillPerSecond`. */
+export interface TokenBucketRequest {
+  /** What is counted (1 to 255 chars, not starting with `creditgate:`). */
+  key: string;
+  /** The burst: 1 to 1000000 tokens. Part of the bucket's identity with `refillPerSecond`. */
+  capacity: number;
+  /** Tokens added per second: 0.00001 (about one a day) to 1000000. */
+  refillPerSecond: number;
+  /** Tokens this request takes, 1 to `capacity` (default 1). */
+  weight?: number;
+}
+
+/** `peekLimit`: what `limit` would answer for a request of weight 1, spending nothing. */
+export interface PeekLimitRequest {
+  /** Any key, `creditgate:` ones included (the Edge Function's `creditgate:user:<uuid>`, `creditgate:ip:<addr>`). */
+  key: string;
+  limit: number;
+  windowSeconds: number;
+}
+
+/** `resetLimit`, `unblockLimitKey`: one key, `creditgate:` ones included. */
+export interface LimitKeyRequest {
+  key: string;
+}
+
+export interface ResetLimitResult {
+  key: string;
+  /** Counters cleared: every window and token bucket of the key. */
+  cleared: number;
+}
+
+/** `blockLimitKey`: every limit naming `key` rejects with `blocked` (403) until `until`. */
+export interface BlockLimitKeyRequest {
+  key: string;
+  /** ISO 8601, in the future; absent: until unblocked. */
+  until?: string;
+  /** 1 to 500 chars; shown to the blocked caller in `details.reason`. */
+  reason: string;
+}
+
+export interface BlockLimitKeyResult {
+  key: string;
+  /** When the block ends; null: until unblocked. */
+  until: string | null;
+  reason: string;
+}
+
+export interface UnblockLimitKeyResult {
+  key: string;
+  /** Whether a block was in force. */
+  unblocked: boolean;
+}
+
+/** `limitUsage`: windows in use of keys starting with `prefix`. */
+export interface LimitUsageRequest {
+  /** Default `""`: every key. */
+  prefix?: string;
+  /** Rows, 1 to 1000 (default 100). */
+  limit?: number;
+}
+
+export interface LimitUsage {
+  key: string;
+  limit: number;
+  windowSeconds: number;
+  /** The weight counted in the window now. */
+  used: number;
+  /** Seconds until the window is empty. */
+  reset: number;
 }
 
 /** A charge plus a limit, in one transaction. `cost` is the charge's credits; `weight` what it counts against the limit. */
@@ -411,6 +484,92 @@ impl JsCreditClient {
         promise(async move {
             let request = parsed.map_err(to_js_error)?;
             to_js(&client.limit(&request).await.map_err(to_js_error)?)
+        })
+    }
+
+    /// A token bucket: `capacity` at once, then `refillPerSecond`. Over it
+    /// is a value (`success: false`), not an error.
+    #[wasm_bindgen(js_name = tokenBucket, unchecked_return_type = "Promise<RateLimitResult>")]
+    pub fn token_bucket(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "TokenBucketRequest")] request: JsValue,
+    ) -> Promise {
+        let client = Rc::clone(&self.inner);
+        let parsed = from_js(&request, "tokenBucket").and_then(|value| TokenBucketRequest::from_json(&value));
+        promise(async move {
+            let request = parsed.map_err(to_js_error)?;
+            to_js(&client.token_bucket(&request).await.map_err(to_js_error)?)
+        })
+    }
+
+    /// What `limit` would answer for a request of weight 1, spending nothing.
+    #[wasm_bindgen(js_name = peekLimit, unchecked_return_type = "Promise<RateLimitResult>")]
+    pub fn peek_limit(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "PeekLimitRequest")] request: JsValue,
+    ) -> Promise {
+        let client = Rc::clone(&self.inner);
+        let parsed = from_js(&request, "peekLimit").and_then(|value| PeekLimitRequest::from_json(&value));
+        promise(async move {
+            let request = parsed.map_err(to_js_error)?;
+            to_js(&client.peek_limit(&request).await.map_err(to_js_error)?)
+        })
+    }
+
+    /// Clears every window and token bucket of a key.
+    #[wasm_bindgen(js_name = resetLimit, unchecked_return_type = "Promise<ResetLimitResult>")]
+    pub fn reset_limit(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "LimitKeyRequest")] request: JsValue,
+    ) -> Promise {
+        let client = Rc::clone(&self.inner);
+        let parsed = from_js(&request, "resetLimit").and_then(|value| LimitKeyRequest::from_json("resetLimit", &value));
+        promise(async move {
+            let request = parsed.map_err(to_js_error)?;
+            to_js(&client.reset_limit(&request).await.map_err(to_js_error)?)
+        })
+    }
+
+    /// The windows in use of keys starting with `prefix`, for dashboards.
+    #[wasm_bindgen(js_name = limitUsage, unchecked_return_type = "Promise<LimitUsage[]>")]
+    pub fn limit_usage(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "LimitUsageRequest")] request: JsValue,
+    ) -> Promise {
+        let client = Rc::clone(&self.inner);
+        let parsed = from_js(&request, "limitUsage").and_then(|value| UsageRequest::from_json(&value));
+        promise(async move {
+            let request = parsed.map_err(to_js_error)?;
+            to_js(&client.limit_usage(&request).await.map_err(to_js_error)?)
+        })
+    }
+
+    /// Blocks a key: every limit naming it rejects with `blocked` (403).
+    #[wasm_bindgen(js_name = blockLimitKey, unchecked_return_type = "Promise<BlockLimitKeyResult>")]
+    pub fn block_limit_key(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "BlockLimitKeyRequest")] request: JsValue,
+    ) -> Promise {
+        let client = Rc::clone(&self.inner);
+        let parsed = from_js(&request, "blockLimitKey").and_then(|value| BlockRequest::from_json(&value));
+        promise(async move {
+            let request = parsed.map_err(to_js_error)?;
+            to_js(&client.block_limit_key(&request).await.map_err(to_js_error)?)
+        })
+    }
+
+    /// Lifts a block; `unblocked` says whether one was in force.
+    #[wasm_bindgen(js_name = unblockLimitKey, unchecked_return_type = "Promise<UnblockLimitKeyResult>")]
+    pub fn unblock_limit_key(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "LimitKeyRequest")] request: JsValue,
+    ) -> Promise {
+        let client = Rc::clone(&self.inner);
+        let parsed =
+            from_js(&request, "unblockLimitKey").and_then(|value| LimitKeyRequest::from_json("unblockLimitKey", &value));
+        promise(async move {
+            let request = parsed.map_err(to_js_error)?;
+            to_js(&client.unblock_limit_key(&request).await.map_err(to_js_error)?)
         })
     }
 

@@ -287,6 +287,127 @@ impl LimitRequest {
     }
 }
 
+/// `tokenBucket`: take `weight` tokens from a bucket of `capacity` tokens
+/// refilled at `refillPerSecond` (burst, then a steady rate).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenBucketRequest {
+    pub key: LimitKey,
+    pub capacity: Limit,
+    /// Tokens per second, from [`REFILL_PER_SECOND_MIN`] to [`REFILL_PER_SECOND_MAX`].
+    pub refill_per_second: f64,
+    pub weight: Weight,
+}
+
+impl TokenBucketRequest {
+    /// Parses `{ key, capacity, refillPerSecond, weight? }`.
+    pub fn from_json(value: &Value) -> Result<Self, CreditError> {
+        let fields = Fields::new("tokenBucket", value, &["key", "capacity", "refillPerSecond", "weight"])?;
+        let key = LimitKey::new(fields.string("key")?)?;
+        let capacity = Limit::new(fields.integer("capacity")?).map_err(|error| renamed(error, "capacity"))?;
+        let rate = fields.required("refillPerSecond")?.as_f64().filter(|rate| rate.is_finite());
+        let refill_per_second = rate
+            .filter(|rate| (REFILL_PER_SECOND_MIN..=REFILL_PER_SECOND_MAX).contains(rate))
+            .ok_or_else(|| {
+                CreditError::invalid_argument(
+                    "refillPerSecond",
+                    format!("refillPerSecond must be a number from {REFILL_PER_SECOND_MIN} to {REFILL_PER_SECOND_MAX}"),
+                )
+            })?;
+        let weight = Weight::new(fields.optional_integer("weight")?.unwrap_or(1))?;
+        if weight.get() > capacity.get() {
+            return Err(CreditError::invalid_argument(
+                "weight",
+                format!("weight ({}) must not exceed capacity ({})", weight.get(), capacity.get()),
+            ));
+        }
+        Ok(TokenBucketRequest { key, capacity, refill_per_second, weight })
+    }
+}
+
+/// The same error, naming `field` instead.
+fn renamed(error: CreditError, field: &str) -> CreditError {
+    CreditError::invalid_argument(field, error.message().replacen("limit", field, 1))
+}
+
+/// `peekLimit`: what `limit` would answer for a request of weight 1,
+/// spending nothing. Any key, `creditgate:` ones included.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeekLimitRequest {
+    pub key: LimitKey,
+    pub limit: Limit,
+    pub window_seconds: WindowSeconds,
+}
+
+impl PeekLimitRequest {
+    /// Parses `{ key, limit, windowSeconds }`.
+    pub fn from_json(value: &Value) -> Result<Self, CreditError> {
+        let fields = Fields::new("peekLimit", value, &["key", "limit", "windowSeconds"])?;
+        Ok(PeekLimitRequest {
+            key: LimitKey::any(fields.string("key")?)?,
+            limit: Limit::new(fields.integer("limit")?)?,
+            window_seconds: WindowSeconds::new(fields.integer("windowSeconds")?)?,
+        })
+    }
+}
+
+/// `resetLimit`, `unblockLimitKey`: one key, `creditgate:` ones included.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimitKeyRequest {
+    pub key: LimitKey,
+}
+
+impl LimitKeyRequest {
+    /// Parses `{ key }`; `what` names the call in errors.
+    pub fn from_json(what: &str, value: &Value) -> Result<Self, CreditError> {
+        let fields = Fields::new(what, value, &["key"])?;
+        Ok(LimitKeyRequest { key: LimitKey::any(fields.string("key")?)? })
+    }
+}
+
+/// `blockLimitKey`: every limit naming `key` refuses (403 `blocked`) until
+/// `until` (ISO 8601; absent: until unblocked).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlockRequest {
+    pub key: LimitKey,
+    pub until: Option<String>,
+    pub reason: Reason,
+}
+
+impl BlockRequest {
+    /// Parses `{ key, until?, reason }`. `until` is checked by the database
+    /// (a timestamp in the future).
+    pub fn from_json(value: &Value) -> Result<Self, CreditError> {
+        let fields = Fields::new("blockLimitKey", value, &["key", "until", "reason"])?;
+        let until = fields.optional_string("until")?.map(str::to_owned);
+        if until.as_deref().is_some_and(|until| until.is_empty() || until.len() > 64) {
+            return Err(CreditError::invalid_argument("until", "until must be an ISO 8601 timestamp"));
+        }
+        Ok(BlockRequest { key: LimitKey::any(fields.string("key")?)?, until, reason: Reason::new(fields.string("reason")?)? })
+    }
+}
+
+/// `limitUsage`: the windows of keys starting with `prefix` that hold
+/// something now, at most `max_rows` (1 to [`USAGE_ROWS_MAX`], default 100).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageRequest {
+    pub prefix: String,
+    pub max_rows: u32,
+}
+
+impl UsageRequest {
+    /// Parses `{ prefix?, limit? }` (`limit`: rows, as for `/jobs?limit`).
+    pub fn from_json(value: &Value) -> Result<Self, CreditError> {
+        let fields = Fields::new("limitUsage", value, &["prefix", "limit"])?;
+        let prefix = fields.optional_string("prefix")?.unwrap_or_default().to_owned();
+        if prefix.chars().count() > LIMIT_KEY_CHARS_MAX {
+            return Err(CreditError::invalid_argument("prefix", format!("prefix must be at most {LIMIT_KEY_CHARS_MAX} characters")));
+        }
+        let rows = fields.optional_integer("limit")?.unwrap_or(100);
+        let max_rows = crate::values::check_int("limit", rows, 1, USAGE_ROWS_MAX)?;
+        Ok(UsageRequest { prefix, max_rows })
+    }
+}
+
 /// `chargeWithLimit`: a limit and a charge in one transaction.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChargeWithLimitRequest {

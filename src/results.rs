@@ -71,6 +71,48 @@ pub struct ChargeWithLimitResult {
 }
 
 
+/// One sliding window in use, as `limitUsage` lists it.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all(serialize = "camelCase"))]
+pub struct LimitUsage {
+    pub key: String,
+    pub limit: u32,
+    pub window_seconds: u32,
+    /// The weight counted in the window now.
+    pub used: u32,
+    /// Seconds until the window is empty.
+    #[serde(rename(deserialize = "reset_seconds"))]
+    pub reset: u32,
+}
+
+/// `blockLimitKey`'s result: the block in force.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BlockResult {
+    pub key: String,
+    /// When the block ends (ISO 8601); `None`: until unblocked.
+    pub until: Option<String>,
+    pub reason: String,
+}
+
+/// `resetLimit`'s result.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResetResult {
+    pub key: String,
+    /// How many counters (windows and token buckets) were cleared.
+    pub cleared: u32,
+}
+
+/// `unblockLimitKey`'s result.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UnblockResult {
+    pub key: String,
+    /// Whether a block was in force.
+    pub unblocked: bool,
+}
+
 /// A job as a read returns it (snake_case from PostgREST, camelCase to JS).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all(serialize = "camelCase"))]

@@ -33,6 +33,11 @@ pub const HOLD_SECONDS_MAX: u32 = 86_400;
 pub const LIMITS_PER_CALL_MAX: usize = 16;
 /// Rate-limit windows go from 1 s to a day (docs/design.md, "Rate limits").
 pub const WINDOW_SECONDS_MAX: u32 = 86_400;
+/// A token bucket refills at 0.00001 (about one a day) to 1 000 000 tokens a second.
+pub const REFILL_PER_SECOND_MIN: f64 = 0.00001;
+pub const REFILL_PER_SECOND_MAX: f64 = 1_000_000.0;
+/// The most rows one usage read returns.
+pub const USAGE_ROWS_MAX: u32 = 1000;
 
 // -----------------------------------------------------------------------------
 // Values
@@ -201,6 +206,23 @@ impl LimitKey {
     /// One of creditgate's own keys: [`RESERVED_KEY_PREFIX`] + `suffix`.
     pub fn reserved(suffix: &str) -> Result<LimitKey, CreditError> {
         let text = format!("{RESERVED_KEY_PREFIX}{suffix}");
+        check_text("key", &text, LIMIT_KEY_CHARS_MAX, TextRule::Name)?;
+        Ok(LimitKey(text))
+    }
+
+    /// Any key, [`RESERVED_KEY_PREFIX`] included: what the operator's tools
+    /// (peek, reset, block, unblock) take, so the Edge Function's own
+    /// `creditgate:user:...` and `creditgate:ip:...` keys can be reset or
+    /// blocked. The SQL still refuses what it must (blocking
+    /// `creditgate:check:` keys).
+    ///
+    /// ```
+    /// use creditgate::LimitKey;
+    /// assert!(LimitKey::any("creditgate:ip:198.51.100.9").is_ok());
+    /// assert!(LimitKey::any("").is_err());
+    /// ```
+    pub fn any(text: impl Into<String>) -> Result<LimitKey, CreditError> {
+        let text = text.into();
         check_text("key", &text, LIMIT_KEY_CHARS_MAX, TextRule::Name)?;
         Ok(LimitKey(text))
     }

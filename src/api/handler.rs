@@ -8,7 +8,7 @@ use super::http::{ApiRequest, ApiResponse};
 use super::input;
 use super::log::Trace;
 use super::routes::{route, Route};
-use super::settings::{LimitPolicy, Settings, DEFAULT_GENERATE_OPERATION, GENERATE_HOLD_MARGIN_SECONDS};
+use super::settings::{NamedPolicy, PolicyKind, Settings, DEFAULT_GENERATE_OPERATION, GENERATE_HOLD_MARGIN_SECONDS};
 use crate::client::{CreditClient, Settled};
 use crate::error::{CreditError, ErrorCode};
 use crate::rate_limit_headers::rate_limit_headers;
@@ -16,6 +16,7 @@ use crate::{
     ChargeRequest, ChargeResult, ChargeWithLimitsRequest, HoldSeconds, JobId, JobView, LimitKey,
     LimitRequest, RateLimitResult, RefundRequest, ResultUrl, RunOutput, UserId, Weight,
 };
+use crate::{BlockRequest, LimitKeyRequest, PeekLimitRequest, UsageRequest};
 use std::net::{IpAddr, Ipv6Addr};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -46,8 +47,8 @@ pub struct Api {
     keys: KeyStore,
 }
 
-/// The RateLimit results of a request so far, by policy name.
-type Limits = Vec<(&'static str, RateLimitResult)>;
+/// The RateLimit results of a request so far, with the policy of each.
+type Limits = Vec<(NamedPolicy, RateLimitResult)>;
 
 impl Api {
     pub fn new(settings: Settings) -> Result<Api, CreditError> {
@@ -105,7 +106,8 @@ impl Api {
             return match route {
                 Route::Complete(job_id) => self.complete(request, job_id, trace).await,
                 Route::Refund(job_id) => self.refund(request, job_id, trace).await,
-                _ => self.grant(request).await,
+                Route::Grant => self.grant(request).await,
+                _ => self.limit_tool(request, route).await,
             };
         }
         if let (Route::Job(job_id), Caller::Service) = (route, caller) {
@@ -137,9 +139,14 @@ impl Api {
             }
             Route::Jobs => self.jobs(request, user).await,
             Route::Ledger => self.ledger(request, user).await,
-            Route::Complete(_) | Route::Refund(_) | Route::Grant => {
-                Err(ApiError::forbidden("this route is for the service role"))
-            }
+            Route::Complete(_)
+            | Route::Refund(_)
+            | Route::Grant
+            | Route::PeekLimit
+            | Route::ResetLimit
+            | Route::LimitUsage
+            | Route::BlockLimitKey
+            | Route::UnblockLimitKey => Err(ApiError::forbidden("this route is for the service role")),
         }
     }
 
@@ -260,35 +267,37 @@ impl Api {
         }
     }
 
-    /// The IP limit and the user limit (each if on) and the charge, in one
-    /// RPC and one transaction: a refusal by either spends neither, and a
-    /// replay or a refused charge (402, 409, 422) spends no limit at all.
-    /// A denial answers 429 with `Retry-After`. Without a usable client
-    /// address only the user limit applies (pooling every such request in
-    /// one bucket would let one client lock out all the others).
+    /// The user's limits, the client address's and the operation's (each
+    /// window of each, if on) and the charge, in one RPC and one
+    /// transaction: a refusal by any spends none, and a replay or a refused
+    /// charge (402, 409, 422) spends no limit at all. A denial answers 429
+    /// with `Retry-After`; a blocked key (the user's, the address's, the
+    /// user's for this operation) 403 `blocked`, from the SQL, before
+    /// anything is charged. Without a usable client address only the user
+    /// and operation limits apply (pooling every such request in one
+    /// bucket would let one client lock out all the others).
     async fn charge_within_limits(
         &self,
         request: &ApiRequest,
         charge: ChargeRequest,
         trace: &mut Trace,
     ) -> Result<(ChargeResult, Limits), ApiError> {
-        let mut names: Vec<&'static str> = Vec::new();
-        let mut limits = Vec::new();
-        if let Some(policy) = self.settings.user_limit {
-            names.push("user");
-            limits.push(limit_request(&format!("user:{}", charge.user_id), policy)?);
+        let address = client_ip(request, self.settings.trusted_proxy_hops);
+        if address.is_none() && !self.settings.ip_limits.is_empty() {
+            trace.ip_limit_skipped = true;
         }
-        if let Some(policy) = self.settings.ip_limit {
-            match client_ip(request, self.settings.trusted_proxy_hops) {
-                Some(address) => {
-                    names.push("ip");
-                    limits.push(limit_request(&format!("ip:{address}"), policy)?);
-                }
-                None => trace.ip_limit_skipped = true,
-            }
+        let policies = self.settings.policies(&charge.operation, address.is_some());
+        let mut limits = Vec::with_capacity(policies.len());
+        for named in &policies {
+            let suffix = match &named.kind {
+                PolicyKind::User => format!("user:{}", charge.user_id),
+                PolicyKind::Ip => format!("ip:{}", address.as_deref().unwrap_or_default()),
+                PolicyKind::Operation(operation) => format!("op:{operation}:user:{}", charge.user_id),
+            };
+            limits.push(limit_request(&suffix, named)?);
         }
         let result = self.client.charge_with_limits(&ChargeWithLimitsRequest { charge, limits }).await?;
-        let limits: Limits = names.into_iter().zip(result.limits).collect();
+        let limits: Limits = policies.into_iter().zip(result.limits).collect();
         match result.charge {
             Some(charged) => Ok((charged, limits)),
             None => Err(rate_limited(&limits)),
@@ -364,6 +373,27 @@ impl Api {
         let result = self.client.grant(&grant).await?;
         Ok(ApiResponse::json(200, &json!({"userId": grant.user_id.to_string(), "balance": result.balance})))
     }
+
+    /// The operator's rate-limit tools: `/limits/peek`, `/limits/reset`,
+    /// `/limits/usage`, `/limits/block`, `/limits/unblock`. Keys may be the
+    /// function's own (`creditgate:user:<uuid>`, `creditgate:ip:<addr>`,
+    /// `creditgate:op:<operation>:user:<uuid>`).
+    async fn limit_tool(&self, request: &ApiRequest, route: Route) -> Result<ApiResponse, ApiError> {
+        if route == Route::LimitUsage {
+            let usage = UsageRequest::from_json(&input::usage_query(request)?)?;
+            let rows = self.client.limit_usage(&usage).await?;
+            return Ok(ApiResponse::json(200, &json!({"usage": rows})));
+        }
+        input::no_query(request)?;
+        let body = Value::Object(input::body_object(request, false)?);
+        let answer = match route {
+            Route::PeekLimit => json!(self.client.peek_limit(&PeekLimitRequest::from_json(&body)?).await?),
+            Route::ResetLimit => json!(self.client.reset_limit(&LimitKeyRequest::from_json("reset", &body)?).await?),
+            Route::BlockLimitKey => json!(self.client.block_limit_key(&BlockRequest::from_json(&body)?).await?),
+            _ => json!(self.client.unblock_limit_key(&LimitKeyRequest::from_json("unblock", &body)?).await?),
+        };
+        Ok(ApiResponse::json(200, &answer))
+    }
 }
 
 /// The client's address as the trusted proxy saw it: the `hops`-th entry of
@@ -409,11 +439,11 @@ fn parse_hop(hop: &str) -> Option<IpAddr> {
 
 /// One of the function's own limits: its key is reserved (see
 /// [`LimitKey::reserved`]), so no caller's key shares its counter.
-fn limit_request(suffix: &str, policy: LimitPolicy) -> Result<LimitRequest, ApiError> {
+fn limit_request(suffix: &str, named: &NamedPolicy) -> Result<LimitRequest, ApiError> {
     Ok(LimitRequest {
         key: LimitKey::reserved(suffix)?,
-        limit: policy.limit,
-        window_seconds: policy.window_seconds,
+        limit: named.policy.limit,
+        window_seconds: named.policy.window_seconds,
         weight: Weight::new(1)?,
     })
 }
@@ -424,9 +454,11 @@ pub fn limit_headers(limits: &Limits) -> Vec<(String, String)> {
     let mut policy = Vec::new();
     let mut remaining = Vec::new();
     let mut retry_after: Option<u32> = None;
-    for (name, result) in limits {
-        // Policy names here are fixed ASCII labels: encoding cannot fail.
-        let Ok(headers) = rate_limit_headers(result, name) else { continue };
+    for (named, result) in limits {
+        // Policy names are ASCII labels and operation names (no control
+        // characters): encoding fails only for a non-ASCII operation name,
+        // whose policy is then left out of the headers.
+        let Ok(headers) = rate_limit_headers(result, &named.name) else { continue };
         for (header, value) in headers {
             match header {
                 "RateLimit-Policy" => policy.push(value),
@@ -456,16 +488,33 @@ fn with_limits(mut response: ApiResponse, limits: &Limits) -> ApiResponse {
     response
 }
 
+/// The 429 of a request some limit refused: `details.policy` (`user`, `ip`,
+/// `operation`), `details.windowSeconds` and `details.name` (the RateLimit
+/// policy name) of the refusing limit that asks to wait longest (what
+/// `Retry-After` says), and `details.operation` for an operation's limit.
 fn rate_limited(limits: &Limits) -> ApiError {
-    let denied = limits.iter().find(|(_, result)| !result.success);
-    let (policy, retry_after) = denied.map_or(("unknown", 1), |(name, result)| (*name, result.retry_after.max(1)));
-    ApiError::from_code(
+    let denied = limits.iter().filter(|(_, result)| !result.success).max_by_key(|(_, result)| result.retry_after);
+    let Some((named, result)) = denied else {
+        return ApiError::from_code(ErrorCode::RateLimited, "too many paid requests; retry after 1 s")
+            .with_detail("policy", "unknown")
+            .with_detail("retryAfter", 1)
+            .with_headers(limit_headers(limits));
+    };
+    let retry_after = result.retry_after.max(1);
+    let window = named.policy.window_seconds.get();
+    let mut error = ApiError::from_code(
         ErrorCode::RateLimited,
-        format!("too many paid requests ({policy} limit); retry after {retry_after} s"),
+        format!("too many paid requests ({} limit, {} per {window} s); retry after {retry_after} s", named.name, named.policy.limit.get()),
     )
-    .with_detail("policy", policy)
-    .with_detail("retryAfter", retry_after)
-    .with_headers(limit_headers(limits))
+    .with_detail("policy", named.kind.as_str())
+    .with_detail("name", named.name.clone())
+    .with_detail("windowSeconds", window)
+    .with_detail("limit", named.policy.limit.get())
+    .with_detail("retryAfter", retry_after);
+    if let PolicyKind::Operation(operation) = &named.kind {
+        error = error.with_detail("operation", operation.clone());
+    }
+    error.with_headers(limit_headers(limits))
 }
 
 /// A failed generation's error, saying whether the credits came back.

@@ -228,6 +228,21 @@ pub fn page_limit(request: &ApiRequest) -> Result<u32, ApiError> {
     }
 }
 
+/// `GET /limits/usage?prefix&limit` as the JSON `limitUsage` takes:
+/// `{"prefix", "limit"}` (`limit`: rows, 1 to 1000, default 100).
+pub fn usage_query(request: &ApiRequest) -> Result<Value, ApiError> {
+    let params = query_params(&request.query, &["prefix", "limit"])?;
+    let mut query = Map::new();
+    for (name, value) in params {
+        let value = match name.as_str() {
+            "limit" => Value::from(whole("limit", &value, 1, u64::from(crate::USAGE_ROWS_MAX))?),
+            _ => Value::from(value),
+        };
+        query.insert(name, value);
+    }
+    Ok(Value::Object(query))
+}
+
 /// `GET /ledger?limit&before`: `before` is an entry id; the page holds the
 /// entries with smaller ids, newest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

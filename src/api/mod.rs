@@ -42,7 +42,7 @@ pub use http::{ApiRequest, ApiResponse, BODY_BYTES_MAX, HEADERS_READ};
 pub use input::PROMPT_CHARS_MAX;
 pub use routes::{route, Route};
 pub use keys::{parse_jwks, Algorithm, KeyStore, PublicKey};
-pub use settings::{GeneratorSettings, LimitPolicy, Secret, Settings};
+pub use settings::{policy_names, GeneratorSettings, LimitPolicy, NamedPolicy, PolicyKind, Secret, Settings};
 
 /// Milliseconds since the Unix epoch.
 #[cfg(target_arch = "wasm32")]

@@ -28,6 +28,16 @@ pub enum Route {
     Refund(JobId),
     /// `POST /grant` (the service role).
     Grant,
+    /// `POST /limits/peek` `{key, limit, windowSeconds}` (the service role).
+    PeekLimit,
+    /// `POST /limits/reset` `{key}` (the service role).
+    ResetLimit,
+    /// `GET /limits/usage?prefix&limit` (the service role).
+    LimitUsage,
+    /// `POST /limits/block` `{key, until?, reason}` (the service role).
+    BlockLimitKey,
+    /// `POST /limits/unblock` `{key}` (the service role).
+    UnblockLimitKey,
 }
 
 impl Route {
@@ -43,12 +53,27 @@ impl Route {
             Route::Complete(_) => "/jobs/:id/complete",
             Route::Refund(_) => "/jobs/:id/refund",
             Route::Grant => "/grant",
+            Route::PeekLimit => "/limits/peek",
+            Route::ResetLimit => "/limits/reset",
+            Route::LimitUsage => "/limits/usage",
+            Route::BlockLimitKey => "/limits/block",
+            Route::UnblockLimitKey => "/limits/unblock",
         }
     }
 
     /// Whether only the service role may call it.
     pub fn service_only(self) -> bool {
-        matches!(self, Route::Complete(_) | Route::Refund(_) | Route::Grant)
+        matches!(
+            self,
+            Route::Complete(_)
+                | Route::Refund(_)
+                | Route::Grant
+                | Route::PeekLimit
+                | Route::ResetLimit
+                | Route::LimitUsage
+                | Route::BlockLimitKey
+                | Route::UnblockLimitKey
+        )
     }
 
     /// Whether it spends credits (and so is rate-limited and fails closed).
@@ -89,6 +114,11 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
         ["jobs", id] => (Route::Job(job_id(id)?), "GET"),
         ["jobs", id, "complete"] => (Route::Complete(job_id(id)?), "POST"),
         ["jobs", id, "refund"] => (Route::Refund(job_id(id)?), "POST"),
+        ["limits", "peek"] => (Route::PeekLimit, "POST"),
+        ["limits", "reset"] => (Route::ResetLimit, "POST"),
+        ["limits", "usage"] => (Route::LimitUsage, "GET"),
+        ["limits", "block"] => (Route::BlockLimitKey, "POST"),
+        ["limits", "unblock"] => (Route::UnblockLimitKey, "POST"),
         _ => return Err(ApiError::route_not_found(path)),
     };
     // HEAD is GET without a body; the runtime drops the body.
@@ -147,6 +177,11 @@ mod tests {
                 ("POST", &format!("/jobs/{JOB}/complete"), Route::Complete(job())),
                 ("POST", &format!("/jobs/{JOB}/refund"), Route::Refund(job())),
                 ("GET", "/balance/", Route::Balance),
+                ("POST", "/limits/peek", Route::PeekLimit),
+                ("POST", "/limits/reset", Route::ResetLimit),
+                ("GET", "/limits/usage", Route::LimitUsage),
+                ("POST", "/limits/block", Route::BlockLimitKey),
+                ("POST", "/limits/unblock", Route::UnblockLimitKey),
                 ("HEAD", "/balance", Route::Balance),
             ];
             for (method, path, expected) in cases {
@@ -192,6 +227,7 @@ mod tests {
     fn templates_never_carry_ids() {
         assert_eq!(Route::Complete(job()).template(), "/jobs/:id/complete");
         assert!(Route::Grant.service_only() && Route::Refund(job()).service_only());
+        assert!(Route::BlockLimitKey.service_only() && Route::LimitUsage.service_only() && !Route::LimitUsage.paid());
         assert!(!Route::Charge.service_only() && Route::Charge.paid() && Route::Generate.paid());
         assert!(!Route::Balance.paid());
     }

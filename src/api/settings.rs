@@ -6,8 +6,9 @@
 //! | `SUPABASE_SECRET_KEYS` | (set by Supabase) | JSON `{name: key}`: these `sb_secret_` keys are the service role too |
 //! | `CREDITGATE_JWT_SECRET` (or `SUPABASE_JWT_SECRET`, `JWT_SECRET`) | unset | verify callers' HS256 JWTs here; unset: trust the runtime's `verify_jwt` (see `auth.rs`) |
 //! | `CREDITGATE_PRICES` | `{"image":10,"text":1}` | credits per operation, the only prices there are |
-//! | `CREDITGATE_USER_LIMIT` | `5/60` | paid requests per user: `<limit>/<window seconds>`, or `off` |
-//! | `CREDITGATE_IP_LIMIT` | `30/60` | paid requests per client IP, or `off` |
+//! | `CREDITGATE_USER_LIMIT` | `5/60` | paid requests per user: `<limit>/<window seconds>`, several comma-separated (`5/60,100/86400`), or `off` |
+//! | `CREDITGATE_IP_LIMIT` | `30/60` | paid requests per client IP, the same way |
+//! | `CREDITGATE_OPERATION_LIMITS` | `{}` | per operation and user: JSON `{"image": "5/60,50/86400"}` |
 //! | `CREDITGATE_HOLD_SECONDS` | `900` | how long a `/charge` hold lasts before the sweeper refunds it |
 //! | `GENERATOR_URL` | unset (`/generate` answers 502) | the AI provider `/generate` calls |
 //! | `CREDITGATE_GENERATOR_KEY` | unset | sent to the generator as `Authorization: Bearer` |
@@ -19,7 +20,7 @@
 use crate::error::CreditError;
 use crate::config::Config;
 use super::keys::{parse_jwks, PublicKey};
-use crate::{Cost, HoldSeconds, Limit, Operation, WindowSeconds};
+use crate::{Cost, HoldSeconds, Limit, Operation, WindowSeconds, LIMITS_PER_CALL_MAX};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
@@ -86,6 +87,103 @@ impl LimitPolicy {
     }
 }
 
+impl LimitPolicy {
+    /// Parses one or more comma-separated `<limit>/<window seconds>`
+    /// (`5/60,100/86400`), or `off` (none). Two limits with the same window
+    /// are refused: one of them could never matter, and their RateLimit
+    /// policy names would be the same.
+    ///
+    /// ```
+    /// use creditgate::api::LimitPolicy;
+    /// let both = LimitPolicy::parse_list("X", "5/60, 100/86400").unwrap();
+    /// assert_eq!(both.iter().map(|p| p.window_seconds.get()).collect::<Vec<_>>(), [60, 86400]);
+    /// assert!(LimitPolicy::parse_list("X", "off").unwrap().is_empty());
+    /// assert!(LimitPolicy::parse_list("X", "5/60,10/60").is_err());
+    /// ```
+    pub fn parse_list(variable: &str, text: &str) -> Result<Vec<LimitPolicy>, CreditError> {
+        if text.trim().eq_ignore_ascii_case("off") {
+            return Ok(Vec::new());
+        }
+        let mut policies: Vec<LimitPolicy> = Vec::new();
+        for part in text.split(',') {
+            let policy = LimitPolicy::parse(variable, part)?
+                .ok_or_else(|| invalid(variable, format!("{variable}: off cannot be one of several limits")))?;
+            if policies.iter().any(|known| known.window_seconds == policy.window_seconds) {
+                return Err(invalid(
+                    variable,
+                    format!("{variable} has two limits per {} s: give each window once", policy.window_seconds.get()),
+                ));
+            }
+            policies.push(policy);
+        }
+        if policies.len() > LIMITS_PER_CALL_MAX {
+            return Err(invalid(variable, format!("{variable} has more than {LIMITS_PER_CALL_MAX} limits")));
+        }
+        Ok(policies)
+    }
+}
+
+/// What a limit of the function is per: the user, the client address, or
+/// the user's requests of one operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicyKind {
+    User,
+    Ip,
+    Operation(String),
+}
+
+impl PolicyKind {
+    /// `details.policy` of a 429: `user`, `ip` or `operation`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            PolicyKind::User => "user",
+            PolicyKind::Ip => "ip",
+            PolicyKind::Operation(_) => "operation",
+        }
+    }
+
+    /// The RateLimit policy name's base: `user`, `ip`, `op-<operation>`.
+    fn base(&self) -> String {
+        match self {
+            PolicyKind::User | PolicyKind::Ip => self.as_str().to_owned(),
+            PolicyKind::Operation(operation) => format!("op-{operation}"),
+        }
+    }
+}
+
+/// One limit the function applies, with its RateLimit policy name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedPolicy {
+    pub kind: PolicyKind,
+    /// Distinct among the policies of a request: the base alone when the
+    /// kind has one window (`user`, as before several were possible), else
+    /// the base and the window (`user-60`, `user-86400`).
+    pub name: String,
+    pub policy: LimitPolicy,
+}
+
+/// The named policies of one kind, in the configured order.
+///
+/// ```
+/// use creditgate::api::{policy_names, LimitPolicy, PolicyKind};
+/// let one = LimitPolicy::parse_list("X", "5/60").unwrap();
+/// assert_eq!(policy_names(PolicyKind::User, &one)[0].name, "user");
+/// let two = LimitPolicy::parse_list("X", "5/60,100/86400").unwrap();
+/// let names: Vec<String> = policy_names(PolicyKind::Ip, &two).into_iter().map(|p| p.name).collect();
+/// assert_eq!(names, ["ip-60", "ip-86400"]);
+/// ```
+pub fn policy_names(kind: PolicyKind, policies: &[LimitPolicy]) -> Vec<NamedPolicy> {
+    let base = kind.base();
+    policies
+        .iter()
+        .map(|policy| NamedPolicy {
+            kind: kind.clone(),
+            name: if policies.len() == 1 { base.clone() } else { format!("{base}-{}", policy.window_seconds.get()) },
+            policy: *policy,
+        })
+        .collect()
+}
+
 /// A secret from the environment: compared and used, never printed.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -142,8 +240,12 @@ pub struct Settings {
     /// Which `X-Forwarded-For` hop, counted from the right, is the client.
     pub trusted_proxy_hops: u8,
     pub prices: BTreeMap<String, Cost>,
-    pub user_limit: Option<LimitPolicy>,
-    pub ip_limit: Option<LimitPolicy>,
+    /// Per user (`CREDITGATE_USER_LIMIT`), per client address
+    /// (`CREDITGATE_IP_LIMIT`), per operation and user
+    /// (`CREDITGATE_OPERATION_LIMITS`); empty: off.
+    pub user_limits: Vec<LimitPolicy>,
+    pub ip_limits: Vec<LimitPolicy>,
+    pub operation_limits: BTreeMap<String, Vec<LimitPolicy>>,
     pub hold_seconds: HoldSeconds,
     pub generator: Option<GeneratorSettings>,
 }
@@ -172,7 +274,21 @@ impl Settings {
             invalid(variable, error.message())
         })?;
         let (service_keys, anonymous_keys) = env.exact_keys(service_role_key)?;
-        let limit = |name: &str, default: &str| LimitPolicy::parse(name, env.get(name).unwrap_or(default));
+        let limits = |name: &str, default: &str| LimitPolicy::parse_list(name, env.get(name).unwrap_or(default));
+        let prices = match env.get("CREDITGATE_PRICES") {
+            None => DEFAULT_PRICES
+                .into_iter()
+                .map(|(name, cost)| Ok((name.to_owned(), Cost::new(i64::from(cost))?)))
+                .collect::<Result<_, CreditError>>()?,
+            Some(text) => parse_prices(text)?,
+        };
+        let user_limits = limits("CREDITGATE_USER_LIMIT", DEFAULT_USER_LIMIT)?;
+        let ip_limits = limits("CREDITGATE_IP_LIMIT", DEFAULT_IP_LIMIT)?;
+        let operation_limits = match env.get("CREDITGATE_OPERATION_LIMITS") {
+            None => BTreeMap::new(),
+            Some(text) => parse_operation_limits(text, &prices)?,
+        };
+        check_limits_per_request(&user_limits, &ip_limits, &operation_limits)?;
         Ok(Settings {
             service_keys,
             anonymous_keys,
@@ -186,19 +302,27 @@ impl Settings {
             jwt_issuer: env.get("CREDITGATE_JWT_ISSUER").map(str::to_owned),
             trusted_proxy_hops: env.number("CREDITGATE_TRUSTED_PROXY_HOPS", DEFAULT_TRUSTED_PROXY_HOPS.into(), 1, TRUSTED_PROXY_HOPS_MAX)?
                 as u8,
-            prices: match env.get("CREDITGATE_PRICES") {
-                None => DEFAULT_PRICES
-                    .into_iter()
-                    .map(|(name, cost)| Ok((name.to_owned(), Cost::new(i64::from(cost))?)))
-                    .collect::<Result<_, CreditError>>()?,
-                Some(text) => parse_prices(text)?,
-            },
-            user_limit: limit("CREDITGATE_USER_LIMIT", DEFAULT_USER_LIMIT)?,
-            ip_limit: limit("CREDITGATE_IP_LIMIT", DEFAULT_IP_LIMIT)?,
+            prices,
+            user_limits,
+            ip_limits,
+            operation_limits,
             hold_seconds: HoldSeconds::new(env.number("CREDITGATE_HOLD_SECONDS", 900, 1, i64::from(HoldSeconds::MAX))?)?,
             generator: env.generator()?,
             config,
         })
+    }
+
+    /// Every limit a paid request for `operation` is counted against, named:
+    /// the user's, the client address's (when `with_ip`), the operation's.
+    pub fn policies(&self, operation: &Operation, with_ip: bool) -> Vec<NamedPolicy> {
+        let mut named = policy_names(PolicyKind::User, &self.user_limits);
+        if with_ip {
+            named.extend(policy_names(PolicyKind::Ip, &self.ip_limits));
+        }
+        if let Some(limits) = self.operation_limits.get(operation.as_str()) {
+            named.extend(policy_names(PolicyKind::Operation(operation.as_str().to_owned()), limits));
+        }
+        named
     }
 
     /// The price of `operation`, or `invalid_argument` listing the known ones.
@@ -313,6 +437,64 @@ fn whole_number(variable: &str, text: &str) -> Result<i64, CreditError> {
     text.parse().map_err(|_| invalid(variable, format!("{variable} must be a whole number, got {text:?}")))
 }
 
+/// `{"image": "5/60,50/86400", "text": "60/60"}`: limits per operation and
+/// user, for operations of the price list.
+fn parse_operation_limits(
+    text: &str,
+    prices: &BTreeMap<String, Cost>,
+) -> Result<BTreeMap<String, Vec<LimitPolicy>>, CreditError> {
+    let variable = "CREDITGATE_OPERATION_LIMITS";
+    let bad = |why: String| {
+        invalid(variable, format!("{variable} must be a JSON object of operation: limits, like {{\"image\":\"5/60,50/86400\"}}: {why}"))
+    };
+    let value: Value = serde_json::from_str(text).map_err(|error| bad(error.to_string()))?;
+    let Value::Object(map) = value else {
+        return Err(bad("not an object".into()));
+    };
+    let mut limits = BTreeMap::new();
+    for (operation, policies) in map {
+        if !prices.contains_key(&operation) {
+            return Err(bad(format!("{operation:?} is not an operation of CREDITGATE_PRICES")));
+        }
+        let Value::String(policies) = policies else {
+            return Err(bad(format!("the limits of {operation:?} must be a string like \"5/60\"")));
+        };
+        let policies = LimitPolicy::parse_list(variable, &policies)?;
+        if !policies.is_empty() {
+            limits.insert(operation, policies);
+        }
+    }
+    Ok(limits)
+}
+
+/// One paid request names its user's limits, its client address's and its
+/// operation's in one `charge_credits_with_limits` call, which takes at most
+/// [`LIMITS_PER_CALL_MAX`]: a configuration that could exceed it is refused
+/// at start-up rather than failing requests.
+fn check_limits_per_request(
+    user: &[LimitPolicy],
+    ip: &[LimitPolicy],
+    operations: &BTreeMap<String, Vec<LimitPolicy>>,
+) -> Result<(), CreditError> {
+    let most = operations.values().map(Vec::len).max().unwrap_or(0);
+    let total = user.len() + ip.len() + most;
+    if total > LIMITS_PER_CALL_MAX {
+        let variable = if most > 0 { "CREDITGATE_OPERATION_LIMITS" } else { "CREDITGATE_IP_LIMIT" };
+        return Err(invalid(
+            variable,
+            format!(
+                "a paid request could be counted against {total} limits ({} per user, {} per address, up to {most} per \
+                 operation); one call takes at most {LIMITS_PER_CALL_MAX}",
+                user.len(),
+                ip.len()
+            ),
+        )
+        .with_detail("limits", total)
+        .with_detail("max", LIMITS_PER_CALL_MAX));
+    }
+    Ok(())
+}
+
 /// `{"image": 10, "text": 1}`: names are operations, values costs.
 fn parse_prices(text: &str) -> Result<BTreeMap<String, Cost>, CreditError> {
     let variable = "CREDITGATE_PRICES";
@@ -337,7 +519,7 @@ fn parse_prices(text: &str) -> Result<BTreeMap<String, Cost>, CreditError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -364,8 +546,9 @@ mod tests {
         let settings = Settings::from_env(&env(&[])).expect("valid");
         assert_eq!(settings.prices.get("image").map(|c| c.get()), Some(10));
         assert_eq!(settings.prices.get("text").map(|c| c.get()), Some(1));
-        assert_eq!(settings.user_limit.map(|p| (p.limit.get(), p.window_seconds.get())), Some((5, 60)));
-        assert_eq!(settings.ip_limit.map(|p| (p.limit.get(), p.window_seconds.get())), Some((30, 60)));
+        assert_eq!(windows(&settings.user_limits), [(5, 60)]);
+        assert_eq!(windows(&settings.ip_limits), [(30, 60)]);
+        assert!(settings.operation_limits.is_empty());
         assert_eq!(settings.hold_seconds.get(), 900);
         assert_eq!(settings.jwt_secret, None);
         assert_eq!(settings.jwks_url.as_deref(), Some("http://127.0.0.1:54321/auth/v1/.well-known/jwks.json"));
@@ -431,12 +614,103 @@ mod tests {
     fn limits_parse_and_can_be_turned_off() {
         let settings =
             Settings::from_env(&env(&[("CREDITGATE_USER_LIMIT", "2/1"), ("CREDITGATE_IP_LIMIT", "OFF")])).expect("valid");
-        assert_eq!(settings.user_limit.map(|p| (p.limit.get(), p.window_seconds.get())), Some((2, 1)));
-        assert_eq!(settings.ip_limit, None);
-        for bad in ["0/60", "5/0", "5/86401", "5", "5/", "/60", "-1/60", "five/60", "5/60/1", "99999999999/60"] {
+        assert_eq!(windows(&settings.user_limits), [(2, 1)]);
+        assert!(settings.ip_limits.is_empty());
+        for bad in ["0/60", "5/0", "5/86401", "5", "5/", "/60", "-1/60", "five/60", "5/60/1", "99999999999/60",
+                    "5/60,", "5/60,off", "5/60,10/60", ","] {
             assert_eq!(variable_of(Settings::from_env(&env(&[("CREDITGATE_USER_LIMIT", bad)]))), "CREDITGATE_USER_LIMIT", "{bad}");
         }
         assert!(Settings::from_env(&env(&[("CREDITGATE_IP_LIMIT", "1/86400")])).is_ok());
+    }
+
+    fn windows(policies: &[LimitPolicy]) -> Vec<(u32, u32)> {
+        policies.iter().map(|p| (p.limit.get(), p.window_seconds.get())).collect()
+    }
+
+    #[test]
+    fn limits_take_several_windows() {
+        let settings = Settings::from_env(&env(&[
+            ("CREDITGATE_USER_LIMIT", "5/60,100/86400"),
+            ("CREDITGATE_IP_LIMIT", " 30/60 , 1000/3600 "),
+        ]))
+        .expect("valid");
+        assert_eq!(windows(&settings.user_limits), [(5, 60), (100, 86400)]);
+        assert_eq!(windows(&settings.ip_limits), [(30, 60), (1000, 3600)]);
+    }
+
+    #[test]
+    fn operation_limits_are_per_operation_of_the_price_list() {
+        let settings = Settings::from_env(&env(&[(
+            "CREDITGATE_OPERATION_LIMITS",
+            r#"{"image": "5/60,50/86400", "text": "60/60"}"#,
+        )]))
+        .expect("valid");
+        assert_eq!(windows(&settings.operation_limits["image"]), [(5, 60), (50, 86400)]);
+        assert_eq!(windows(&settings.operation_limits["text"]), [(60, 60)]);
+        for bad in [
+            r#"{"video": "5/60"}"#,
+            r#"{"image": 5}"#,
+            r#"{"image": "5/60,6/60"}"#,
+            r#"["image"]"#,
+            "not json",
+        ] {
+            assert_eq!(
+                variable_of(Settings::from_env(&env(&[("CREDITGATE_OPERATION_LIMITS", bad)]))),
+                "CREDITGATE_OPERATION_LIMITS",
+                "{bad}"
+            );
+        }
+        let off = Settings::from_env(&env(&[("CREDITGATE_OPERATION_LIMITS", r#"{"image": "off"}"#)])).expect("valid");
+        assert!(off.operation_limits.is_empty());
+    }
+
+    #[test]
+    fn a_configuration_that_could_exceed_16_limits_per_call_is_refused() {
+        let windows = |count: u32| (1..=count).map(|window| format!("1/{window}")).collect::<Vec<_>>().join(",");
+        let (user, ip) = (windows(6), windows(5));
+        let fits = format!(r#"{{"image": "{}"}}"#, windows(5));
+        assert!(Settings::from_env(&env(&[
+            ("CREDITGATE_USER_LIMIT", &user),
+            ("CREDITGATE_IP_LIMIT", &ip),
+            ("CREDITGATE_OPERATION_LIMITS", &fits)
+        ]))
+        .is_ok(), "6 + 5 + 5 = 16");
+        let over = format!(r#"{{"image": "{}", "text": "1/60"}}"#, windows(6));
+        let error = Settings::from_env(&env(&[
+            ("CREDITGATE_USER_LIMIT", &user),
+            ("CREDITGATE_IP_LIMIT", &ip),
+            ("CREDITGATE_OPERATION_LIMITS", &over),
+        ]))
+        .expect_err("6 + 5 + 6 = 17");
+        assert_eq!(error.details()["variable"], "CREDITGATE_OPERATION_LIMITS");
+        assert_eq!(error.details()["limits"], 17);
+        assert_eq!(
+            variable_of(Settings::from_env(&env(&[("CREDITGATE_USER_LIMIT", &windows(17))]))),
+            "CREDITGATE_USER_LIMIT"
+        );
+    }
+
+    #[test]
+    fn policies_are_named_distinctly_per_window() {
+        let settings = Settings::from_env(&env(&[
+            ("CREDITGATE_USER_LIMIT", "5/60,100/86400"),
+            ("CREDITGATE_OPERATION_LIMITS", r#"{"image": "2/60"}"#),
+        ]))
+        .expect("valid");
+        let image = Operation::new("image").expect("valid");
+        let names: Vec<(String, &str)> =
+            settings.policies(&image, true).into_iter().map(|p| (p.name, p.kind.as_str())).collect();
+        assert_eq!(
+            names,
+            [
+                ("user-60".to_owned(), "user"),
+                ("user-86400".to_owned(), "user"),
+                ("ip".to_owned(), "ip"),
+                ("op-image".to_owned(), "operation"),
+            ]
+        );
+        let text = Operation::new("text").expect("valid");
+        assert_eq!(settings.policies(&text, false).len(), 2, "no address, no operation limit for text");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 -- =============================================================================
--- creditgate 3/4: rate limits, and a rate limit applied together with a charge.
+-- creditgate 3/4: rate limits, and a rate limit applied together with a charge;
+-- token buckets, blocked keys and the operator's tools (peek, reset, usage).
 --
 -- Guarantee: for a key, a limit N and a window W (1 s to 86400 s), the costs of
 -- the requests allowed in any interval of length W (ends included) add up to
@@ -199,6 +200,81 @@ BEGIN
 END;
 $$;
 
+-- -----------------------------------------------------------------------------
+-- Blocked keys: an operator's decision (block_rate_limit_key) that a limit
+-- key may not pass, whatever its counters say, until a time or for good.
+-- LOGGED, unlike the counters: a crash must not lift a block. In the private
+-- creditgate schema: no client role can even name it.
+-- -----------------------------------------------------------------------------
+CREATE TABLE IF NOT EXISTS creditgate.rate_limit_blocks (
+  key text PRIMARY KEY,
+  -- 'infinity': blocked until unblocked.
+  blocked_until timestamptz NOT NULL,
+  reason text NOT NULL,
+  blocked_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+  CONSTRAINT rate_limit_blocks_key_length CHECK (char_length(key) BETWEEN 1 AND 255),
+  CONSTRAINT rate_limit_blocks_reason_length CHECK (char_length(reason) BETWEEN 1 AND 500)
+);
+CREATE INDEX IF NOT EXISTS rate_limit_blocks_blocked_until ON creditgate.rate_limit_blocks (blocked_until);
+ALTER TABLE creditgate.rate_limit_blocks ENABLE ROW LEVEL SECURITY;
+REVOKE ALL ON TABLE creditgate.rate_limit_blocks FROM PUBLIC, anon, authenticated, service_role;
+COMMENT ON TABLE creditgate.rate_limit_blocks IS
+  'Limit keys an operator blocked (block_rate_limit_key): every limit naming one refuses with PT403 blocked until blocked_until.';
+
+-- Token buckets (apply_token_bucket): per (key, capacity, refill rate), the
+-- GCRA's theoretical arrival time. Transient like rate_limits, so UNLOGGED.
+CREATE UNLOGGED TABLE IF NOT EXISTS creditgate.token_buckets (
+  key text NOT NULL,
+  capacity integer NOT NULL,
+  refill_per_second numeric NOT NULL,
+  -- Microseconds since the epoch at which the bucket is full again.
+  full_at_us numeric NOT NULL,
+  -- full_at_us rounded up to a second: when the row is worth nothing.
+  expires_at timestamptz NOT NULL,
+  PRIMARY KEY (key, capacity, refill_per_second),
+  CONSTRAINT token_buckets_key_length CHECK (char_length(key) BETWEEN 1 AND 255),
+  CONSTRAINT token_buckets_capacity_range CHECK (capacity BETWEEN 1 AND 1000000),
+  CONSTRAINT token_buckets_refill_range CHECK (refill_per_second BETWEEN 0.00001 AND 1000000)
+);
+CREATE INDEX IF NOT EXISTS token_buckets_expires_at ON creditgate.token_buckets (expires_at);
+ALTER TABLE creditgate.token_buckets ENABLE ROW LEVEL SECURITY;
+REVOKE ALL ON TABLE creditgate.token_buckets FROM PUBLIC, anon, authenticated, service_role;
+COMMENT ON TABLE creditgate.token_buckets IS
+  'Token-bucket state (apply_token_bucket), invisible to clients: per (key, capacity, refill rate) when the bucket is full again.';
+
+/**
+ * Raises PT403 `blocked` if one of p_keys is blocked at p_now (the first
+ * blocked one in p_keys' order), DETAIL {"key", "until" (null: until
+ * unblocked), "reason"}. One index lookup per key; nothing locked.
+ */
+CREATE OR REPLACE FUNCTION creditgate.require_not_blocked(p_keys text[], p_now timestamptz)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  v_key text;
+  v_until timestamptz;
+  v_reason text;
+BEGIN
+  SELECT b.key, b.blocked_until, b.reason INTO v_key, v_until, v_reason
+  FROM creditgate.rate_limit_blocks b
+  WHERE b.key = ANY (p_keys) AND b.blocked_until > p_now
+  ORDER BY pg_catalog.array_position(p_keys, b.key)
+  LIMIT 1;
+  IF v_key IS NOT NULL THEN
+    PERFORM creditgate.fail('PT403', 'blocked',
+      pg_catalog.format('the limit key %s is blocked %s: %s', v_key,
+        CASE WHEN pg_catalog.isfinite(v_until) THEN 'until ' || pg_catalog.to_char(v_until AT TIME ZONE 'UTC',
+          'YYYY-MM-DD"T"HH24:MI:SS"Z"') ELSE 'until unblocked' END, v_reason),
+      pg_catalog.jsonb_build_object('key', v_key,
+        'until', CASE WHEN pg_catalog.isfinite(v_until) THEN pg_catalog.to_jsonb(v_until) END,
+        'reason', v_reason));
+  END IF;
+END;
+$$;
+
 /** apply_rate_limit at time p_now: see creditgate.rate_limit_at. */
 CREATE OR REPLACE FUNCTION creditgate.apply_rate_limit_at(
   p_key text, p_limit integer, p_window_seconds integer, p_cost integer, p_now timestamptz)
@@ -212,6 +288,7 @@ BEGIN
           AND NOT pg_catalog.starts_with(p_key, 'creditgate:')) IS TRUE THEN
     PERFORM creditgate.require_rate_limit_key('p_key', p_key, false);
   END IF;
+  PERFORM creditgate.require_not_blocked(ARRAY[p_key], p_now);
   RETURN QUERY
     SELECT r.allowed, p_limit, r.remaining, creditgate.seconds_ceil(r.reset_ms), creditgate.seconds_ceil(r.retry_after_ms)
     FROM creditgate.rate_limit_at(p_key, p_limit, p_window_seconds, p_cost, true, p_now) r;
@@ -307,7 +384,11 @@ SELECT creditgate.expose('public.check_rate_limit(text, text, integer, integer)'
 COMMENT ON FUNCTION public.check_rate_limit(text, text, integer, integer) IS
   'At most p_max_requests allowed in any interval of p_window_seconds for (p_type, p_identifier); denied requests are not counted.';
 
-/** Deletes the state of keys with nothing left in their window at p_now; returns how many. */
+/**
+ * Deletes the state of keys with nothing left in their window at p_now, token
+ * buckets that are full again, and blocks that have ended; returns how many
+ * rows in all.
+ */
 CREATE OR REPLACE FUNCTION creditgate.cleanup_expired_rate_limits_at(p_now timestamptz)
 RETURNS integer
 LANGUAGE plpgsql
@@ -316,10 +397,17 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   v_deleted integer;
+  v_more integer;
 BEGIN
   DELETE FROM public.rate_limits r WHERE r.expires_at <= p_now;
   GET DIAGNOSTICS v_deleted = ROW_COUNT;
-  RETURN v_deleted;
+  -- Token buckets full again, and blocks that have ended.
+  DELETE FROM creditgate.token_buckets t WHERE t.expires_at <= p_now;
+  GET DIAGNOSTICS v_more = ROW_COUNT;
+  v_deleted := v_deleted + v_more;
+  DELETE FROM creditgate.rate_limit_blocks b WHERE b.blocked_until <= p_now;
+  GET DIAGNOSTICS v_more = ROW_COUNT;
+  RETURN v_deleted + v_more;
 END;
 $$;
 
@@ -469,6 +557,8 @@ $$;
  * per limit in input order (creditgate.rate_limit_entry)}. When one refuses,
  * none is spent: refusing entries carry their retry_after_seconds, allowed
  * ones what they would have had. p_consume false only reads (a replay).
+ * A blocked key (creditgate.require_not_blocked) raises PT403 `blocked`
+ * first, replay or not: charge_credits_with_limits then rolls back too.
  * How: a plain read of every limit first, as rate_limit_at does, so that a
  * refusal takes no lock and writes nothing. When all fit, the limits are
  * consumed in a canonical order (key in "C" collation, limit, window), so
@@ -494,6 +584,10 @@ BEGIN
   IF v_count = 0 THEN
     RETURN '{"allowed": true, "limits": []}'::jsonb;
   END IF;
+  -- A blocked key refuses the whole call, before any limit is read.
+  PERFORM creditgate.require_not_blocked(
+    ARRAY(SELECT e.value ->> 'key' FROM pg_catalog.jsonb_array_elements(p_limits) WITH ORDINALITY AS e(value, position)
+          ORDER BY e.position), p_now);
   v_entries := pg_catalog.array_fill(NULL::jsonb, ARRAY[v_count]);
 
   FOR v_index IN 1 .. v_count LOOP
@@ -687,6 +781,344 @@ BEGIN
 END;
 $$;
 SELECT creditgate.expose('public.charge_credits_with_limit(uuid, text, integer, text, integer, integer, text, jsonb, integer, integer)', 'service_role');
+
+-- -----------------------------------------------------------------------------
+-- A token bucket, and the operator's tools: peek, reset, usage, block
+-- -----------------------------------------------------------------------------
+
+/**
+ * A token bucket of p_capacity tokens refilled at p_refill_per_second, as
+ * the GCRA (generic cell rate algorithm) keeps it: one number per bucket,
+ * the time it is full again (full_at). A request of weight p_cost at t
+ * takes p_cost tokens: with T = 1/rate, it fits if max(full_at, t) + p_cost*T
+ * - t <= p_capacity*T, and then full_at becomes that. So at most p_capacity
+ * at once (a burst), then p_refill_per_second on average; in any interval of
+ * length d at most p_capacity + d * rate. Exact arithmetic (numeric
+ * microseconds). A refusal is decided on a plain read and writes nothing;
+ * a request that fits locks the row and decides again, as rate_limit_at does
+ * (for a fixed p_now, full_at only grows, so a refusal under the snapshot is
+ * a refusal under the lock).
+ * remaining: whole tokens left after this request (when refused: now);
+ * reset_ms: until the bucket is full; retry_after_ms: until this request fits.
+ * Errors: 22023; PT403 blocked.
+ */
+CREATE OR REPLACE FUNCTION creditgate.token_bucket_at(
+  p_key text, p_capacity integer, p_refill_per_second numeric, p_cost integer, p_now timestamptz)
+RETURNS TABLE (allowed boolean, remaining integer, reset_ms bigint, retry_after_ms bigint)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  v_interval_us numeric;
+  v_burst_us numeric;
+  v_now_us numeric := pg_catalog.floor(EXTRACT(EPOCH FROM p_now) * 1000000);
+  v_full_at numeric;
+  v_start numeric;
+  v_next numeric;
+  v_locked boolean := false;
+BEGIN
+  IF NOT (pg_catalog.char_length(p_key) BETWEEN 1 AND creditgate.rate_limit_key_length_max()
+          AND NOT pg_catalog.starts_with(p_key, 'creditgate:')
+          AND p_capacity BETWEEN 1 AND creditgate.rate_limit_max()
+          AND p_refill_per_second BETWEEN 0.00001 AND creditgate.rate_limit_max()
+          AND p_cost BETWEEN 1 AND p_capacity) IS TRUE THEN
+    PERFORM creditgate.require_rate_limit_key('p_key', p_key, false);
+    PERFORM creditgate.require_range('p_capacity', p_capacity, 1, creditgate.rate_limit_max());
+    -- At least 0.00001 a second: about one a day (a day is window_seconds_max()).
+    PERFORM creditgate.require((p_refill_per_second BETWEEN 0.00001 AND creditgate.rate_limit_max()) IS TRUE,
+      pg_catalog.format('p_refill_per_second must be from 0.00001 to %s', creditgate.rate_limit_max()),
+      pg_catalog.jsonb_build_object('parameter', 'p_refill_per_second', 'value', p_refill_per_second,
+        'min', 0.00001, 'max', creditgate.rate_limit_max()));
+    PERFORM creditgate.require_range('p_cost', p_cost, 1, p_capacity);
+  END IF;
+  PERFORM creditgate.require_not_blocked(ARRAY[p_key], p_now);
+
+  v_interval_us := 1000000 / p_refill_per_second;
+  v_burst_us := v_interval_us * p_capacity;
+  LOOP
+    IF v_locked THEN
+      SELECT t.full_at_us INTO v_full_at FROM creditgate.token_buckets t
+      WHERE t.key = p_key AND t.capacity = p_capacity AND t.refill_per_second = p_refill_per_second
+      FOR UPDATE;
+      IF NOT FOUND THEN
+        INSERT INTO creditgate.token_buckets AS t (key, capacity, refill_per_second, full_at_us, expires_at)
+        VALUES (p_key, p_capacity, p_refill_per_second, v_now_us, p_now)
+        ON CONFLICT DO NOTHING;
+        SELECT t.full_at_us INTO v_full_at FROM creditgate.token_buckets t
+        WHERE t.key = p_key AND t.capacity = p_capacity AND t.refill_per_second = p_refill_per_second
+        FOR UPDATE;
+      END IF;
+    ELSE
+      SELECT t.full_at_us INTO v_full_at FROM creditgate.token_buckets t
+      WHERE t.key = p_key AND t.capacity = p_capacity AND t.refill_per_second = p_refill_per_second;
+    END IF;
+    v_start := GREATEST(coalesce(v_full_at, v_now_us), v_now_us);
+    v_next := v_start + p_cost * v_interval_us;
+    EXIT WHEN v_locked OR v_next - v_now_us > v_burst_us;
+    v_locked := true;
+  END LOOP;
+
+  IF v_next - v_now_us <= v_burst_us THEN
+    UPDATE creditgate.token_buckets t
+    SET full_at_us = v_next, expires_at = pg_catalog.to_timestamp(pg_catalog.ceil(v_next / 1000000))
+    WHERE t.key = p_key AND t.capacity = p_capacity AND t.refill_per_second = p_refill_per_second;
+    RETURN QUERY SELECT true, pg_catalog.floor((v_burst_us - (v_next - v_now_us)) / v_interval_us)::integer,
+      pg_catalog.ceil((v_next - v_now_us) / 1000)::bigint, 0::bigint;
+    RETURN;
+  END IF;
+  RETURN QUERY SELECT false, pg_catalog.floor((v_burst_us - (v_start - v_now_us)) / v_interval_us)::integer,
+    pg_catalog.ceil((v_start - v_now_us) / 1000)::bigint,
+    pg_catalog.ceil((v_next - v_now_us - v_burst_us) / 1000)::bigint;
+END;
+$$;
+
+/** apply_token_bucket at time p_now: see creditgate.token_bucket_at. */
+CREATE OR REPLACE FUNCTION creditgate.apply_token_bucket_at(
+  p_key text, p_capacity integer, p_refill_per_second numeric, p_cost integer, p_now timestamptz)
+RETURNS TABLE (allowed boolean, "limit" integer, remaining integer, reset_seconds integer, retry_after_seconds integer)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  RETURN QUERY
+    SELECT t.allowed, p_capacity, t.remaining, creditgate.seconds_ceil(t.reset_ms),
+           creditgate.seconds_ceil(t.retry_after_ms)
+    FROM creditgate.token_bucket_at(p_key, p_capacity, p_refill_per_second, p_cost, p_now) t;
+END;
+$$;
+
+SELECT creditgate.drop_other_versions('apply_token_bucket',
+  'p_key text, p_capacity integer, p_refill_per_second numeric, p_cost integer DEFAULT 1',
+  'TABLE(allowed boolean, "limit" integer, remaining integer, reset_seconds integer, retry_after_seconds integer)');
+
+/**
+ * A token bucket beside the sliding window: p_capacity at once (burst), then
+ * p_refill_per_second; the result shaped as apply_rate_limit's ("limit" is
+ * the capacity). Keys as for apply_rate_limit (no 'creditgate:'). For
+ * service_role.
+ */
+CREATE OR REPLACE FUNCTION public.apply_token_bucket(
+  p_key text, p_capacity integer, p_refill_per_second numeric, p_cost integer DEFAULT 1)
+RETURNS TABLE (allowed boolean, "limit" integer, remaining integer, reset_seconds integer, retry_after_seconds integer)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  RETURN QUERY
+    SELECT * FROM creditgate.apply_token_bucket_at(p_key, p_capacity, p_refill_per_second, p_cost,
+      pg_catalog.clock_timestamp());
+END;
+$$;
+SELECT creditgate.expose('public.apply_token_bucket(text, integer, numeric, integer)', 'service_role');
+
+/**
+ * What apply_rate_limit(p_key, p_limit, p_window_seconds) would answer for
+ * a request of weight 1 at p_now, spending and writing nothing: allowed,
+ * remaining (now, nothing taken), reset_seconds, retry_after_seconds (0 when
+ * allowed). Any stored key, 'creditgate:' ones included (the Edge
+ * Function's, check_rate_limit's encoded pairs). A blocked key is PT403
+ * blocked, as apply_rate_limit would answer.
+ */
+CREATE OR REPLACE FUNCTION creditgate.peek_rate_limit_at(
+  p_key text, p_limit integer, p_window_seconds integer, p_now timestamptz)
+RETURNS TABLE (allowed boolean, "limit" integer, remaining integer, reset_seconds integer, retry_after_seconds integer)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  PERFORM creditgate.require_text('p_key', p_key, creditgate.rate_limit_stored_key_length_max(), false);
+  PERFORM creditgate.require_not_blocked(ARRAY[p_key], p_now);
+  RETURN QUERY
+    SELECT r.allowed, p_limit, r.remaining, creditgate.seconds_ceil(r.reset_ms),
+           CASE WHEN r.allowed THEN 0 ELSE creditgate.seconds_ceil(r.retry_after_ms) END
+    FROM creditgate.rate_limit_at(p_key, p_limit, p_window_seconds, 1, false, p_now) r;
+END;
+$$;
+
+SELECT creditgate.drop_other_versions('peek_rate_limit', 'p_key text, p_limit integer, p_window_seconds integer',
+  'TABLE(allowed boolean, "limit" integer, remaining integer, reset_seconds integer, retry_after_seconds integer)');
+
+/** A limit's state without spending it: see creditgate.peek_rate_limit_at. For service_role. */
+CREATE OR REPLACE FUNCTION public.peek_rate_limit(p_key text, p_limit integer, p_window_seconds integer)
+RETURNS TABLE (allowed boolean, "limit" integer, remaining integer, reset_seconds integer, retry_after_seconds integer)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  RETURN QUERY
+    SELECT * FROM creditgate.peek_rate_limit_at(p_key, p_limit, p_window_seconds, pg_catalog.clock_timestamp());
+END;
+$$;
+SELECT creditgate.expose('public.peek_rate_limit(text, integer, integer)', 'service_role');
+
+SELECT creditgate.drop_other_versions('reset_rate_limit', 'p_key text', 'integer');
+
+/**
+ * Clears every counter of p_key: each of its (limit, window) sliding
+ * windows and each of its token buckets. Returns how many were cleared (0:
+ * none was kept). Any stored key, 'creditgate:' ones included. A block is
+ * not a counter: unblock_rate_limit_key lifts it. For service_role.
+ * Locks: the key's rows (waits for a request spending them).
+ */
+CREATE OR REPLACE FUNCTION public.reset_rate_limit(p_key text)
+RETURNS integer
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  v_windows integer;
+  v_buckets integer;
+BEGIN
+  PERFORM creditgate.require_text('p_key', p_key, creditgate.rate_limit_stored_key_length_max(), false);
+  DELETE FROM public.rate_limits r WHERE r.key = p_key;
+  GET DIAGNOSTICS v_windows = ROW_COUNT;
+  DELETE FROM creditgate.token_buckets t WHERE t.key = p_key;
+  GET DIAGNOSTICS v_buckets = ROW_COUNT;
+  RETURN v_windows + v_buckets;
+END;
+$$;
+SELECT creditgate.expose('public.reset_rate_limit(text)', 'service_role');
+
+/**
+ * The sliding windows of keys starting with p_key_prefix ('' for all) that
+ * hold something at p_now, at most p_max_rows (1 to 1000), ordered by key
+ * (in "C" collation), limit and window: what a dashboard shows. used: the
+ * weight counted in the window now; reset_seconds: until it is empty.
+ * Token buckets are not listed.
+ */
+CREATE OR REPLACE FUNCTION creditgate.get_rate_limit_usage_at(p_key_prefix text, p_max_rows integer, p_now timestamptz)
+RETURNS TABLE (key text, "limit" integer, window_seconds integer, used integer, reset_seconds integer)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  v_buckets constant integer := creditgate.rate_limit_buckets();
+  v_now_ms bigint := pg_catalog.floor(EXTRACT(EPOCH FROM p_now) * 1000)::bigint;
+BEGIN
+  PERFORM creditgate.require(p_key_prefix IS NOT NULL
+      AND pg_catalog.char_length(p_key_prefix) <= creditgate.rate_limit_stored_key_length_max(),
+    pg_catalog.format('p_key_prefix must be 0 to %s characters', creditgate.rate_limit_stored_key_length_max()),
+    pg_catalog.jsonb_build_object('parameter', 'p_key_prefix', 'max', creditgate.rate_limit_stored_key_length_max()));
+  PERFORM creditgate.require_range('p_max_rows', p_max_rows, 1, 1000);
+  RETURN QUERY
+    SELECT r.key, r.max_requests, r.window_seconds, u.used,
+           creditgate.seconds_ceil((u.newest + v_buckets + 1) * (r.window_seconds::bigint * 1000 / v_buckets) - v_now_ms)
+    FROM public.rate_limits r
+    CROSS JOIN LATERAL (
+      SELECT pg_catalog.sum(b.cost)::integer AS used, pg_catalog.max(b.id) AS newest
+      FROM ROWS FROM (pg_catalog.unnest(r.bucket_ids), pg_catalog.unnest(r.bucket_costs)) AS b(id, cost)
+      WHERE b.id >= v_now_ms / (r.window_seconds::bigint * 1000 / v_buckets) - v_buckets
+    ) u
+    WHERE pg_catalog.starts_with(r.key, p_key_prefix) AND r.expires_at > p_now AND u.used > 0
+    ORDER BY r.key COLLATE "C", r.max_requests, r.window_seconds
+    LIMIT p_max_rows;
+END;
+$$;
+
+SELECT creditgate.drop_other_versions('get_rate_limit_usage', 'p_key_prefix text, p_max_rows integer DEFAULT 100',
+  'TABLE(key text, "limit" integer, window_seconds integer, used integer, reset_seconds integer)');
+
+/** Current usage per key and window, for dashboards: see creditgate.get_rate_limit_usage_at. For service_role. */
+CREATE OR REPLACE FUNCTION public.get_rate_limit_usage(p_key_prefix text, p_max_rows integer DEFAULT 100)
+RETURNS TABLE (key text, "limit" integer, window_seconds integer, used integer, reset_seconds integer)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  RETURN QUERY SELECT * FROM creditgate.get_rate_limit_usage_at(p_key_prefix, p_max_rows, pg_catalog.clock_timestamp());
+END;
+$$;
+SELECT creditgate.expose('public.get_rate_limit_usage(text, integer)', 'service_role');
+
+/**
+ * Blocks the limit key p_key until p_until (NULL: until unblocked), for
+ * p_reason (1 to 500 characters, shown to the blocked caller in the error's
+ * details): every apply_rate_limit(s), apply_token_bucket, peek_rate_limit
+ * and charge_credits_with_limit(s) naming it raises PT403 blocked meanwhile.
+ * Blocking a blocked key replaces its end and reason. 'creditgate:' keys are
+ * allowed (the Edge Function's creditgate:user:<uuid>, creditgate:ip:<addr>),
+ * not 'creditgate:check:' (check_rate_limit does not look at blocks).
+ * Returns the block: key, blocked_until (NULL: until unblocked), reason.
+ * Errors: 22023 (p_until not after p_now).
+ */
+CREATE OR REPLACE FUNCTION creditgate.block_rate_limit_key_at(p_key text, p_until timestamptz, p_reason text,
+  p_now timestamptz)
+RETURNS TABLE (key text, blocked_until timestamptz, reason text)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  PERFORM creditgate.require_rate_limit_key('p_key', p_key, true);
+  PERFORM creditgate.require(p_until IS NULL OR p_until > p_now, 'p_until must be in the future (or NULL: until unblocked)',
+    pg_catalog.jsonb_build_object('parameter', 'p_until', 'value', p_until));
+  PERFORM creditgate.require_text('p_reason', p_reason, creditgate.reason_length_max(), false);
+  RETURN QUERY
+    INSERT INTO creditgate.rate_limit_blocks AS b (key, blocked_until, reason, blocked_at)
+    VALUES (p_key, coalesce(p_until, 'infinity'::timestamptz), p_reason, p_now)
+    ON CONFLICT ON CONSTRAINT rate_limit_blocks_pkey DO UPDATE
+      SET blocked_until = EXCLUDED.blocked_until, reason = EXCLUDED.reason, blocked_at = EXCLUDED.blocked_at
+    RETURNING b.key, CASE WHEN pg_catalog.isfinite(b.blocked_until) THEN b.blocked_until END, b.reason;
+END;
+$$;
+
+SELECT creditgate.drop_other_versions('block_rate_limit_key', 'p_key text, p_until timestamp with time zone, p_reason text',
+  'TABLE(key text, blocked_until timestamp with time zone, reason text)');
+
+/** Blocks a limit key: see creditgate.block_rate_limit_key_at. For service_role. */
+CREATE OR REPLACE FUNCTION public.block_rate_limit_key(p_key text, p_until timestamptz, p_reason text)
+RETURNS TABLE (key text, blocked_until timestamptz, reason text)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  RETURN QUERY SELECT * FROM creditgate.block_rate_limit_key_at(p_key, p_until, p_reason, pg_catalog.clock_timestamp());
+END;
+$$;
+SELECT creditgate.expose('public.block_rate_limit_key(text, timestamp with time zone, text)', 'service_role');
+
+/**
+ * Lifts the block on p_key at p_now; true if one was in force (an ended
+ * block is removed too, and answers false). Keys as for block_rate_limit_key.
+ */
+CREATE OR REPLACE FUNCTION creditgate.unblock_rate_limit_key_at(p_key text, p_now timestamptz)
+RETURNS boolean
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  v_until timestamptz;
+BEGIN
+  PERFORM creditgate.require_rate_limit_key('p_key', p_key, true);
+  DELETE FROM creditgate.rate_limit_blocks b WHERE b.key = p_key RETURNING b.blocked_until INTO v_until;
+  RETURN coalesce(v_until > p_now, false);
+END;
+$$;
+
+SELECT creditgate.drop_other_versions('unblock_rate_limit_key', 'p_key text', 'boolean');
+
+/** Lifts a block: see creditgate.unblock_rate_limit_key_at. For service_role. */
+CREATE OR REPLACE FUNCTION public.unblock_rate_limit_key(p_key text)
+RETURNS boolean
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  RETURN creditgate.unblock_rate_limit_key_at(p_key, pg_catalog.clock_timestamp());
+END;
+$$;
+SELECT creditgate.expose('public.unblock_rate_limit_key(text)', 'service_role');
 
 -- -----------------------------------------------------------------------------
 -- PostgREST reloads its schema cache at commit, so new and changed functions

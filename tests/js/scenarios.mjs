@@ -245,4 +245,43 @@ export const scenarios = [
     const error = await rejectsWith(credits.balance(crypto.randomUUID()), "unauthorized", CreditError);
     assert.equal(error.status, 401);
   }],
+
+  ["tokenBucket bursts then refills; peek, usage, reset, block and unblock a key", async ({ CreditClient, CreditError }) => {
+    const credits = new CreditClient({ url: API_URL, serviceRoleKey: SERVICE_ROLE_KEY });
+    const key = `js:${crypto.randomUUID()}`;
+    const bucket = { key, capacity: 2, refillPerSecond: 0.01 };
+    assert.equal((await credits.tokenBucket(bucket)).remaining, 1);
+    assert.equal((await credits.tokenBucket(bucket)).success, true);
+    const refused = await credits.tokenBucket(bucket);
+    assert.equal(refused.success, false);
+    assert.ok(refused.retryAfter > 0 && refused.retryAfter <= 100, String(refused.retryAfter));
+    assert.equal(refused.windowSeconds, null, "a bucket has no window");
+
+    await credits.limit({ key, limit: 3, windowSeconds: 60 });
+    const peek = await credits.peekLimit({ key, limit: 3, windowSeconds: 60 });
+    assert.equal(peek.remaining, 2);
+    assert.equal((await credits.peekLimit({ key, limit: 3, windowSeconds: 60 })).remaining, 2, "peek spends nothing");
+    const usage = await credits.limitUsage({ prefix: key });
+    assert.deepEqual(usage.map((row) => [row.key, row.limit, row.windowSeconds, row.used]), [[key, 3, 60, 1]]);
+    assert.deepEqual(await credits.resetLimit({ key }), { key, cleared: 2 });
+    assert.equal((await credits.tokenBucket(bucket)).remaining, 1, "reset refilled the bucket too");
+
+    const block = await credits.blockLimitKey({ key, reason: "testing" });
+    assert.deepEqual(block, { key, until: null, reason: "testing" });
+    const blocked = await rejectsWith(credits.limit({ key, limit: 3, windowSeconds: 60 }), "blocked", CreditError);
+    assert.equal(blocked.status, 403);
+    assert.equal(blocked.retryable, false);
+    assert.deepEqual(blocked.details, { key, until: null, reason: "testing" });
+    assert.deepEqual(await credits.unblockLimitKey({ key }), { key, unblocked: true });
+    assert.equal((await credits.limit({ key, limit: 3, windowSeconds: 60 })).success, true);
+    await rejectsWith(credits.tokenBucket({ key: "creditgate:x", capacity: 1, refillPerSecond: 1 }), "invalid_argument", CreditError);
+  }],
+
+  ["tokenBucket is exact under concurrency: 40 requests at once, a bucket of 7, exactly 7 allowed", async ({ CreditClient }) => {
+    const credits = new CreditClient({ url: API_URL, serviceRoleKey: SERVICE_ROLE_KEY });
+    const bucket = { key: `js:burst:${crypto.randomUUID()}`, capacity: 7, refillPerSecond: 0.00001 };
+    const results = await Promise.all(Array.from({ length: 40 }, () => credits.tokenBucket(bucket)));
+    assert.equal(results.filter((result) => result.success).length, 7);
+    assert.ok(results.filter((result) => !result.success).every((result) => result.remaining === 0 && result.retryAfter > 0));
+  }],
 ];

@@ -37,6 +37,12 @@ const CALLABLE: &[(&str, &[&str])] = &[
             "cleanup_expired_rate_limits",
             "apply_rate_limits",
             "charge_credits_with_limits",
+            "apply_token_bucket",
+            "peek_rate_limit",
+            "reset_rate_limit",
+            "get_rate_limit_usage",
+            "block_rate_limit_key",
+            "unblock_rate_limit_key",
         ],
     ),
 ];

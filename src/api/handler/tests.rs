@@ -199,7 +199,10 @@ fn limit_headers_list_every_policy_and_the_longest_wait() {
         retry_after,
         window_seconds: Some(60),
     };
-    let headers = limit_headers(&vec![("user", result(true, 4, 0)), ("ip", result(false, 0, 12))]);
+    let settings = Settings::from_env(&crate::api::settings::tests::env(&[])).expect("valid");
+    let image = crate::Operation::new("image").expect("valid");
+    let named = settings.policies(&image, true);
+    let headers = limit_headers(&vec![(named[0].clone(), result(true, 4, 0)), (named[1].clone(), result(false, 0, 12))]);
     assert_eq!(
         headers,
         vec![
@@ -209,9 +212,74 @@ fn limit_headers_list_every_policy_and_the_longest_wait() {
         ]
     );
     assert!(limit_headers(&vec![]).is_empty());
-    let error = rate_limited(&vec![("user", result(false, 0, 7))]);
+    let error = rate_limited(&vec![(named[0].clone(), result(false, 0, 7))]);
     assert_eq!((error.status, error.code), (429, "rate_limited"));
     assert_eq!(error.details["policy"], "user");
     assert_eq!(error.details["retryAfter"], 7);
     assert!(error.headers.contains(&("retry-after".to_owned(), "7".to_owned())));
+}
+
+#[test]
+fn several_windows_have_distinct_policies_and_the_429_names_the_refusing_one() {
+    let env = crate::api::settings::tests::env(&[
+        ("CREDITGATE_USER_LIMIT", "5/60,100/86400"),
+        ("CREDITGATE_OPERATION_LIMITS", r#"{"image": "2/60,20/3600"}"#),
+    ]);
+    let settings = Settings::from_env(&env).expect("valid");
+    let image = crate::Operation::new("image").expect("valid");
+    let named = settings.policies(&image, false);
+    let result = |limit: u32, window: u32, success: bool, retry_after: u32| RateLimitResult {
+        success,
+        limit,
+        remaining: if success { limit - 1 } else { 0 },
+        reset: window,
+        retry_after,
+        window_seconds: Some(window),
+    };
+    let limits: Limits = named
+        .into_iter()
+        .zip([result(5, 60, true, 0), result(100, 86400, false, 3600), result(2, 60, false, 30), result(20, 3600, true, 0)])
+        .collect();
+    let headers = limit_headers(&limits);
+    assert_eq!(
+        headers[0].1,
+        "\"user-60\";q=5;w=60, \"user-86400\";q=100;w=86400, \"op-image-60\";q=2;w=60, \"op-image-3600\";q=20;w=3600"
+    );
+    assert_eq!(headers[2], ("retry-after".to_owned(), "3600".to_owned()));
+    let error = rate_limited(&limits);
+    assert_eq!(error.details["policy"], "user", "the refusal that waits longest: the daily window");
+    assert_eq!(error.details["name"], "user-86400");
+    assert_eq!(error.details["windowSeconds"], 86400);
+    assert_eq!(error.details["retryAfter"], 3600);
+    let only_operation: Limits = limits.into_iter().filter(|(named, _)| named.name == "op-image-60").collect();
+    let error = rate_limited(&only_operation);
+    assert_eq!((error.details["policy"].as_str(), error.details["operation"].as_str()), (Some("operation"), Some("image")));
+}
+
+#[tokio::test]
+async fn service_routes_for_limits_refuse_users_and_check_input_before_the_network() {
+    let api = api(&[]);
+    for (method, path) in [
+        ("POST", "/credits/limits/peek"),
+        ("POST", "/credits/limits/reset"),
+        ("GET", "/credits/limits/usage"),
+        ("POST", "/credits/limits/block"),
+        ("POST", "/credits/limits/unblock"),
+    ] {
+        let handled = api.handle(user_request(method, path, "{}")).await;
+        assert_eq!(handled.response.status, 403, "{path}: a user may not");
+    }
+    let bad = [
+        ("POST", "/credits/limits/peek", r#"{"key": "k", "limit": 0, "windowSeconds": 60}"#, ""),
+        ("POST", "/credits/limits/block", r#"{"key": "k"}"#, ""),
+        ("POST", "/credits/limits/reset", r#"{"key": ""}"#, ""),
+        ("GET", "/credits/limits/usage", "", "limit=1001"),
+        ("GET", "/credits/limits/usage", "", "other=1"),
+    ];
+    for (method, path, body, query) in bad {
+        let mut request = service_request(method, path, body);
+        request.query = query.to_owned();
+        let handled = api.handle(request).await;
+        assert_eq!(handled.response.status, 400, "{path}?{query} {body}");
+    }
 }

@@ -2,7 +2,7 @@
 -- signatures and result shapes, security definer everywhere, plpgsql_check.
 BEGIN;
 \ir _helpers.psql
-SELECT plan(41);
+SELECT plan(47);
 
 SELECT has_schema('creditgate', 'internals live in the private creditgate schema');
 SELECT tables_are('public', ARRAY['users', 'generation_jobs', 'credit_ledger', 'idempotency_keys', 'rate_limits'],
@@ -47,7 +47,17 @@ FROM (VALUES
   ('apply_rate_limits(jsonb)',
    $$p_limits jsonb -> TABLE(key text, allowed boolean, "limit" integer, remaining integer, reset_seconds integer, retry_after_seconds integer)$$),
   ('charge_credits_with_limits(uuid,text,integer,jsonb,text,jsonb,integer)',
-   $$p_user_id uuid, p_operation_type text, p_cost integer, p_limits jsonb, p_idempotency_key text DEFAULT NULL::text, p_metadata jsonb DEFAULT '{}'::jsonb, p_hold_seconds integer DEFAULT 900 -> TABLE(allowed boolean, job_id uuid, new_balance integer, replayed boolean, expires_at timestamp with time zone, limits jsonb)$$)
+   $$p_user_id uuid, p_operation_type text, p_cost integer, p_limits jsonb, p_idempotency_key text DEFAULT NULL::text, p_metadata jsonb DEFAULT '{}'::jsonb, p_hold_seconds integer DEFAULT 900 -> TABLE(allowed boolean, job_id uuid, new_balance integer, replayed boolean, expires_at timestamp with time zone, limits jsonb)$$),
+  ('apply_token_bucket(text,integer,numeric,integer)',
+   $$p_key text, p_capacity integer, p_refill_per_second numeric, p_cost integer DEFAULT 1 -> TABLE(allowed boolean, "limit" integer, remaining integer, reset_seconds integer, retry_after_seconds integer)$$),
+  ('peek_rate_limit(text,integer,integer)',
+   $$p_key text, p_limit integer, p_window_seconds integer -> TABLE(allowed boolean, "limit" integer, remaining integer, reset_seconds integer, retry_after_seconds integer)$$),
+  ('reset_rate_limit(text)', $$p_key text -> integer$$),
+  ('get_rate_limit_usage(text,integer)',
+   $$p_key_prefix text, p_max_rows integer DEFAULT 100 -> TABLE(key text, "limit" integer, window_seconds integer, used integer, reset_seconds integer)$$),
+  ('block_rate_limit_key(text,timestamptz,text)',
+   $$p_key text, p_until timestamp with time zone, p_reason text -> TABLE(key text, blocked_until timestamp with time zone, reason text)$$),
+  ('unblock_rate_limit_key(text)', $$p_key text -> boolean$$)
 ) AS f(signature, expected);
 
 SELECT is(
@@ -55,8 +65,9 @@ SELECT is(
    WHERE n.nspname = 'public' AND p.proname IN ('atomic_charge_credits', 'charge_credits', 'complete_generation_job',
      'refund_credits', 'grant_credits', 'get_credit_balance', 'get_my_credit_balance', 'expire_stale_generation_jobs',
      'verify_credit_ledger', 'check_rate_limit', 'apply_rate_limit', 'charge_credits_with_limit',
-     'cleanup_expired_rate_limits', 'apply_rate_limits', 'charge_credits_with_limits')),
-  15, 'each contract function has exactly one version (no older overload left callable)');
+     'cleanup_expired_rate_limits', 'apply_rate_limits', 'charge_credits_with_limits', 'apply_token_bucket',
+     'peek_rate_limit', 'reset_rate_limit', 'get_rate_limit_usage', 'block_rate_limit_key', 'unblock_rate_limit_key')),
+  21, 'each contract function has exactly one version (no older overload left callable)');
 
 -- Security: SECURITY DEFINER, search_path pinned to pg_catalog, pg_temp (every name is
 -- qualified; the temporary schema searched last, so a session cannot shadow a type).
@@ -66,7 +77,8 @@ SELECT is_empty($$
            'atomic_charge_credits', 'charge_credits', 'complete_generation_job', 'refund_credits', 'grant_credits',
            'get_credit_balance', 'get_my_credit_balance', 'expire_stale_generation_jobs', 'verify_credit_ledger',
            'check_rate_limit', 'apply_rate_limit', 'charge_credits_with_limit', 'cleanup_expired_rate_limits',
-           'apply_rate_limits', 'charge_credits_with_limits')))
+           'apply_rate_limits', 'charge_credits_with_limits', 'apply_token_bucket', 'peek_rate_limit',
+           'reset_rate_limit', 'get_rate_limit_usage', 'block_rate_limit_key', 'unblock_rate_limit_key')))
     AND NOT (p.prosecdef AND p.proconfig = ARRAY['search_path=pg_catalog, pg_temp'])
 $$, 'every creditgate function is SECURITY DEFINER with search_path pinned to pg_catalog, pg_temp');
 SELECT cmp_ok(

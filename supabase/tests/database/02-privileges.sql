@@ -27,7 +27,15 @@ INSERT INTO contract VALUES
   ('check_rate_limit(text,text,integer,integer)', false, false, true),
   ('apply_rate_limit(text,integer,integer,integer)', false, false, true),
   ('charge_credits_with_limit(uuid,text,integer,text,integer,integer,text,jsonb,integer,integer)', false, false, true),
-  ('cleanup_expired_rate_limits()', false, false, true);
+  ('cleanup_expired_rate_limits()', false, false, true),
+  ('apply_rate_limits(jsonb)', false, false, true),
+  ('charge_credits_with_limits(uuid,text,integer,jsonb,text,jsonb,integer)', false, false, true),
+  ('apply_token_bucket(text,integer,numeric,integer)', false, false, true),
+  ('peek_rate_limit(text,integer,integer)', false, false, true),
+  ('reset_rate_limit(text)', false, false, true),
+  ('get_rate_limit_usage(text,integer)', false, false, true),
+  ('block_rate_limit_key(text,timestamptz,text)', false, false, true),
+  ('unblock_rate_limit_key(text)', false, false, true);
 
 SELECT is_empty($$
   SELECT c.signature || ' for ' || r.role
