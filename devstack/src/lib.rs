@@ -10,6 +10,7 @@ pub mod bench;
 pub mod checks;
 pub mod gateway;
 pub mod keys;
+pub mod lots_check;
 pub mod pg;
 pub mod reliability;
 pub mod setup;

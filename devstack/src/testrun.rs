@@ -37,6 +37,9 @@ pub fn main(args: &[String]) -> Result<()> {
             legacy_upgrade(&cluster, "seed_half_applied", &root.join("tests/upgrade/seed-half-applied"))
         });
         run.suite("db: concurrency", || crate::checks::concurrency(&cluster, FRESH));
+        run.suite("db: concurrency, credit lots (spending order, settlements, expiry, revokes) against a model", || {
+            crate::lots_check::lots_concurrency(&cluster, FRESH)
+        });
         run.suite("db: concurrency, charges under two shared limits (charge_credits_with_limits)", || {
             crate::reliability::multi_limit_concurrency(&cluster, FRESH)
         });

@@ -426,11 +426,13 @@ BEGIN
     UPDATE public.credit_lots l SET remaining = l.remaining + v_give WHERE l.id = v_drawn.lot_id
     RETURNING l.* INTO v_lot;
     INSERT INTO public.credit_lot_movements (ledger_id, lot_id, delta) VALUES (p_entry_id, v_lot.id, v_give);
+    -- A revoked lot holds nothing but what just came back; an expired one
+    -- may also hold a rest not swept yet: all of it leaves, in one entry.
     IF v_lot.revoked_at IS NOT NULL THEN
-      PERFORM creditgate.take_from_lot(v_lot.id, v_give, 'lot_revocation',
+      PERFORM creditgate.take_from_lot(v_lot.id, v_lot.remaining, 'lot_revocation',
         'Lot revoked: credits returned to it leave again', true, p_now);
     ELSIF v_lot.expires_at <= p_now THEN
-      PERFORM creditgate.take_from_lot(v_lot.id, v_give, 'lot_expiry',
+      PERFORM creditgate.take_from_lot(v_lot.id, v_lot.remaining, 'lot_expiry',
         'Lot expired: credits returned to it after its expiry', true, p_now);
     END IF;
     v_left := v_left - v_give;
