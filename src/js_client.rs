@@ -38,6 +38,8 @@ export type CreditErrorCode =
   | "insufficient_credits"    // 402: details { balance, needed }
   | "user_not_found"          // 404
   | "job_not_found"           // 404
+  | "lot_not_found"           // 404
+  | "plan_not_found"          // 404
   | "idempotency_in_flight"   // 409: the same key is still being processed (retryable)
   | "job_already_settled"     // 409: completed, refunded or expired already
   | "idempotency_key_reused"  // 422: same key, different request
