@@ -7,7 +7,7 @@
 //! hurts both. Benchmarks never fail on timing: a missed target is printed,
 //! and the exit code is non-zero only when something could not be measured.
 //!
-//! The cluster (target/devstack/bench, port 54342) holds:
+//! The cluster (target/devstack/bench, port 54342 or the next free one) holds:
 //! - `seed`: the seed's SQL (bench/seed_baseline.sql), the baseline;
 //! - `creditgate`: bootstrap + the migrations;
 //! - `growth_empty` / `growth_full`: creditgate, empty and after a long life
@@ -19,13 +19,16 @@
 mod http;
 
 use crate::pg::Cluster;
+use crate::support::{free_ports, pg_prove, pgtap_files};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-/// The bench cluster's port: beside `cargo dev up` (54322) and the tests (54332).
+/// The bench cluster's first port to try (see [`free_ports`]): beside
+/// `cargo dev up` (54322) and the test cluster
+/// ([`crate::testrun::TEST_PG_PORT`], 24332).
 pub const BENCH_PG_PORT: u16 = 54342;
 /// pgbench clients and threads (the issue's figures for this 2-core machine).
 const CLIENTS: u32 = 8;
@@ -36,23 +39,6 @@ const IDENTIFIERS: u32 = 10_000;
 /// The growth database's size.
 const GROWTH_LEDGER_ROWS: u32 = 1_000_000;
 const GROWTH_RATE_LIMIT_KEYS: u32 = 100_000;
-
-const USAGE: &str = "usage: cargo dev bench [--runs N] [--seconds S] [--quick] [--only NAME] [--analyze] [--no-http]
-                       [--patch FILE] [--patch-check FILE]
-
-  --runs N      runs per series (default 3); the figure is the median
-  --seconds S   seconds per pgbench run (default 6)
-  --quick       1 run of 3 s each, a smaller growth database: checks the bench itself
-  --only NAME   only the metrics whose name contains NAME (`--only http`: only HTTP and wasm)
-  --extra       also the metrics beyond the issue's (growth of the combined call)
-  --analyze     pg_stat_statements (track = all) and a report of where the time goes
-  --no-http     skip the HTTP and wasm figures
-  --patch FILE  apply FILE (SQL) after the migrations in every creditgate database:
-                measures a proposed change (bench/proposals/)
-  --patch-check FILE
-                no bench: the migrations plus FILE, then the pgTAP suite and the
-                model-based concurrency test against the result
-";
 
 #[derive(Clone)]
 struct Options {
@@ -68,55 +54,65 @@ struct Options {
     extra: bool,
 }
 
-fn parse(args: &[String]) -> Result<Options> {
-    let mut options = Options {
-        runs: 3,
-        seconds: 6,
-        growth_rows: GROWTH_LEDGER_ROWS,
-        growth_keys: GROWTH_RATE_LIMIT_KEYS,
-        only: None,
-        analyze: false,
-        http: true,
-        patch: None,
-        patch_check: None,
-        extra: false,
-    };
-    let mut args = args.iter();
-    while let Some(arg) = args.next() {
-        let mut value = |name: &str| args.next().cloned().with_context(|| format!("{name} needs a value"));
-        match arg.as_str() {
-            "--runs" => options.runs = value("--runs")?.parse()?,
-            "--seconds" => options.seconds = value("--seconds")?.parse()?,
-            "--only" => options.only = Some(value("--only")?),
-            "--quick" => {
-                options.runs = 1;
-                options.seconds = 3;
-                options.growth_rows = 100_000;
-                options.growth_keys = 10_000;
-            }
-            "--analyze" => options.analyze = true,
-            "--extra" => options.extra = true,
-            "--no-http" => options.http = false,
-            "--patch" => options.patch = Some(std::fs::canonicalize(value("--patch")?)?),
-            "--patch-check" => options.patch_check = Some(std::fs::canonicalize(value("--patch-check")?)?),
-            "-h" | "--help" => {
-                eprint!("{USAGE}");
-                return Ok(Options { runs: 0, ..options });
-            }
-            other => bail!("unknown argument {other:?}\n{USAGE}"),
-        }
-    }
-    if options.runs > 0 && options.seconds == 0 {
-        bail!("--seconds must be at least 1");
-    }
-    Ok(options)
+/// `cargo dev bench`'s options.
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Runs per series (default 3; 1 with --quick); the figure is the median.
+    #[arg(long, value_name = "N")]
+    runs: Option<usize>,
+    /// Seconds per pgbench run (default 6; 3 with --quick).
+    #[arg(long, value_name = "S", value_parser = clap::value_parser!(u32).range(1..))]
+    seconds: Option<u32>,
+    /// 1 run of 3 s each, a smaller growth database: checks the bench itself.
+    #[arg(long)]
+    quick: bool,
+    /// Only the metrics whose name contains NAME (`--only http`: only HTTP and wasm).
+    #[arg(long, value_name = "NAME")]
+    only: Option<String>,
+    /// Also the metrics beyond the issue's (growth of the combined call).
+    #[arg(long)]
+    extra: bool,
+    /// pg_stat_statements (track = all) and a report of where the time goes.
+    #[arg(long)]
+    analyze: bool,
+    /// Skip the HTTP and wasm figures.
+    #[arg(long)]
+    no_http: bool,
+    /// Apply FILE (SQL) after the migrations in every creditgate database:
+    /// measures a proposed change (bench/proposals/).
+    #[arg(long, value_name = "FILE")]
+    patch: Option<PathBuf>,
+    /// No bench: the migrations plus FILE, then the pgTAP suite and the
+    /// model-based concurrency test against the result.
+    #[arg(long, value_name = "FILE")]
+    patch_check: Option<PathBuf>,
 }
 
-pub fn main(args: &[String]) -> Result<()> {
-    let options = parse(args)?;
-    if options.runs == 0 {
-        return Ok(());
+impl BenchArgs {
+    fn options(self) -> Result<Options> {
+        let canonical = |path: Option<PathBuf>| -> Result<Option<PathBuf>> {
+            path.map(|path| std::fs::canonicalize(&path).with_context(|| format!("{}", path.display()))).transpose()
+        };
+        if self.runs == Some(0) {
+            bail!("--runs must be at least 1");
+        }
+        Ok(Options {
+            runs: self.runs.unwrap_or(if self.quick { 1 } else { 3 }),
+            seconds: self.seconds.unwrap_or(if self.quick { 3 } else { 6 }),
+            growth_rows: if self.quick { 100_000 } else { GROWTH_LEDGER_ROWS },
+            growth_keys: if self.quick { 10_000 } else { GROWTH_RATE_LIMIT_KEYS },
+            only: self.only,
+            analyze: self.analyze,
+            http: !self.no_http,
+            patch: canonical(self.patch)?,
+            patch_check: canonical(self.patch_check)?,
+            extra: self.extra,
+        })
     }
+}
+
+pub fn main(args: BenchArgs) -> Result<()> {
+    let options = args.options()?;
     crate::setup::ensure(crate::setup::Need::Database)?;
     if let Some(patch) = &options.patch_check {
         return check_patch(patch);
@@ -195,25 +191,14 @@ fn measure_sql(dir: &Path, options: &Options, report: &mut Report) -> Result<()>
 /// pin down. Migrations, then the patch, then pgTAP and the concurrency test.
 fn check_patch(patch: &Path) -> Result<()> {
     let root = crate::project_root();
-    let port = crate::reliability::free_ports(BENCH_PG_PORT + 1, 10, &[0])?;
+    let port = free_ports(BENCH_PG_PORT + 1, 10, &[0])?;
     let cluster = Cluster::start(&root.join("target/devstack/bench-check"), port, true)?;
     cluster.bootstrap("postgres")?;
     cluster.migrate("postgres")?;
     cluster.run_file("postgres", patch)?;
-    let mut files: Vec<PathBuf> = std::fs::read_dir(root.join("supabase/tests/database"))?
-        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
-        .filter(|path| {
-            let name = path.file_name().and_then(|name| name.to_str()).unwrap_or("");
-            name.ends_with(".sql") && name.starts_with(|c: char| c.is_ascii_digit())
-        })
-        .collect();
-    files.sort();
-    let status = Command::new("pg_prove")
-        .env("PGPASSWORD", crate::pg::PASSWORD)
-        .args(["-h", "127.0.0.1", "-U", "postgres", "-p", &cluster.port().to_string(), "-d", "postgres"])
-        .args(&files)
-        .status()?;
-    let concurrency = crate::checks::concurrency(&cluster, "postgres");
+    let files = pgtap_files(&root.join("supabase/tests/database"))?;
+    let status = pg_prove(&cluster, "postgres", &files)?;
+    let concurrency = crate::db_checks::model::concurrency(&cluster, "postgres");
     if let Err(error) = &concurrency {
         eprintln!("the concurrency test fails: {error:#}");
     }
@@ -229,7 +214,7 @@ fn check_patch(patch: &Path) -> Result<()> {
 /// run starts with an explicit CHECKPOINT instead), durability untouched
 /// (fsync and synchronous_commit stay on: commits wait for the disk).
 fn start_cluster(dir: &Path, analyze: bool) -> Result<Cluster> {
-    let port = crate::reliability::free_ports(BENCH_PG_PORT, 10, &[0])?;
+    let port = free_ports(BENCH_PG_PORT, 10, &[0])?;
     let mut cluster = Cluster::start(dir, port, true)?;
     let conf = cluster.data_dir().join("postgresql.conf");
     let mut text = std::fs::read_to_string(&conf)?;

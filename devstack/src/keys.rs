@@ -15,14 +15,27 @@
 //! Verification ([`verify_signature`], [`verify`]) takes a [`KeySet`]: the
 //! legacy secret and/or JWKs. It is used by the gateway (as PostgREST does
 //! with a JWKS as `jwt-secret`) and by the front proxy's `verify_jwt`.
+//!
+//! The signatures themselves (HMAC-SHA256/384/512 and ECDSA P-256) are
+//! `jsonwebtoken`'s ([`jsonwebtoken::crypto::sign`] and
+//! [`jsonwebtoken::crypto::verify`]). What stays hand-written, and why:
+//! - the compact form around them (header and payload in base64url): the
+//!   well-known anon and service-role keys must stay byte-identical, and
+//!   their header is `{"alg":"HS256","typ":"JWT"}` in that order, while
+//!   `jsonwebtoken::encode` writes `{"typ":"JWT","alg":"HS256"}`;
+//! - parsing a token and choosing its key: the gateway answers as PostgREST
+//!   (jose) does, with jose's error for each case (wrong number of parts,
+//!   `alg: none`, no usable key, bad signature, claims not an object) and
+//!   its time checks with a clock skew, which `jsonwebtoken::decode`'s
+//!   errors and `Validation` do not tell apart or express;
+//! - P-256 key generation and JWK export (p256): jsonwebtoken makes no keys.
 
 use anyhow::{bail, Context, Result};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use hmac::{Hmac, Mac};
-use p256::ecdsa::signature::{Signer, Verifier};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
+use p256::pkcs8::EncodePrivateKey;
 use serde_json::{json, Map, Value};
-use sha2::Sha256;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -48,13 +61,16 @@ pub fn sign(claims: &Value, secret: &str) -> String {
 
 /// Signs `claims` with HS256 and a secret given as bytes.
 pub fn sign_hs256(secret: &[u8], claims: &Value) -> String {
-    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-    let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
-    let signing_input = format!("{header}.{payload}");
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
-    mac.update(signing_input.as_bytes());
-    let signature = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
-    format!("{signing_input}.{signature}")
+    compact(br#"{"alg":"HS256","typ":"JWT"}"#, claims, &EncodingKey::from_secret(secret), Algorithm::HS256)
+}
+
+/// `header.payload.signature`, with the header exactly as given (see the
+/// module's notes on why not `jsonwebtoken::encode`).
+fn compact(header: &[u8], claims: &Value, key: &EncodingKey, algorithm: Algorithm) -> String {
+    let input = format!("{}.{}", URL_SAFE_NO_PAD.encode(header), URL_SAFE_NO_PAD.encode(claims.to_string()));
+    // HMAC takes any key, and an ES256 key is checked when it is made.
+    let signature = jsonwebtoken::crypto::sign(input.as_bytes(), key, algorithm).expect("a key that signs");
+    format!("{input}.{signature}")
 }
 
 /// The anon key `supabase start` prints.
@@ -76,6 +92,8 @@ pub fn service_role_key() -> String {
 pub struct SigningKey {
     kid: String,
     key: p256::ecdsa::SigningKey,
+    /// The same key for jsonwebtoken (PKCS#8 DER).
+    encoding: EncodingKey,
 }
 
 impl std::fmt::Debug for SigningKey {
@@ -87,10 +105,12 @@ impl std::fmt::Debug for SigningKey {
 impl SigningKey {
     /// A new random key with a random (UUID) `kid`, as Supabase's are.
     pub fn generate() -> SigningKey {
-        SigningKey {
-            kid: uuid::Uuid::new_v4().to_string(),
-            key: p256::ecdsa::SigningKey::random(&mut rand::rngs::OsRng),
-        }
+        SigningKey::new(uuid::Uuid::new_v4().to_string(), p256::ecdsa::SigningKey::random(&mut rand::rngs::OsRng))
+    }
+
+    fn new(kid: String, key: p256::ecdsa::SigningKey) -> SigningKey {
+        let der = key.to_pkcs8_der().expect("a P-256 key encodes as PKCS#8");
+        SigningKey { kid, encoding: EncodingKey::from_ec_der(der.as_bytes()), key }
     }
 
     pub fn kid(&self) -> &str {
@@ -156,7 +176,7 @@ impl SigningKey {
         }
         let d = URL_SAFE_NO_PAD.decode(field("d")?).context("d is not base64url")?;
         let key = p256::ecdsa::SigningKey::from_slice(&d).context("d is not a P-256 private key")?;
-        let signing = SigningKey { kid: field("kid")?.to_string(), key };
+        let signing = SigningKey::new(field("kid")?.to_string(), key);
         let public = signing.public_jwk();
         if public["x"] != jwk["x"] || public["y"] != jwk["y"] {
             bail!("x and y are not the public half of d");
@@ -197,13 +217,7 @@ impl SigningKey {
     /// `claims` as an ES256 JWT with header `{alg, typ, kid}`.
     pub fn sign(&self, claims: &Value) -> String {
         let header = json!({"alg": "ES256", "typ": "JWT", "kid": self.kid});
-        let input = format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(header.to_string()),
-            URL_SAFE_NO_PAD.encode(claims.to_string())
-        );
-        let signature: p256::ecdsa::Signature = self.key.sign(input.as_bytes());
-        format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature.to_bytes()))
+        compact(header.to_string().as_bytes(), claims, &self.encoding, Algorithm::ES256)
     }
 }
 
@@ -284,12 +298,60 @@ pub struct Key {
     pub material: Material,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub enum Material {
     /// An HMAC secret (`kty: oct`, or a plain secret).
     Oct(Vec<u8>),
     /// A P-256 public key (`kty: EC`, `crv: P-256`).
-    P256(p256::ecdsa::VerifyingKey),
+    P256(EcPublicKey),
+}
+
+/// A P-256 public key: its JWK coordinates (base64url) and jsonwebtoken's
+/// key for them.
+#[derive(Clone)]
+pub struct EcPublicKey {
+    pub x: String,
+    pub y: String,
+    decoding: DecodingKey,
+}
+
+impl EcPublicKey {
+    /// The key at (`x`, `y`), both base64url; an error unless it is a point
+    /// of P-256 (jsonwebtoken would only find out when verifying).
+    pub fn from_coordinates(x: &str, y: &str) -> Result<EcPublicKey> {
+        let mut point = vec![4u8];
+        for (name, coordinate) in [("x", x), ("y", y)] {
+            point.extend(
+                URL_SAFE_NO_PAD
+                    .decode(coordinate.trim_end_matches('='))
+                    .with_context(|| format!("the JWK's {name} is not base64url"))?,
+            );
+        }
+        let public = p256::ecdsa::VerifyingKey::from_sec1_bytes(&point).context("not a P-256 point")?;
+        Ok(EcPublicKey::from_verifying_key(&public))
+    }
+
+    fn from_verifying_key(public: &p256::ecdsa::VerifyingKey) -> EcPublicKey {
+        let point = public.to_encoded_point(false);
+        let x = URL_SAFE_NO_PAD.encode(point.x().expect("an uncompressed point"));
+        let y = URL_SAFE_NO_PAD.encode(point.y().expect("an uncompressed point"));
+        // A normalised JWK for jsonwebtoken: the KeySet reads the configured
+        // JWK itself, to keep PostgREST's leniency (extra members, `=`
+        // padding) and to refuse a point off the curve when it is read.
+        let jwk: jsonwebtoken::jwk::Jwk =
+            serde_json::from_value(json!({"kty": "EC", "crv": "P-256", "x": x, "y": y})).expect("an EC JWK");
+        let decoding = DecodingKey::from_jwk(&jwk).expect("coordinates just encoded");
+        EcPublicKey { x, y, decoding }
+    }
+}
+
+impl std::fmt::Debug for Material {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Material::Oct(_) => f.write_str("Oct(..)"),
+            Material::P256(key) => f.debug_struct("P256").field("x", &key.x).field("y", &key.y).finish(),
+        }
+    }
 }
 
 /// The keys a verifier accepts.
@@ -310,7 +372,7 @@ impl KeySet {
         set.keys.push(Key {
             kid: Some(signing.kid.clone()),
             alg: Some("ES256".into()),
-            material: Material::P256(*signing.key.verifying_key()),
+            material: Material::P256(EcPublicKey::from_verifying_key(signing.key.verifying_key())),
         });
         set
     }
@@ -335,10 +397,8 @@ impl KeySet {
             let material = match (text("kty"), text("crv")) {
                 (Some("oct"), _) => Material::Oct(decode("k")?),
                 (Some("EC"), Some("P-256")) => {
-                    let mut point = vec![4u8];
-                    point.extend(decode("x")?);
-                    point.extend(decode("y")?);
-                    Material::P256(p256::ecdsa::VerifyingKey::from_sec1_bytes(&point).context("not a P-256 point")?)
+                    let coordinate = |name: &str| text(name).with_context(|| format!("a JWK without {name}"));
+                    Material::P256(EcPublicKey::from_coordinates(coordinate("x")?, coordinate("y")?)?)
                 }
                 _ => continue,
             };
@@ -366,14 +426,7 @@ impl KeySet {
             .map(|key| {
                 let mut jwk = match &key.material {
                     Material::Oct(secret) => json!({"kty": "oct", "k": URL_SAFE_NO_PAD.encode(secret)}),
-                    Material::P256(public) => {
-                        let point = public.to_encoded_point(false);
-                        json!({
-                            "kty": "EC", "crv": "P-256",
-                            "x": URL_SAFE_NO_PAD.encode(point.x().expect("uncompressed")),
-                            "y": URL_SAFE_NO_PAD.encode(point.y().expect("uncompressed")),
-                        })
-                    }
+                    Material::P256(public) => json!({"kty": "EC", "crv": "P-256", "x": public.x, "y": public.y}),
                 };
                 if let Some(kid) = &key.kid {
                     jwk["kid"] = Value::String(kid.clone());
@@ -440,14 +493,10 @@ fn b64(part: &[u8]) -> Option<Vec<u8>> {
     URL_SAFE_NO_PAD.decode(&part[..end]).ok()
 }
 
-fn hmac_ok<M: Mac + hmac::digest::KeyInit>(secret: &[u8], input: &[u8], signature: &[u8]) -> bool {
-    match <M as Mac>::new_from_slice(secret) {
-        Ok(mut mac) => {
-            mac.update(input);
-            mac.verify_slice(signature).is_ok()
-        }
-        Err(_) => false,
-    }
+/// jsonwebtoken's check of `signature` (base64url) over `input`; HMACs
+/// are compared in constant time.
+fn signature_ok(key: &DecodingKey, algorithm: Algorithm, input: &[u8], signature: &str) -> bool {
+    jsonwebtoken::crypto::verify(signature, input, key, algorithm).unwrap_or(false)
 }
 
 /// Checks `token`'s signature against `keys` and returns its claims (no
@@ -469,7 +518,10 @@ pub fn verify_signature(keys: &KeySet, token: &[u8]) -> Result<Map<String, Value
     }
     let kid = header.get("kid").and_then(Value::as_str);
     let signing_input = &token[..parts[0].len() + 1 + parts[1].len()];
-    let signature = b64(parts[2]).ok_or(JwtError::InvalidSignature)?;
+    // Checked here (padding allowed, as jose does) so that a malformed
+    // signature is refused before any key is tried.
+    b64(parts[2]).ok_or(JwtError::InvalidSignature)?;
+    let signature = std::str::from_utf8(parts[2]).map_err(|_| JwtError::InvalidSignature)?.trim_end_matches('=');
     let mut usable = 0;
     let mut valid = false;
     for key in &keys.keys {
@@ -480,14 +532,13 @@ pub fn verify_signature(keys: &KeySet, token: &[u8]) -> Result<Map<String, Value
             continue;
         }
         let verdict = match (&key.material, alg) {
-            (Material::Oct(secret), "HS256") => Some(hmac_ok::<Hmac<sha2::Sha256>>(secret, signing_input, &signature)),
-            (Material::Oct(secret), "HS384") => Some(hmac_ok::<Hmac<sha2::Sha384>>(secret, signing_input, &signature)),
-            (Material::Oct(secret), "HS512") => Some(hmac_ok::<Hmac<sha2::Sha512>>(secret, signing_input, &signature)),
-            (Material::P256(public), "ES256") => Some(
-                p256::ecdsa::Signature::from_slice(&signature)
-                    .map(|signature| public.verify(signing_input, &signature).is_ok())
-                    .unwrap_or(false),
-            ),
+            (Material::Oct(secret), "HS256" | "HS384" | "HS512") => {
+                let algorithm = alg.parse().expect("an HMAC algorithm's name");
+                Some(signature_ok(&DecodingKey::from_secret(secret), algorithm, signing_input, signature))
+            }
+            (Material::P256(public), "ES256") => {
+                Some(signature_ok(&public.decoding, Algorithm::ES256, signing_input, signature))
+            }
             _ => None,
         };
         if let Some(ok) = verdict {
@@ -599,7 +650,7 @@ mod tests {
         let keys = KeySet::local(&key);
         let token = key.sign(&user_claims("i", "u", "e", 60));
         // Another key under the same kid: a bad signature.
-        let impostor = SigningKey { kid: key.kid().to_string(), key: SigningKey::generate().key };
+        let impostor = SigningKey::new(key.kid().to_string(), SigningKey::generate().key);
         assert_eq!(verify(&impostor.sign(&user_claims("i", "u", "e", 60)), &keys, now()), Err(JwtError::InvalidSignature));
         // Another kid: no key to check it with.
         assert_eq!(verify(&SigningKey::generate().sign(&user_claims("i", "u", "e", 60)), &keys, now()), Err(JwtError::NoUsableKeys));
@@ -621,11 +672,8 @@ mod tests {
         for secret in [public_jwk.as_bytes(), point.as_bytes()] {
             assert_eq!(verify(&sign_hs256(secret, &claims), &keys, now()), Err(JwtError::InvalidSignature));
             // With a kid naming the EC key, HS256 has no usable key at all.
-            let header = URL_SAFE_NO_PAD.encode(json!({"alg": "HS256", "kid": key.kid()}).to_string());
-            let input = format!("{header}.{}", URL_SAFE_NO_PAD.encode(claims.to_string()));
-            let mut mac = Hmac::<Sha256>::new_from_slice(secret).unwrap();
-            mac.update(input.as_bytes());
-            let forged = format!("{input}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()));
+            let header = json!({"alg": "HS256", "kid": key.kid()}).to_string();
+            let forged = compact(header.as_bytes(), &claims, &EncodingKey::from_secret(secret), Algorithm::HS256);
             assert!(verify(&forged, &keys, now()).is_err());
         }
     }

@@ -2,19 +2,25 @@
 //!
 //! - [`pg`]: an embedded, Supabase-compatible PostgreSQL cluster.
 //! - [`gateway`]: a PostgREST-compatible HTTP gateway (PostgREST v12 behaviour).
-//! - [`stack`]: `cargo dev up`, everything `supabase start` serves on :54321.
-//! - [`testrun`]: `cargo dev test`, every test the project has.
+//! - [`stack`]: `cargo dev up`, everything `supabase start` serves on :54321
+//!   (the stack, its front proxy, function runner and fake generator).
+//! - [`keys`]: the local JWT keys, and signing and verifying JWTs.
+//! - [`testrun`]: `cargo dev test`, every test the project has; its database
+//!   checks beyond pgTAP are in [`db_checks`], its HTTP ones in [`http_checks`].
+//! - [`bench`]: `cargo dev bench`.
 //! - [`setup`]: installs what a fresh machine is missing.
+//! - [`support`]: the plumbing these share (child processes, ports, a stack
+//!   served on a thread, pgTAP files, SQL quoting).
 
 pub mod bench;
-pub mod checks;
+pub mod db_checks;
 pub mod gateway;
+pub mod http_checks;
 pub mod keys;
-pub mod lots_check;
 pub mod pg;
-pub mod reliability;
 pub mod setup;
 pub mod stack;
+pub mod support;
 pub mod testrun;
 
 /// The project's root folder (the workspace holding `supabase/`).

@@ -1,32 +1,51 @@
 //! `cargo dev <command>`: see `devstack::` for what each command runs.
 
-const USAGE: &str = "usage: cargo dev <command>
+use clap::{Parser, Subcommand};
 
-commands:
-  up [--fresh]   run the local stack on 127.0.0.1:54321 (API) and :54322 (PostgreSQL)
-  test           run every test the project has (installs what is missing)
-  gateway        run the PostgREST-compatible gateway alone (PGRST_* variables)
-  setup          install what is missing, build nothing
-  bench          measure creditgate against the seed (pgbench, HTTP); writes target/devstack/bench.json
-";
+/// creditgate's local stack, tests and bench.
+#[derive(Parser)]
+#[command(name = "cargo dev", bin_name = "cargo dev")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the local stack on 127.0.0.1:54321 (API) and :54322 (PostgreSQL).
+    Up {
+        /// Start over: a new database and a new signing key.
+        #[arg(long)]
+        fresh: bool,
+    },
+    /// Run every test the project has (installs what is missing), or only
+    /// the named groups.
+    Test {
+        /// Test groups (db, rust, stack, js, wasm, function, e2e, page,
+        /// http, up); a group's prefix names it. None: every group.
+        #[arg(value_parser = devstack::testrun::parse_group)]
+        groups: Vec<String>,
+    },
+    /// Run the PostgREST-compatible gateway alone (PGRST_* variables).
+    Gateway,
+    /// Install what is missing, build nothing.
+    Setup,
+    /// Measure creditgate against the seed (pgbench, HTTP); writes
+    /// target/devstack/bench.json.
+    Bench(devstack::bench::BenchArgs),
+}
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let command = args.first().map(String::as_str).unwrap_or("");
-    let rest = &args[args.len().min(1)..];
-    let outcome = match command {
-        "up" => devstack::stack::main(rest),
-        "test" => devstack::testrun::main(rest),
-        "gateway" => devstack::gateway::main(rest),
-        "setup" => devstack::setup::main(rest),
-        "bench" => devstack::bench::main(rest),
-        _ => {
-            eprint!("{USAGE}");
-            std::process::exit(2);
-        }
+    let cli = Cli::parse();
+    let (name, outcome) = match cli.command {
+        Command::Up { fresh } => ("up", devstack::stack::main(fresh)),
+        Command::Test { groups } => ("test", devstack::testrun::main(&groups)),
+        Command::Gateway => ("gateway", devstack::gateway::main()),
+        Command::Setup => ("setup", devstack::setup::main()),
+        Command::Bench(args) => ("bench", devstack::bench::main(args)),
     };
     if let Err(error) = outcome {
-        eprintln!("cargo dev {command}: {error:#}");
+        eprintln!("cargo dev {name}: {error:#}");
         std::process::exit(1);
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! Every step first checks whether its tool is already there, so a warm
 //! machine pays only for the checks. Sources: Debian's packages, crates.io and
-//! the npm registry (the only registries reachable here); see TOOLCHAIN facts
-//! in the README.
+//! the npm registry (the registries reachable on this machine kind; GitHub
+//! downloads are not, so nothing here may fall back to them: wasm-pack must
+//! find a wasm-opt and a wasm-bindgen-cli of the locked version on PATH).
 
 use anyhow::{bail, Context, Result};
 use std::path::Path;
@@ -20,7 +21,7 @@ pub enum Need {
     Everything,
 }
 
-pub fn main(_args: &[String]) -> Result<()> {
+pub fn main() -> Result<()> {
     ensure(Need::Everything)
 }
 

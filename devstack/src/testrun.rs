@@ -6,8 +6,10 @@
 
 use crate::pg::Cluster;
 use crate::setup::Need;
+use crate::support::{pg_prove, pgtap_files, wait_for_port, ServedStack};
+use crate::{db_checks, http_checks};
 use anyhow::{bail, Context, Result};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
@@ -17,41 +19,43 @@ use std::time::Instant;
 /// The test cluster's port.
 pub const TEST_PG_PORT: u16 = 24332;
 
-pub fn main(args: &[String]) -> Result<()> {
-    let only: Vec<&str> = args.iter().map(String::as_str).collect();
+/// The test groups `cargo dev test [groups...]` takes, with what each runs.
+pub const GROUPS: &[(&str, &str)] = &[
+    ("db", "migrations, pgTAP, upgrades, concurrency, cron, privileges, crash"),
+    ("rust", "cargo test: crate units, devstack units, gateway conformance"),
+    ("stack", "build the package and start the test stack (no suite of its own)"),
+    ("js", "the packed package from Node, Deno and Chromium"),
+    ("wasm", "wasm-pack test --headless --chrome"),
+    ("function", "the Edge Function's types and handler under Deno"),
+    ("e2e", "supabase-js against the stack"),
+    ("page", "the demo page in headless Chromium"),
+    ("http", "hostile input, hostile tokens, SIGKILL, on a stack of its own"),
+    ("up", "`cargo dev up`, Ctrl-C, a restart"),
+];
+
+/// A group named on the command line: one of [`GROUPS`] or the start of
+/// one (`cargo dev test func`); anything else is refused.
+pub fn parse_group(name: &str) -> Result<String, String> {
+    if !name.is_empty() && GROUPS.iter().any(|(group, _)| group.starts_with(name)) {
+        return Ok(name.to_string());
+    }
+    let known: Vec<String> = GROUPS.iter().map(|(group, what)| format!("  {group:<9} {what}")).collect();
+    Err(format!("no test group is called {name:?}; the groups are:\n{}", known.join("\n")))
+}
+
+/// `cargo dev test [groups...]`: every group, or the named ones.
+pub fn main(groups: &[String]) -> Result<()> {
+    for group in groups {
+        parse_group(group).map_err(anyhow::Error::msg)?;
+    }
+    let only: Vec<&str> = groups.iter().map(String::as_str).collect();
     let database_only = !only.is_empty() && only.iter().all(|name| name.starts_with("db"));
     crate::setup::ensure(if database_only { Need::Database } else { Need::Everything })?;
     let mut run = Run::default();
     let root = crate::project_root();
     let wanted = |name: &str| only.is_empty() || only.iter().any(|o| name.starts_with(o));
     if wanted("db") {
-        let cluster = Cluster::start(&root.join("target/devstack/test-pg"), TEST_PG_PORT, true)?;
-        run.suite("db: migrations on a fresh database, three times over", || fresh_migrations(&cluster));
-        run.suite("db: pgTAP (supabase/tests/database)", || {
-            pg_prove(&cluster, FRESH, &root.join("supabase/tests/database"))
-        });
-        run.suite("db: legacy upgrade, from before the seed (tests/upgrade)", || {
-            legacy_upgrade(&cluster, "legacy", &root.join("tests/upgrade"))
-        });
-        run.suite("db: legacy upgrade, the seed half applied (tests/upgrade/seed-half-applied)", || {
-            legacy_upgrade(&cluster, "seed_half_applied", &root.join("tests/upgrade/seed-half-applied"))
-        });
-        run.suite("db: concurrency", || crate::checks::concurrency(&cluster, FRESH));
-        run.suite("db: concurrency, credit lots (spending order, settlements, expiry, revokes) against a model", || {
-            crate::lots_check::lots_concurrency(&cluster, FRESH)
-        });
-        run.suite("db: concurrency, charges under two shared limits (charge_credits_with_limits)", || {
-            crate::reliability::multi_limit_concurrency(&cluster, FRESH)
-        });
-        run.suite("db: pg_cron runs the sweeper and the cleanup (cron.job_run_details: succeeded)", || {
-            crate::reliability::cron_runs(&cluster, FRESH)
-        });
-        run.suite("db: privileges, every function and table tried as each role", || {
-            crate::reliability::privilege_sweep(&cluster, FRESH)
-        });
-        run.suite("db: PostgreSQL immediate shutdown under charges, twice: no credit lost or created", || {
-            crate::reliability::postgres_crash()
-        });
+        db_suites(&mut run)?;
     }
     if wanted("rust") {
         run.suite("rust: cargo test (crate units, devstack units, gateway conformance)", || {
@@ -68,22 +72,55 @@ pub fn main(args: &[String]) -> Result<()> {
     }
     if wanted("http") {
         // A stack of its own: the SIGKILL suite kills parts of it.
-        let http = crate::reliability::HttpStack::start();
+        let http = http_checks::HttpStack::start();
         let stack = || http.as_ref().map_err(|error| anyhow::anyhow!("the stack did not start: {error:#}"));
         run.suite("http: hostile input against every route: no 5xx, no change on a 4xx", || {
-            crate::reliability::hostile_input(stack()?)
+            http_checks::hostile_input(stack()?)
         });
         run.suite("http: hostile tokens and another user's job: refused, nothing changed", || {
-            crate::reliability::tokens(stack()?)
+            http_checks::tokens(stack()?)
         });
         run.suite("http: SIGKILL of the function runtime and the gateway under charges: no credit lost", || {
-            crate::reliability::sigkill(stack()?)
+            http_checks::sigkill(stack()?)
         });
     }
     if wanted("up") {
         run.suite("stack: `cargo dev up`, Ctrl-C leaves nothing behind, data survives a restart", up_and_interrupt);
     }
     run.finish()
+}
+
+/// The database suites, on a fresh private cluster.
+fn db_suites(run: &mut Run) -> Result<()> {
+    let root = crate::project_root();
+    let cluster = Cluster::start(&root.join("target/devstack/test-pg"), TEST_PG_PORT, true)?;
+    run.suite("db: migrations on a fresh database, three times over", || fresh_migrations(&cluster));
+    run.suite("db: pgTAP (supabase/tests/database)", || {
+        prove_dir(&cluster, FRESH, &root.join("supabase/tests/database"))
+    });
+    run.suite("db: legacy upgrade, from before the seed (tests/upgrade)", || {
+        legacy_upgrade(&cluster, "legacy", &root.join("tests/upgrade"))
+    });
+    run.suite("db: legacy upgrade, the seed half applied (tests/upgrade/seed-half-applied)", || {
+        legacy_upgrade(&cluster, "seed_half_applied", &root.join("tests/upgrade/seed-half-applied"))
+    });
+    run.suite("db: concurrency", || db_checks::model::concurrency(&cluster, FRESH));
+    run.suite("db: concurrency, credit lots (spending order, settlements, expiry, revokes) against a model", || {
+        db_checks::lots_model::lots_concurrency(&cluster, FRESH)
+    });
+    run.suite("db: concurrency, charges under two shared limits (charge_credits_with_limits)", || {
+        db_checks::limits_model::multi_limit_concurrency(&cluster, FRESH)
+    });
+    run.suite("db: pg_cron runs the sweeper and the cleanup (cron.job_run_details: succeeded)", || {
+        db_checks::cron::cron_runs(&cluster, FRESH)
+    });
+    run.suite("db: privileges, every function and table tried as each role", || {
+        db_checks::privileges::privilege_sweep(&cluster, FRESH)
+    });
+    run.suite("db: PostgreSQL immediate shutdown under charges, twice: no credit lost or created", || {
+        db_checks::crash::postgres_crash()
+    });
+    Ok(())
 }
 
 /// The test stack's options: its own ports and data, beside a developer's.
@@ -114,20 +151,9 @@ fn stack_suites(run: &mut Run, wanted: &dyn Fn(&str) -> bool) -> Result<()> {
     std::env::set_var(crate::stack::EXTRA_FUNCTIONS_ENV, root.join("tests/e2e/supabase"));
     let stack = crate::stack::Stack::start(&options);
     std::env::remove_var(crate::stack::EXTRA_FUNCTIONS_ENV);
-    let stack = std::sync::Arc::new(stack?);
-    let serving = stack.clone();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
-        let result = runtime.block_on(serving.serve_until(async {
-            let _ = stopped.await;
-        }));
-        if let Err(error) = result {
-            eprintln!("test stack stopped: {error:#}");
-        }
-    });
-    wait_for_http(options.api_port)?;
-    let env = vec![
+    let served = ServedStack::serve(stack?, "test stack", STACK_START_TIMEOUT)?;
+    let stack = served.stack();
+    let env = [
         ("CREDITGATE_URL", options.api_url()),
         ("CREDITGATE_ANON_KEY", crate::keys::anon_key()),
         ("CREDITGATE_SERVICE_ROLE_KEY", crate::keys::service_role_key()),
@@ -138,12 +164,32 @@ fn stack_suites(run: &mut Run, wanted: &dyn Fn(&str) -> bool) -> Result<()> {
         ("CREDITGATE_DB_URL", stack.cluster().url("postgres", "postgres")),
         ("PATH", crate::setup::tool_path()),
     ];
+    for (group, name, mut command) in stack_suite_commands(&root) {
+        if !wanted(group) {
+            continue;
+        }
+        // `cargo run` sets LD_LIBRARY_PATH for us; Deno refuses to spawn
+        // (psql) with it set unless given every run permission.
+        command
+            .current_dir(&root)
+            .env_remove("LD_LIBRARY_PATH")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+        run.suite(name, || crate::setup::run(&mut command));
+    }
+    // The stack's processes stop here.
+    drop(served);
+    Ok(())
+}
+
+/// The stack suites' commands: (group, suite name, command), in the order
+/// they run.
+fn stack_suite_commands(root: &Path) -> Vec<(&'static str, &'static str, Command)> {
     let script = |path: &str| {
         let mut command = Command::new("bash");
         command.arg(root.join(path));
         command
     };
-    let suites: Vec<(&str, &str, Command)> = vec![
+    vec![
         ("js", "js: the packed package from Node, Deno and Chromium (tests/js/run.sh)", script("tests/js/run.sh")),
         ("wasm", "wasm: wasm-pack test --headless --chrome (tests/wasm/run.sh)", script("tests/wasm/run.sh")),
         ("function", "function: the Edge Function's types and handler under Deno (tests/function)", {
@@ -165,32 +211,11 @@ fn stack_suites(run: &mut Run, wanted: &dyn Fn(&str) -> bool) -> Result<()> {
             command.args(["--experimental-websocket", "--test"]).arg(root.join("tests/page"));
             command
         }),
-    ];
-    for (group, name, mut command) in suites {
-        if !wanted(group) {
-            continue;
-        }
-        // `cargo run` sets LD_LIBRARY_PATH for us; Deno refuses to spawn
-        // (psql) with it set unless given every run permission.
-        command
-            .current_dir(&root)
-            .env_remove("LD_LIBRARY_PATH")
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())));
-        run.suite(name, || crate::setup::run(&mut command));
-    }
-    let _ = stop.send(());
-    let _ = server.join();
-    // The last reference: the stack's processes stop here.
-    drop(stack);
-    Ok(())
+    ]
 }
 
 /// `cargo dev up` builds the package first, which takes minutes cold.
 const STACK_START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(900);
-
-fn wait_for_http(port: u16) -> Result<()> {
-    crate::stack::wait_for_port(port, None, None, STACK_START_TIMEOUT)
-}
 
 /// Runs `cargo dev up` as a newcomer would, spends some of the demo user's
 /// credits, interrupts it as Ctrl-C does, and checks that every port is free
@@ -255,7 +280,7 @@ fn up_once<T>(data_dir: &Path, ports: [u16; 4], fresh: bool, body: impl FnOnce(u
         .env("CREDITGATE_FUNCTIONS_PORT", ports[3].to_string())
         .env("CREDITGATE_DATA_DIR", data_dir)
         .spawn()?;
-    let outcome = crate::stack::wait_for_port(ports[0], Some(&mut child), None, STACK_START_TIMEOUT).and_then(|()| body(ports[0]));
+    let outcome = wait_for_port(ports[0], Some(&mut child), None, STACK_START_TIMEOUT).and_then(|()| body(ports[0]));
     // SAFETY: SIGINT to our own child, as a terminal's Ctrl-C sends it.
     unsafe {
         libc::kill(child.id() as libc::pid_t, libc::SIGINT);
@@ -421,27 +446,12 @@ fn legacy_upgrade(cluster: &Cluster, database: &str, dir: &Path) -> Result<()> {
     if again != first {
         bail!("the second run changed the upgraded schema or data:\n{}", diff(&first, &again));
     }
-    pg_prove(cluster, database, dir)
+    prove_dir(cluster, database, dir)
 }
 
 /// Runs every `NN-*.sql` pgTAP file in `dir` with pg_prove.
-fn pg_prove(cluster: &Cluster, database: &str, dir: &Path) -> Result<()> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
-        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
-        .filter(|path| {
-            let name = path.file_name().and_then(|name| name.to_str()).unwrap_or("");
-            name.ends_with(".sql") && name.starts_with(|c: char| c.is_ascii_digit())
-        })
-        .collect();
-    files.sort();
-    if files.is_empty() {
-        bail!("no pgTAP files in {}", dir.display());
-    }
-    let status = Command::new("pg_prove")
-        .env("PGPASSWORD", crate::pg::PASSWORD)
-        .args(["-h", "127.0.0.1", "-U", "postgres", "-p", &cluster.port().to_string(), "-d", database])
-        .args(&files)
-        .status()?;
+fn prove_dir(cluster: &Cluster, database: &str, dir: &Path) -> Result<()> {
+    let status = pg_prove(cluster, database, &pgtap_files(dir)?)?;
     if !status.success() {
         bail!("pg_prove failed ({status})");
     }
@@ -453,4 +463,21 @@ fn diff(a: &str, b: &str) -> String {
     let only_a = a.lines().filter(|line| !b.contains(line)).map(|line| format!("- {line}"));
     let only_b = b.lines().filter(|line| !a.contains(line)).map(|line| format!("+ {line}"));
     only_a.chain(only_b).take(40).collect::<Vec<_>>().join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{parse_group, GROUPS};
+
+    #[test]
+    fn groups_and_their_prefixes_are_accepted_anything_else_refused() {
+        for (group, _) in GROUPS {
+            assert_eq!(parse_group(group).as_deref(), Ok(*group));
+        }
+        assert!(parse_group("func").is_ok());
+        for wrong in ["", "tyop", "nosuchgroup", "dbx", "e2e2"] {
+            let error = parse_group(wrong).unwrap_err();
+            assert!(error.contains("db") && error.contains("up"), "{error}");
+        }
+    }
 }

@@ -105,7 +105,8 @@ impl Api {
             return match route {
                 Route::Complete(job_id) => self.complete(request, job_id, trace).await,
                 Route::Refund(job_id) => self.refund(request, job_id, trace).await,
-                _ => self.grant(request).await,
+                Route::Grant => self.grant(request).await,
+                _ => self.lots_service_route(request, route).await,
             };
         }
         if let (Route::Job(job_id), Caller::Service) = (route, caller) {
@@ -137,7 +138,9 @@ impl Api {
             }
             Route::Jobs => self.jobs(request, user).await,
             Route::Ledger => self.ledger(request, user).await,
-            Route::Complete(_) | Route::Refund(_) | Route::Grant => {
+            Route::Lots => self.lots(request, user).await,
+            Route::Events => self.events(request, user).await,
+            _ => {
                 Err(ApiError::forbidden("this route is for the service role"))
             }
         }
@@ -482,5 +485,6 @@ fn settled_failure(error: ApiError, charged: &ChargeResult, refunded_balance: Op
     error
 }
 
+mod lots;
 #[cfg(test)]
 mod tests;

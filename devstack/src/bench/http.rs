@@ -15,6 +15,7 @@
 
 use super::{median, Options};
 use crate::stack::{Options as StackOptions, Stack};
+use crate::support::{build_package_retrying, die_with_parent, free_ports, terminate, wait_for_port, ServedStack};
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -97,12 +98,7 @@ pub fn measure(root: &Path, options: &Options) -> Result<Figures> {
         bail!("no Edge Function at supabase/functions/credits/index.ts");
     }
     crate::setup::ensure(crate::setup::Need::Stack)?;
-    // Another build of the package at the same moment can make this one
-    // fail (they share pkg/): once more after a pause.
-    if crate::stack::build_package().is_err() {
-        std::thread::sleep(Duration::from_secs(5));
-        crate::stack::build_package()?;
-    }
+    build_package_retrying()?;
     let package = root.join("supabase/functions/credits/pkg");
     let package = if package.join("creditgate_bg.wasm").exists() { package } else { root.join("pkg") };
     let wasm = package.join("creditgate_bg.wasm");
@@ -115,7 +111,7 @@ pub fn measure(root: &Path, options: &Options) -> Result<Figures> {
     for (name, value) in limits {
         std::env::set_var(name, value);
     }
-    let base = crate::reliability::free_ports(54621, 100, &[0, 1, 9, 10, 11])?;
+    let base = free_ports(54621, 100, &[0, 1, 9, 10, 11])?;
     let stack_options = StackOptions {
         api_port: base,
         db_port: base + 1,
@@ -124,70 +120,12 @@ pub fn measure(root: &Path, options: &Options) -> Result<Figures> {
         data_dir: root.join("target/devstack/bench-stack"),
         fresh: true,
     };
-    let stack = Arc::new(Stack::start(&stack_options)?);
-    let serving = stack.clone();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
-        let result = runtime.block_on(serving.serve_until(async {
-            let _ = stopped.await;
-        }));
-        if let Err(error) = result {
-            eprintln!("bench stack stopped: {error:#}");
-        }
-    });
+    let served = ServedStack::serve(Stack::start(&stack_options)?, "bench stack", PORT_TIMEOUT)?;
+    let stack = served.stack();
     let deno_port = base + 11;
-    let outcome = (|| {
-        wait_for_port(stack_options.api_port)?;
-        let users = make_users(&stack)?;
-        let _functions = DenoFunctions::start(root, &stack_options, deno_port)?;
-        wait_for_port(deno_port)?;
-        let targets = [
-            ("wasm: credits (Rust -> wasm)", format!("http://127.0.0.1:{deno_port}/credits/charge")),
-            ("TypeScript: credits_ts (hand-written)", format!("http://127.0.0.1:{deno_port}/credits_ts/charge")),
-        ];
-        let runtime = tokio::runtime::Runtime::new()?;
-        let mut runs: Vec<Vec<Run>> = vec![Vec::new(), Vec::new()];
-        for (label, url) in &targets {
-            eprintln!("  warm-up {label}");
-            runtime.block_on(load(url, &users, WARM_UP))?;
-        }
-        for round in 0..options.runs {
-            let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
-            for index in order {
-                let (label, url) = &targets[index];
-                let run = runtime.block_on(load(url, &users, Duration::from_secs(u64::from(options.seconds))))?;
-                eprintln!(
-                    "  {label:<40} run {}: {:>8.1} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  errors {}",
-                    round + 1,
-                    run.rps,
-                    run.p50_ms,
-                    run.p99_ms,
-                    run.errors
-                );
-                runs[index].push(run);
-            }
-        }
-        let through_proxy = format!("{}/functions/v1/credits/charge", stack_options.api_url());
-        let label = "wasm via the API gateway (front proxy)";
-        runtime.block_on(load(&through_proxy, &users, WARM_UP))?;
-        let mut proxy_runs = Vec::new();
-        for round in 0..options.runs {
-            let run = runtime.block_on(load(&through_proxy, &users, Duration::from_secs(u64::from(options.seconds))))?;
-            eprintln!("  {label:<40} run {}: {:>8.1} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms", round + 1, run.rps, run.p50_ms, run.p99_ms);
-            proxy_runs.push(run);
-        }
-        let mut series: Vec<Series> = targets
-            .iter()
-            .zip(runs)
-            .map(|((label, url), runs)| summarize(label, url, runs))
-            .collect();
-        series.push(summarize(label, &through_proxy, proxy_runs));
-        anyhow::Ok(series)
-    })();
-    let _ = stop.send(());
-    let _ = server.join();
-    drop(stack);
+    let outcome = charge_rates(root, options, stack, &stack_options, deno_port);
+    // The stack's processes stop here.
+    drop(served);
     for (name, _) in limits {
         std::env::remove_var(name);
     }
@@ -203,6 +141,56 @@ pub fn measure(root: &Path, options: &Options) -> Result<Figures> {
         wasm_vs_ts,
         met: wasm_vs_ts >= 0.95,
     })
+}
+
+/// The charge rates: the wasm and TypeScript functions side by side on one
+/// Deno (alternating runs), then the wasm one through the front proxy.
+fn charge_rates(root: &Path, options: &Options, stack: &Stack, stack_options: &StackOptions, deno_port: u16) -> Result<Vec<Series>> {
+    let users = make_users(stack)?;
+    let _functions = DenoFunctions::start(root, stack_options, deno_port)?;
+    wait_for_port(deno_port, None, None, PORT_TIMEOUT)?;
+    let targets = [
+        ("wasm: credits (Rust -> wasm)", format!("http://127.0.0.1:{deno_port}/credits/charge")),
+        ("TypeScript: credits_ts (hand-written)", format!("http://127.0.0.1:{deno_port}/credits_ts/charge")),
+    ];
+    let runtime = tokio::runtime::Runtime::new()?;
+    let mut runs: Vec<Vec<Run>> = vec![Vec::new(), Vec::new()];
+    for (label, url) in &targets {
+        eprintln!("  warm-up {label}");
+        runtime.block_on(load(url, &users, WARM_UP))?;
+    }
+    for round in 0..options.runs {
+        let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for index in order {
+            let (label, url) = &targets[index];
+            let run = runtime.block_on(load(url, &users, Duration::from_secs(u64::from(options.seconds))))?;
+            eprintln!(
+                "  {label:<40} run {}: {:>8.1} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  errors {}",
+                round + 1,
+                run.rps,
+                run.p50_ms,
+                run.p99_ms,
+                run.errors
+            );
+            runs[index].push(run);
+        }
+    }
+    let through_proxy = format!("{}/functions/v1/credits/charge", stack_options.api_url());
+    let label = "wasm via the API gateway (front proxy)";
+    runtime.block_on(load(&through_proxy, &users, WARM_UP))?;
+    let mut proxy_runs = Vec::new();
+    for round in 0..options.runs {
+        let run = runtime.block_on(load(&through_proxy, &users, Duration::from_secs(u64::from(options.seconds))))?;
+        eprintln!("  {label:<40} run {}: {:>8.1} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms", round + 1, run.rps, run.p50_ms, run.p99_ms);
+        proxy_runs.push(run);
+    }
+    let mut series: Vec<Series> = targets
+        .iter()
+        .zip(runs)
+        .map(|((label, url), runs)| summarize(label, url, runs))
+        .collect();
+    series.push(summarize(label, &through_proxy, proxy_runs));
+    Ok(series)
 }
 
 fn summarize(label: &str, url: &str, runs: Vec<Run>) -> Series {
@@ -288,18 +276,14 @@ impl DenoFunctions {
             .env("SUPABASE_URL", stack.api_url())
             .env("SUPABASE_ANON_KEY", crate::keys::anon_key())
             .env("SUPABASE_SERVICE_ROLE_KEY", crate::keys::service_role_key())
-            .env("CREDITGATE_JWT_SECRET", crate::keys::JWT_SECRET)
+            // As on a project with signing keys: the JWKS inline, no legacy
+            // secret (both handlers verify the ES256 user tokens with it).
+            .env("SUPABASE_JWKS", crate::keys::current_key().jwks().to_string())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        // SAFETY: prctl is async-signal-safe; the child goes when we go.
-        unsafe {
-            use std::os::unix::process::CommandExt;
-            command.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
-            });
-        }
+        // The child goes when we go.
+        die_with_parent(&mut command);
         let child = command.spawn().context("start deno with credits and credits_ts")?;
         Ok(DenoFunctions { child })
     }
@@ -307,23 +291,12 @@ impl DenoFunctions {
 
 impl Drop for DenoFunctions {
     fn drop(&mut self) {
-        // SAFETY: a signal to our own child.
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
-        }
-        let _ = self.child.wait();
+        terminate(&mut self.child);
     }
 }
 
-fn wait_for_port(port: u16) -> Result<()> {
-    for _ in 0..600 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    bail!("nothing listens on 127.0.0.1:{port}")
-}
+/// How long the stack's API and the bench's Deno get to listen.
+const PORT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// `CONNECTIONS` clients POSTing charges to `url` for `duration`: each
 /// request a random user's token, a fresh Idempotency-Key and

@@ -245,6 +245,18 @@ fn range_status(range: Range, page_total: i64, total: Option<i64>) -> (u16, Stri
     (status, format!("{range_text}/{total_text}"))
 }
 
+/// A read's body: PostgREST's out-of-range error on a 416, nothing for a
+/// HEAD (or a GET-like `read` RPC asking for headers only), else the rows.
+fn read_body(status: u16, headers_only: bool, range: Range, rs: &db::ResultSet) -> Bytes {
+    if status == 416 {
+        out_of_bounds(range, rs.total)
+    } else if headers_only {
+        Bytes::new()
+    } else {
+        Bytes::from(rs.body.clone())
+    }
+}
+
 fn out_of_bounds(range: Range, total: Option<i64>) -> Bytes {
     let e = ApiError::invalid_range(Value::String(format!(
         "An offset of {} was requested, but there are only {} rows.",
@@ -335,14 +347,7 @@ async fn call_routine(
         (204, headers, Bytes::new())
     } else {
         headers.extend(content_headers(req, &media));
-        let body = if status == 416 {
-            out_of_bounds(range, rs.total)
-        } else if headers_only {
-            Bytes::new()
-        } else {
-            Bytes::from(rs.body.clone())
-        };
-        (status, headers, body)
+        (status, headers, read_body(status, headers_only, range, &rs))
     };
     let (status, headers) = apply_gucs(&rs, status, headers)?;
     Ok(Resp { status, status_text: None, headers, body })
@@ -378,13 +383,7 @@ async fn read_table(
     let mut headers = vec![("Content-Range".to_string(), content_range), ("Content-Location".to_string(), location)];
     headers.extend(content_headers(req, &media));
     headers.extend(req.prefs.applied_read(false).map(|v| ("Preference-Applied".to_string(), v)));
-    let body = if status == 416 {
-        out_of_bounds(range, rs.total)
-    } else if headers_only {
-        Bytes::new()
-    } else {
-        Bytes::from(rs.body.clone())
-    };
+    let body = read_body(status, headers_only, range, &rs);
     let (status, headers) = apply_gucs(&rs, status, headers)?;
     Ok(Resp { status, status_text: None, headers, body })
 }

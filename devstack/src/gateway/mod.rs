@@ -46,7 +46,7 @@ pub async fn serve(config: Config, listener: tokio::net::TcpListener) -> anyhow:
 
 /// `cargo dev gateway`: PostgREST's variables from the environment, serve
 /// until SIGINT or SIGTERM.
-pub fn main(_args: &[String]) -> anyhow::Result<()> {
+pub fn main() -> anyhow::Result<()> {
     let config = Config::from_env()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {

@@ -79,10 +79,7 @@ impl Sql {
 }
 
 /// A double-quoted identifier (`"a""b"`), cut at NUL.
-pub fn ident(s: &str) -> String {
-    let s = s.split('\0').next().unwrap_or_default();
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
+pub use crate::support::quote_ident as ident;
 
 pub fn qualified(schema: &str, name: &str) -> String {
     format!("{}.{}", ident(schema), ident(name))

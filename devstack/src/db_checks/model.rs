@@ -26,13 +26,14 @@
 //! a failed charge gave its unit back); `verify_credit_ledger()` is empty.
 
 use crate::pg::Cluster;
+use crate::support::{connect, sqlstate};
 use anyhow::{anyhow, bail, Context, Result};
 use chrono::{DateTime, Utc};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 use uuid::Uuid;
 
 const SESSIONS: usize = 16;
@@ -152,14 +153,9 @@ pub fn concurrency(cluster: &Cluster, database: &str) -> Result<()> {
     tokio::runtime::Runtime::new()?.block_on(run(url))
 }
 
-pub(crate) async fn connect(url: &str) -> Result<Client> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(client)
-}
-
+// Every session has finished: nothing else takes the lock while it is held
+// across these awaits.
+#[allow(clippy::await_holding_lock)]
 async fn run(url: String) -> Result<()> {
     let admin = connect(&url).await?;
     let users: Vec<Uuid> = (0..USERS).map(|_| Uuid::new_v4()).collect();
@@ -300,11 +296,6 @@ async fn check_jobs(admin: &Client, users: &[Uuid], model: &Model) -> Result<()>
     Ok(())
 }
 
-/// The SQLSTATE of a database error, if it is one.
-pub(crate) fn sqlstate(error: &tokio_postgres::Error) -> Option<String> {
-    error.as_db_error().map(|db| db.code().code().to_string())
-}
-
 /// One random operation. Each arm lists the business errors it may meet;
 /// any other error fails the check.
 async fn operate(client: &Client, rng: &mut StdRng, user: Uuid, model: &Shared) -> Result<()> {
@@ -327,7 +318,7 @@ async fn operate(client: &Client, rng: &mut StdRng, user: Uuid, model: &Shared) 
                 let key_number = rng.gen_range(0..KEYS_PER_USER);
                 let key = format!("charge-{key_number}");
                 let cost = 1 + (key_number % 7) as i32;
-                let hold_seconds = if key_number % 5 == 0 { 1 } else { 900 };
+                let hold_seconds = if key_number.is_multiple_of(5) { 1 } else { 900 };
                 let row = client
                     .query_one(
                         "SELECT job_id, new_balance, replayed, expires_at
@@ -358,7 +349,7 @@ async fn operate(client: &Client, rng: &mut StdRng, user: Uuid, model: &Shared) 
                 if let Some(key) = used {
                     let key_number: u32 = key.trim_start_matches("charge-").parse().unwrap_or(0);
                     let other_cost = 100 + (key_number % 7) as i32;
-                    let hold_seconds = if key_number % 5 == 0 { 1 } else { 900 };
+                    let hold_seconds = if key_number.is_multiple_of(5) { 1 } else { 900 };
                     let row = client
                         .query_one(
                             "SELECT job_id FROM public.charge_credits($1, 'image', $2, $3, '{}'::jsonb, $4)",

@@ -1,14 +1,15 @@
-//! Reliability over HTTP, against a local stack of its own: hostile input
-//! against every route, hostile tokens, and SIGKILL of the function runtime
-//! and of the gateway in the middle of charges.
+//! Checks over HTTP of `cargo dev test http`, against a local stack of its
+//! own: hostile input against every route ([`hostile_input`]), hostile
+//! [`tokens`], and [`sigkill`] of the function runtime and of the gateway in
+//! the middle of charges.
 //!
 //! The stack is `cargo dev up`'s (PostgreSQL, the PostgREST-compatible
 //! gateway, the front proxy, the functions under Deno), started on its own
 //! ports and data folder. Requests go where an app sends them:
 //! `/functions/v1/credits/...` and `/rest/v1/...` on the API port.
 
-use crate::checks::connect;
 use crate::stack::{Options as StackOptions, Stack};
+use crate::support::{build_package_retrying, connect, die_with_parent, free_ports, terminate, wait_for_port, ServedStack};
 use anyhow::{anyhow, bail, Context, Result};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -21,7 +22,6 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -33,10 +33,8 @@ type HttpClient = Client<HttpConnector, Full<Bytes>>;
 /// A local stack for these suites, stopped on drop (with any process the
 /// SIGKILL suite started again in place of a killed one).
 pub struct HttpStack {
-    stack: Option<Arc<Stack>>,
+    served: Option<ServedStack>,
     options: StackOptions,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    server: Option<std::thread::JoinHandle<()>>,
     respawned: Mutex<Vec<Child>>,
 }
 
@@ -45,13 +43,8 @@ impl HttpStack {
     /// the thread that spawns them). Limits are set high so that the load of
     /// the SIGKILL suite is not refused; the hostile suite sets its own.
     pub fn start() -> Result<HttpStack> {
-        // Another build of the package at the same moment can make this one
-        // fail (they share pkg/): once more after a pause.
-        if crate::stack::build_package().is_err() {
-            std::thread::sleep(Duration::from_secs(5));
-            crate::stack::build_package()?;
-        }
-        let base = super::free_ports(54721, 100, &[0, 1, 9, 10])?;
+        build_package_retrying()?;
+        let base = free_ports(54721, 100, &[0, 1, 9, 10])?;
         let options = StackOptions {
             api_port: base,
             db_port: base + 1,
@@ -77,27 +70,8 @@ impl HttpStack {
                 None => std::env::remove_var(name),
             }
         }
-        let stack = Arc::new(started?);
-        let serving = stack.clone();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
-            let result = runtime.block_on(serving.serve_until(async {
-                let _ = stopped.await;
-            }));
-            if let Err(error) = result {
-                eprintln!("fault stack stopped: {error:#}");
-            }
-        });
-        let http = HttpStack {
-            stack: Some(stack),
-            options,
-            stop: Some(stop),
-            server: Some(server),
-            respawned: Mutex::new(Vec::new()),
-        };
-        wait_for_port(http.options.api_port)?;
-        Ok(http)
+        let served = ServedStack::serve(started?, "fault stack", Duration::from_secs(60))?;
+        Ok(HttpStack { served: Some(served), options, respawned: Mutex::new(Vec::new()) })
     }
 
     fn api(&self) -> String {
@@ -115,33 +89,16 @@ impl HttpStack {
 
 impl Drop for HttpStack {
     fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(server) = self.server.take() {
-            let _ = server.join();
+        if let Some(served) = self.served.as_mut() {
+            served.stop_serving();
         }
         if let Ok(mut children) = self.respawned.lock() {
             for child in children.iter_mut() {
-                // SAFETY: a signal to our own child.
-                unsafe {
-                    libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
-                }
-                let _ = child.wait();
+                terminate(child);
             }
         }
-        drop(self.stack.take());
+        drop(self.served.take());
     }
-}
-
-fn wait_for_port(port: u16) -> Result<()> {
-    for _ in 0..600 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    bail!("nothing listens on 127.0.0.1:{port}")
 }
 
 fn client() -> HttpClient {
@@ -586,7 +543,9 @@ async fn hostile_tokens(http: &HttpStack) -> Result<()> {
         }
     }
     // Bob, signed in for real, on Alice's job.
-    let bob_attempts: Vec<(&str, String, Vec<u8>, bool, &[u16])> = vec![
+    // (method, URL, body, a /rest/v1 call, the statuses it may get)
+    type Attempt<'a> = (&'a str, String, Vec<u8>, bool, &'a [u16]);
+    let bob_attempts: Vec<Attempt> = vec![
         ("GET", http.function(&format!("/jobs/{job}")), Vec::new(), false, &[404]),
         ("POST", http.function(&format!("/jobs/{job}/refund")), br#"{"reason":"not mine"}"#.to_vec(), false, &[403]),
         ("POST", http.function(&format!("/jobs/{job}/complete")), b"{}".to_vec(), false, &[403]),
@@ -685,7 +644,7 @@ pub fn sigkill(http: &HttpStack) -> Result<()> {
         let respawned = kill_and_restart(&needle, port)?;
         eprintln!("SIGKILL to {what} (pid {}), started again as pid {}", respawned.0, respawned.1.id());
         http.respawned.lock().map_err(|_| anyhow!("lock"))?.push(respawned.1);
-        wait_for_port(port)?;
+        wait_for_port(port, None, None, Duration::from_secs(60))?;
         killed.push(what);
     }
     std::thread::sleep(LOAD_BETWEEN_KILLS);
@@ -754,13 +713,8 @@ fn kill_and_restart(needle: &str, port: u16) -> Result<(u32, Child)> {
             command.env(name, value);
         }
     }
-    // SAFETY: prctl is async-signal-safe; the child goes when we go.
-    unsafe {
-        command.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-            Ok(())
-        });
-    }
+    // The child goes when we go.
+    die_with_parent(&mut command);
     let child = command.spawn().with_context(|| format!("start {program} again"))?;
     Ok((pid, child))
 }
@@ -837,6 +791,9 @@ async fn kill_load(
     Ok(())
 }
 
+// Every session has finished: nothing else takes the lock while it is held
+// across these awaits.
+#[allow(clippy::await_holding_lock)]
 async fn resolve_after_kills(http: &HttpStack, users: &[(Uuid, String)], outcomes: &Mutex<Outcomes>) -> Result<String> {
     let client = client();
     let db = connect(&http.db_url()).await?;

@@ -24,7 +24,7 @@
 //! lots, every lot past its expiry or revoked is empty, no call met an error
 //! it should not (a deadlock, say), and `verify_credit_ledger()` is empty.
 
-use crate::checks::{connect, sqlstate};
+use crate::support::{connect, sqlstate};
 use crate::pg::Cluster;
 use anyhow::{anyhow, bail, Context, Result};
 use chrono::{DateTime, Utc};

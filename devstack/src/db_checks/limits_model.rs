@@ -1,0 +1,221 @@
+//! Charges under two shared rate limits at once
+//! (`charge_credits_with_limits`), many sessions, checked against a model.
+
+use crate::pg::Cluster;
+use crate::support::{connect, sqlstate};
+use anyhow::{anyhow, bail, Result};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio_postgres::Client;
+use uuid::Uuid;
+/// Model-based concurrency check of `charge_credits_with_limits`: sessions
+/// charge users under two limits at once, a shared per-IP key and a per-user
+/// key, listed in random order (so the canonical lock order is what keeps
+/// them from deadlocking), with keyed retries (replays) and balances small
+/// enough that charges fail with PT402. A model built from the answers
+/// follows along: which charges opened a job, which replays returned which
+/// job, how many charges each limit let through. Checked: no limit ever
+/// passes its bound; a refusal names a refusing limit and opens nothing; at
+/// the end each limit's spent room equals exactly the model's count of
+/// charges it allowed (refusals, replays and PT402 spent nothing), every
+/// balance is opening - charged, and `verify_credit_ledger()` is empty.
+pub fn multi_limit_concurrency(cluster: &Cluster, database: &str) -> Result<()> {
+    let url = cluster.url("postgres", database);
+    tokio::runtime::Runtime::new()?.block_on(multi_limits(&url))
+}
+
+const MULTI_SESSIONS: usize = 12;
+const MULTI_OPERATIONS: usize = 200;
+const MULTI_USERS: usize = 4;
+const MULTI_OPENING: i32 = 42;
+const IP_LIMIT: i32 = 60;
+const USER_LIMIT: i32 = 20;
+const MULTI_WINDOW: i32 = 86_400;
+
+#[derive(Default)]
+struct MultiModel {
+    /// Charges each limit key let through (a new job), and the jobs opened.
+    allowed: HashMap<String, i32>,
+    refused: usize,
+    replays: usize,
+    insufficient: usize,
+    in_flight: usize,
+    /// (user, idempotency key) -> job; user -> credits charged.
+    keys: HashMap<(Uuid, String), Uuid>,
+    charged: HashMap<Uuid, i64>,
+}
+
+// Every session has finished: nothing else takes the lock while it is held
+// across these awaits.
+#[allow(clippy::await_holding_lock)]
+async fn multi_limits(url: &str) -> Result<()> {
+    let admin = connect(url).await?;
+    let run = Uuid::new_v4();
+    let ip_key = format!("creditgate:ip:model-{run}");
+    let users: Vec<Uuid> = (0..MULTI_USERS).map(|_| Uuid::new_v4()).collect();
+    for (n, user) in users.iter().enumerate() {
+        admin
+            .execute("INSERT INTO auth.users (id, email) VALUES ($1, $2)", &[user, &format!("multi-{n}-{user}@test.local")])
+            .await?;
+        admin
+            .query_one("SELECT public.grant_credits($1, $2, 'opening', NULL, '{}'::jsonb)", &[user, &MULTI_OPENING])
+            .await?;
+    }
+    let model = Arc::new(Mutex::new(MultiModel::default()));
+    let mut sessions = Vec::new();
+    for session in 0..MULTI_SESSIONS {
+        let (url, users, model, ip_key) = (url.to_string(), users.clone(), model.clone(), ip_key.clone());
+        sessions.push(tokio::spawn(async move {
+            let client = connect(&url).await?;
+            let mut rng = StdRng::seed_from_u64(0x6d75_6c74 + session as u64);
+            for _ in 0..MULTI_OPERATIONS {
+                let user = users[rng.gen_range(0..users.len())];
+                multi_operate(&client, &mut rng, user, &ip_key, &model).await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for session in sessions {
+        session.await??;
+    }
+
+    let model = model.lock().map_err(|_| anyhow!("model lock poisoned"))?;
+    let mut limits: Vec<(String, i32)> = vec![(ip_key.clone(), IP_LIMIT)];
+    limits.extend(users.iter().map(|user| (format!("creditgate:user:{user}"), USER_LIMIT)));
+    for (key, limit) in &limits {
+        let remaining: i32 = admin
+            .query_one(
+                "SELECT remaining FROM creditgate.rate_limit_at($1, $2, $3, 1, false, clock_timestamp())",
+                &[key, limit, &MULTI_WINDOW],
+            )
+            .await?
+            .get(0);
+        let allowed = model.allowed.get(key).copied().unwrap_or(0);
+        if allowed > *limit || limit - remaining != allowed {
+            bail!("limit {key}: {allowed} charges allowed by the model, {} spent in the database, limit {limit}", limit - remaining);
+        }
+    }
+    for user in &users {
+        let balance: i32 = admin.query_one("SELECT credits FROM public.users WHERE id = $1", &[user]).await?.get(0);
+        let expected = i64::from(MULTI_OPENING) - model.charged.get(user).copied().unwrap_or(0);
+        if i64::from(balance) != expected {
+            bail!("user {user}: balance {balance}, the model says {expected}");
+        }
+        let jobs: i64 = admin
+            .query_one("SELECT count(*) FROM public.generation_jobs WHERE user_id = $1", &[user])
+            .await?
+            .get(0);
+        let modelled = model.allowed.get(&format!("creditgate:user:{user}")).copied().unwrap_or(0);
+        if jobs != i64::from(modelled) {
+            bail!("user {user}: {jobs} jobs in the database, {modelled} charges allowed in the model");
+        }
+    }
+    let problems: i64 = admin.query_one("SELECT count(*) FROM public.verify_credit_ledger()", &[]).await?.get(0);
+    if problems != 0 {
+        bail!("verify_credit_ledger() found {problems} problem(s)");
+    }
+    eprintln!(
+        "{} charge_credits_with_limits calls from {MULTI_SESSIONS} sessions on {MULTI_USERS} users under a shared ip limit \
+         ({IP_LIMIT}) and per-user limits ({USER_LIMIT}): {} allowed through the ip limit, {} refused, {} replays, \
+         {} PT402, {} PT409; every limit spent exactly what the model allowed; balances match; ledger sound",
+        MULTI_SESSIONS * MULTI_OPERATIONS,
+        model.allowed.get(&ip_key).copied().unwrap_or(0),
+        model.refused,
+        model.replays,
+        model.insufficient,
+        model.in_flight
+    );
+    Ok(())
+}
+
+async fn multi_operate(
+    client: &Client,
+    rng: &mut StdRng,
+    user: Uuid,
+    ip_key: &str,
+    model: &Arc<Mutex<MultiModel>>,
+) -> Result<()> {
+    let user_key = format!("creditgate:user:{user}");
+    let ip = serde_json::json!({"key": ip_key, "limit": IP_LIMIT, "window_seconds": MULTI_WINDOW});
+    let per_user = serde_json::json!({"key": user_key, "limit": USER_LIMIT, "window_seconds": MULTI_WINDOW, "cost": 1});
+    let limits = if rng.gen_bool(0.5) { serde_json::json!([ip, per_user]) } else { serde_json::json!([per_user, ip]) };
+    // A small key pool per user: retries and races on one key happen. The
+    // same key always carries the same request (cost from the key).
+    let key_number: u32 = rng.gen_range(0..30);
+    let keyed = rng.gen_bool(0.6);
+    let key = keyed.then(|| format!("multi-{key_number}"));
+    let cost = 1 + (key_number % 3) as i32;
+    let result = client
+        .query_one(
+            "SELECT allowed, job_id, new_balance, replayed, limits
+             FROM public.charge_credits_with_limits($1, 'image', $2, $3, $4)",
+            &[&user, &cost, &limits, &key],
+        )
+        .await;
+    let mut model = model.lock().map_err(|_| anyhow!("model lock poisoned"))?;
+    let row = match result {
+        Ok(row) => row,
+        Err(error) => {
+            match sqlstate(&error).as_deref() {
+                Some("PT402") => model.insufficient += 1,
+                Some("PT409") if keyed => model.in_flight += 1,
+                _ => bail!("charge_credits_with_limits: unexpected error: {error:?}"),
+            }
+            return Ok(());
+        }
+    };
+    let (allowed, job, balance, replayed, answered): (bool, Option<Uuid>, Option<i32>, bool, serde_json::Value) =
+        (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+    let entries = answered.as_array().ok_or_else(|| anyhow!("limits is not an array: {answered}"))?;
+    let order: Vec<&str> = limits.as_array().into_iter().flatten().filter_map(|l| l["key"].as_str()).collect();
+    let answered_order: Vec<&str> = entries.iter().filter_map(|e| e["key"].as_str()).collect();
+    if order != answered_order {
+        bail!("limits answered in the order {answered_order:?}, asked {order:?}");
+    }
+    for entry in entries {
+        if entry["remaining"].as_i64().unwrap_or(-1) < 0 && entry["allowed"] == serde_json::json!(true) {
+            bail!("an allowed limit with negative room: {entry}");
+        }
+    }
+    match (allowed, job, replayed) {
+        (true, Some(job), true) => {
+            let key = key.ok_or_else(|| anyhow!("a replay without a key"))?;
+            if model.keys.get(&(user, key.clone())) != Some(&job) {
+                bail!("replay of {key} returned job {job}, the model has {:?}", model.keys.get(&(user, key.clone())));
+            }
+            model.replays += 1;
+        }
+        (true, Some(job), false) => {
+            if balance.unwrap_or(-1) < 0 {
+                bail!("a charge returned balance {balance:?}");
+            }
+            if let Some(key) = key {
+                if model.keys.insert((user, key.clone()), job).is_some() {
+                    bail!("key {key} charged twice");
+                }
+            }
+            for key in [ip_key.to_string(), user_key.clone()] {
+                let count = model.allowed.entry(key.clone()).or_default();
+                *count += 1;
+                let bound = if key == ip_key { IP_LIMIT } else { USER_LIMIT };
+                if *count > bound {
+                    bail!("limit {key} let through {count} charges, its limit is {bound}");
+                }
+            }
+            *model.charged.entry(user).or_default() += i64::from(cost);
+        }
+        (false, None, false) if balance.is_none() => {
+            let refusing = entries
+                .iter()
+                .any(|e| e["allowed"] == serde_json::json!(false) && e["retry_after_seconds"].as_i64().unwrap_or(0) > 0);
+            if !refusing {
+                bail!("a refusal without a refusing limit: {answered}");
+            }
+            model.refused += 1;
+        }
+        _ => bail!("charge_credits_with_limits returned allowed {allowed}, job {job:?}, replayed {replayed}, balance {balance:?}"),
+    }
+    Ok(())
+}
