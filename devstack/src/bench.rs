@@ -28,7 +28,7 @@ use std::time::Instant;
 
 /// The bench cluster's first port to try (see [`free_ports`]): beside
 /// `cargo dev up` (54322) and the test cluster
-/// ([`crate::testrun::TEST_PG_PORT`], 24332).
+/// ([`crate::testrun::test_pg_port`], 24332 shifted per checkout).
 pub const BENCH_PG_PORT: u16 = 54342;
 /// pgbench clients and threads (the figures for this 2-core machine).
 const CLIENTS: u32 = 8;

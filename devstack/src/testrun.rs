@@ -16,8 +16,22 @@ use std::time::Instant;
 // Test ports sit below Linux's ephemeral range (32768-60999), where no
 // outgoing connection can already hold them, and away from `cargo dev up`'s.
 
-/// The test cluster's port.
-pub const TEST_PG_PORT: u16 = 24332;
+/// The test cluster's port, for this checkout (see [`checkout_offset`]).
+pub fn test_pg_port() -> u16 {
+    24332 + checkout_offset()
+}
+
+/// Test runs in two checkouts of the project (a clone and a worktree) run
+/// side by side: each checkout's test ports are shifted by a multiple of
+/// 40 taken from its path, so they do not collide (the cluster's and the
+/// stack's ports are 89 to 99 apart, never a multiple of 40).
+pub fn checkout_offset() -> u16 {
+    let root = crate::project_root();
+    let hash = root.to_string_lossy().bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    });
+    (hash % 50) as u16 * 40
+}
 
 /// The test groups `cargo dev test [groups...]` takes, with what each runs.
 pub const GROUPS: &[(&str, &str)] = &[
@@ -93,7 +107,7 @@ pub fn main(groups: &[String]) -> Result<()> {
 /// The database suites, on a fresh private cluster.
 fn db_suites(run: &mut Run) -> Result<()> {
     let root = crate::project_root();
-    let cluster = Cluster::start(&root.join("target/devstack/test-pg"), TEST_PG_PORT, true)?;
+    let cluster = Cluster::start(&root.join("target/devstack/test-pg"), test_pg_port(), true)?;
     run.suite("db: migrations on a fresh database, three times over", || fresh_migrations(&cluster));
     run.suite("db: pgTAP (supabase/tests/database)", || {
         prove_dir(&cluster, FRESH, &root.join("supabase/tests/database"))
@@ -125,11 +139,12 @@ fn db_suites(run: &mut Run) -> Result<()> {
 
 /// The test stack's options: its own ports and data, beside a developer's.
 fn test_stack_options() -> crate::stack::Options {
+    let offset = checkout_offset();
     crate::stack::Options {
-        api_port: 24421,
-        db_port: 24422,
-        gateway_port: 24430,
-        functions_port: 24431,
+        api_port: 24421 + offset,
+        db_port: 24422 + offset,
+        gateway_port: 24430 + offset,
+        functions_port: 24431 + offset,
         data_dir: crate::project_root().join("target/devstack/test-stack"),
         fresh: true,
     }
