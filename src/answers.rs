@@ -73,6 +73,16 @@ pub fn rows<T: DeserializeOwned>(table: &str, answer: &Answer) -> Result<Vec<T>,
     })
 }
 
+/// The one row of a `RETURNS TABLE` function.
+pub fn one_row<T: DeserializeOwned>(function: &str, answer: &Answer) -> Result<T, CreditError> {
+    answer.row(function)
+}
+
+/// A scalar function's value.
+pub fn scalar<T: DeserializeOwned>(function: &str, answer: &Answer) -> Result<T, CreditError> {
+    answer.scalar(function)
+}
+
 /// A job id from a row: a malformed one means the schema and this client disagree.
 fn job_id(function: &str, text: &str) -> Result<JobId, CreditError> {
     JobId::parse("job_id", text).map_err(|_| unexpected(function, "job_id is not a UUID"))

@@ -8,7 +8,8 @@
 
 use crate::{
     BlockRequest, ChargeRequest, ChargeWithLimitsRequest, CompleteRequest, GrantRequest, IdempotencyKey, JobId,
-    LimitKeyRequest, LimitRequest, Metadata, PeekLimitRequest, RefundRequest, TokenBucketRequest, UsageRequest, UserId,
+    LimitKeyRequest, LimitRequest, Metadata, PeekLimitRequest, PlanRequest, RefundRequest, RevokeLotRequest,
+    SubscribeRequest, TokenBucketRequest, UsageRequest, UserId,
 };
 use serde_json::{json, Map, Value};
 
@@ -108,7 +109,8 @@ pub fn refund(request: &RefundRequest) -> Rpc {
     Rpc::new("refund_credits", body)
 }
 
-/// `grant_credits`.
+/// `grant_credits`: every grant opens a lot (expiry, category and priority
+/// left to the SQL defaults when absent).
 pub fn grant(request: &GrantRequest) -> Rpc {
     let body = args([
         ("p_user_id", Some(json!(request.user_id.to_string()))),
@@ -116,8 +118,66 @@ pub fn grant(request: &GrantRequest) -> Rpc {
         ("p_reason", Some(json!(request.reason.as_str()))),
         ("p_idempotency_key", key_arg(request.idempotency_key.as_ref())),
         ("p_metadata", metadata_arg(request.metadata.as_ref())),
+        ("p_expires_at", request.expires_at.as_ref().map(|at| json!(at.as_str()))),
+        ("p_category", request.category.as_ref().map(|category| json!(category.as_str()))),
+        ("p_priority", request.priority.map(|priority| json!(priority.get()))),
     ]);
     Rpc::new("grant_credits", body)
+}
+
+/// `get_credit_lots`: a user's lots, spendable first in spending order.
+pub fn lots(user_id: &UserId) -> Rpc {
+    Rpc::new("get_credit_lots", args([("p_user_id", Some(json!(user_id.to_string())))]))
+}
+
+/// `revoke_credit_lot`.
+pub fn revoke_lot(request: &RevokeLotRequest) -> Rpc {
+    Rpc::new(
+        "revoke_credit_lot",
+        args([("p_lot_id", Some(json!(request.lot_id.to_string()))), ("p_reason", Some(json!(request.reason.as_str())))]),
+    )
+}
+
+/// `get_credit_events`: a user's events after `after`, oldest first.
+pub fn events(user_id: &UserId, after: i64, limit: u32) -> Rpc {
+    Rpc::new(
+        "get_credit_events",
+        args([
+            ("p_user_id", Some(json!(user_id.to_string()))),
+            ("p_after", Some(json!(after))),
+            ("p_limit", Some(json!(limit))),
+        ]),
+    )
+}
+
+/// `upsert_credit_plan`.
+pub fn upsert_plan(request: &PlanRequest) -> Rpc {
+    Rpc::new(
+        "upsert_credit_plan",
+        args([
+            ("p_plan", Some(json!(request.plan.as_str()))),
+            ("p_amount", Some(json!(request.amount.get()))),
+            ("p_period", Some(json!(request.period.as_str()))),
+            ("p_rollover_max", request.rollover_max.map(|max| json!(max.get()))),
+        ]),
+    )
+}
+
+/// `subscribe_credit_plan`.
+pub fn subscribe_plan(request: &SubscribeRequest) -> Rpc {
+    Rpc::new(
+        "subscribe_credit_plan",
+        args([
+            ("p_user_id", Some(json!(request.user_id.to_string()))),
+            ("p_plan", Some(json!(request.plan.as_str()))),
+            ("p_anchor", request.anchor.as_ref().map(|at| json!(at.as_str()))),
+        ]),
+    )
+}
+
+/// `cancel_credit_plan`.
+pub fn cancel_plan(user_id: &UserId) -> Rpc {
+    Rpc::new("cancel_credit_plan", args([("p_user_id", Some(json!(user_id.to_string())))]))
 }
 
 /// `get_credit_balance`.
@@ -249,6 +309,36 @@ mod tests {
     const USER: &str = "9b2d1c0e-8f1a-4c2b-9d3e-5f6a7b8c9d0e";
     const JOB: &str = "0f0e0d0c-0b0a-4908-8706-050403020100";
 
+
+    #[test]
+    fn a_grant_sends_its_lot_only_when_given() {
+        let plain = GrantRequest::from_json(&json!({"userId": USER, "amount": 5, "reason": "r"})).expect("valid");
+        assert_eq!(grant(&plain).body, json!({"p_user_id": USER, "p_amount": 5, "p_reason": "r"}));
+        let lot = GrantRequest::from_json(&json!({
+            "userId": USER, "amount": 5, "reason": "r", "expiresAt": "2027-01-01T00:00:00Z",
+            "category": "promotional", "priority": 10
+        }))
+        .expect("valid");
+        assert_eq!(
+            grant(&lot).body,
+            json!({"p_user_id": USER, "p_amount": 5, "p_reason": "r", "p_expires_at": "2027-01-01T00:00:00Z",
+                   "p_category": "promotional", "p_priority": 10})
+        );
+    }
+
+    #[test]
+    fn lots_plans_and_events_name_their_functions_and_arguments() {
+        let user = UserId::parse("userId", USER).expect("uuid");
+        assert_eq!(lots(&user).function, "get_credit_lots");
+        assert_eq!(events(&user, 7, 50).body, json!({"p_user_id": USER, "p_after": 7, "p_limit": 50}));
+        let revoke = RevokeLotRequest::from_json(&json!({"lotId": JOB, "reason": "refunded"})).expect("valid");
+        assert_eq!(revoke_lot(&revoke).body, json!({"p_lot_id": JOB, "p_reason": "refunded"}));
+        let plan = PlanRequest::from_json(&json!({"plan": "pro", "amount": 100, "period": "month"})).expect("valid");
+        assert_eq!(upsert_plan(&plan).body, json!({"p_plan": "pro", "p_amount": 100, "p_period": "month"}));
+        let subscribe = SubscribeRequest::from_json(&json!({"userId": USER, "plan": "pro"})).expect("valid");
+        assert_eq!(subscribe_plan(&subscribe).body, json!({"p_user_id": USER, "p_plan": "pro"}));
+        assert_eq!(cancel_plan(&user).function, "cancel_credit_plan");
+    }
 
     #[test]
     fn reads_are_filtered_by_the_owner_and_paged_by_id() {

@@ -11,9 +11,9 @@ use crate::error::CreditError;
 use crate::{
     BalanceResult, BlockRequest, BlockResult, ChargeRequest, ChargeResult, ChargeWithLimitRequest,
     ChargeWithLimitResult, ChargeWithLimitsRequest, ChargeWithLimitsResult, CompleteRequest, CompleteResult,
-    GrantRequest, JobId, JobView, LedgerView, LimitKeyRequest, LimitRequest, LimitUsage, PeekLimitRequest,
-    RateLimitResult, Reason, RefundRequest, ResetResult, RunOutput, TokenBucketRequest, UnblockResult, UsageRequest,
-    UserId,
+    EventView, GrantRequest, JobId, JobView, LedgerView, LimitKeyRequest, LimitRequest, LimitUsage, LotView,
+    PeekLimitRequest, PlanRequest, PlanView, RateLimitResult, Reason, RefundRequest, ResetResult, RevokeLotRequest,
+    RunOutput, SubscribeRequest, SubscriptionView, TokenBucketRequest, UnblockResult, UsageRequest, UserId,
 };
 use postgrest::Postgrest;
 use std::future::Future;
@@ -186,6 +186,34 @@ impl CreditClient {
     /// A charge and several limits in one transaction, all or nothing.
     pub async fn charge_with_limits(&self, request: &ChargeWithLimitsRequest) -> Result<ChargeWithLimitsResult, CreditError> {
         answers::charge_with_limits(&request.limits, &self.rpc(calls::charge_with_limits(request)).await?)
+    }
+
+    /// A user's lots: spendable ones first, in spending order.
+    pub async fn lots(&self, user_id: &UserId) -> Result<Vec<LotView>, CreditError> {
+        answers::rows("get_credit_lots", &self.rpc(calls::lots(user_id)).await?)
+    }
+
+    /// Takes back what remains of a lot; the new balance.
+    pub async fn revoke_lot(&self, request: &RevokeLotRequest) -> Result<BalanceResult, CreditError> {
+        answers::balance_result("revoke_credit_lot", &self.rpc(calls::revoke_lot(request)).await?)
+    }
+
+    /// A user's balance events after `after` (an event id; 0 for all), oldest first.
+    pub async fn events(&self, user_id: &UserId, after: i64, limit: u32) -> Result<Vec<EventView>, CreditError> {
+        answers::rows("get_credit_events", &self.rpc(calls::events(user_id, after, limit)).await?)
+    }
+
+    pub async fn upsert_plan(&self, request: &PlanRequest) -> Result<PlanView, CreditError> {
+        answers::one_row("upsert_credit_plan", &self.rpc(calls::upsert_plan(request)).await?)
+    }
+
+    pub async fn subscribe_plan(&self, request: &SubscribeRequest) -> Result<SubscriptionView, CreditError> {
+        answers::one_row("subscribe_credit_plan", &self.rpc(calls::subscribe_plan(request)).await?)
+    }
+
+    /// Ends a user's subscription; false when there was none.
+    pub async fn cancel_plan(&self, user_id: &UserId) -> Result<bool, CreditError> {
+        answers::scalar("cancel_credit_plan", &self.rpc(calls::cancel_plan(user_id)).await?)
     }
 
     /// One job: the owner's own (`owner`), or any (the service role).

@@ -29,6 +29,10 @@ pub enum ErrorCode {
     UserNotFound,
     /// No such job, or not this user's (PT404).
     JobNotFound,
+    /// No such lot (PT404).
+    LotNotFound,
+    /// No such plan (PT404).
+    PlanNotFound,
     /// The same idempotency key is still being processed (PT409).
     IdempotencyInFlight,
     /// The job was already completed, refunded or expired (PT409).
@@ -51,13 +55,15 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in docs/design.md's order.
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 15] = [
         ErrorCode::InvalidArgument,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
         ErrorCode::InsufficientCredits,
         ErrorCode::UserNotFound,
         ErrorCode::JobNotFound,
+        ErrorCode::LotNotFound,
+        ErrorCode::PlanNotFound,
         ErrorCode::IdempotencyInFlight,
         ErrorCode::JobAlreadySettled,
         ErrorCode::IdempotencyKeyReused,
@@ -76,6 +82,8 @@ impl ErrorCode {
             ErrorCode::InsufficientCredits => "insufficient_credits",
             ErrorCode::UserNotFound => "user_not_found",
             ErrorCode::JobNotFound => "job_not_found",
+            ErrorCode::LotNotFound => "lot_not_found",
+            ErrorCode::PlanNotFound => "plan_not_found",
             ErrorCode::IdempotencyInFlight => "idempotency_in_flight",
             ErrorCode::JobAlreadySettled => "job_already_settled",
             ErrorCode::IdempotencyKeyReused => "idempotency_key_reused",
@@ -106,7 +114,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => 401,
             ErrorCode::InsufficientCredits => 402,
             ErrorCode::Forbidden | ErrorCode::Blocked => 403,
-            ErrorCode::UserNotFound | ErrorCode::JobNotFound => 404,
+            ErrorCode::UserNotFound | ErrorCode::JobNotFound | ErrorCode::LotNotFound | ErrorCode::PlanNotFound => 404,
             ErrorCode::IdempotencyInFlight | ErrorCode::JobAlreadySettled => 409,
             ErrorCode::IdempotencyKeyReused => 422,
             ErrorCode::RateLimited => 429,
@@ -387,6 +395,8 @@ fn code_from_sqlstate(sqlstate: Option<&str>, message: &str, http_status: u16) -
         ) => ErrorCode::InvalidArgument,
         Some("PT402") => ErrorCode::InsufficientCredits,
         Some("PT404") if lowercase.contains("job") => ErrorCode::JobNotFound,
+        Some("PT404") if lowercase.contains("lot") => ErrorCode::LotNotFound,
+        Some("PT404") if lowercase.contains("plan") => ErrorCode::PlanNotFound,
         Some("PT404") => ErrorCode::UserNotFound,
         // A foreign key to auth.users: the user does not exist.
         Some("23503") => ErrorCode::UserNotFound,
@@ -468,6 +478,8 @@ mod tests {
             ("insufficient_credits", 402),
             ("user_not_found", 404),
             ("job_not_found", 404),
+            ("lot_not_found", 404),
+            ("plan_not_found", 404),
             ("idempotency_in_flight", 409),
             ("job_already_settled", 409),
             ("idempotency_key_reused", 422),

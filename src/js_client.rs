@@ -14,9 +14,9 @@ use crate::client::{CreditClient, RunError, RunOutcome};
 use crate::error::CreditError;
 use crate::config::Config;
 use crate::{
-    user_id_from_json, BlockRequest, ChargeRequest, ChargeWithLimitRequest, CompleteRequest, GrantRequest,
-    LimitKeyRequest, LimitRequest, PeekLimitRequest, RateLimitResult, RefundRequest, RunOutput, TokenBucketRequest,
-    UsageRequest,
+    user_id_from_json, BlockRequest, ChargeRequest, ChargeWithLimitRequest, CompleteRequest, EventsRequest,
+    GrantRequest, LimitKeyRequest, LimitRequest, PeekLimitRequest, PlanRequest, RateLimitResult, RefundRequest,
+    RevokeLotRequest, RunOutput, SubscribeRequest, TokenBucketRequest, UsageRequest,
 };
 use js_sys::{Function, Object, Promise, Reflect, JSON};
 use serde::Serialize;
@@ -38,6 +38,8 @@ export type CreditErrorCode =
   | "insufficient_credits"    // 402: details { balance, needed }
   | "user_not_found"          // 404
   | "job_not_found"           // 404
+  | "lot_not_found"           // 404
+  | "plan_not_found"          // 404
   | "idempotency_in_flight"   // 409: the same key is still being processed (retryable)
   | "job_already_settled"     // 409: completed, refunded or expired already
   | "idempotency_key_reused"  // 422: same key, different request
@@ -133,6 +135,85 @@ export interface GrantRequest {
   /** A webhook's event id, so a redelivery grants once. */
   idempotencyKey?: string;
   metadata?: { [key: string]: JsonValue };
+  /** When what remains of the lot leaves the balance (ISO 8601); never when absent. */
+  expiresAt?: string;
+  /** `paid` (default), `promotional`, `allowance`, or your own lowercase word (1 to 32 chars). */
+  category?: string;
+  /** 0 to 100, lower is spent first (default 50). */
+  priority?: number;
+}
+
+/** One grant's credits: spent by priority, then soonest expiry, then oldest. */
+export interface Lot {
+  lotId: string;
+  category: string;
+  priority: number;
+  granted: number;
+  remaining: number;
+  expiresAt: string | null;
+  createdAt: string;
+  reason: string | null;
+  spendable: boolean | null;
+  plan: string | null;
+  periodStart: string | null;
+  expiredAt: string | null;
+  revokedAt: string | null;
+}
+
+export interface RevokeLotRequest {
+  lotId: string;
+  /** Why, for the ledger: 1 to 500 chars. */
+  reason: string;
+}
+
+/** `low_balance`, `depleted`, `lot_expiring`, `lot_expired`, `hold_expired` or `allowance_granted`. */
+export interface CreditEvent {
+  id: number;
+  type: string;
+  payload: { [key: string]: JsonValue };
+  createdAt: string;
+}
+
+export interface EventsRequest {
+  userId: string;
+  /** Events after this id (default 0: from the first). */
+  after?: number;
+  /** 1 to 100 (default 20). */
+  limit?: number;
+}
+
+export interface PlanRequest {
+  /** 1 to 64 chars. */
+  plan: string;
+  /** Credits per period. */
+  amount: number;
+  period: "day" | "week" | "month";
+  /** How much of an expiring allowance carries into the next period (default 0). */
+  rolloverMax?: number;
+}
+
+export interface Plan {
+  plan: string;
+  amount: number;
+  period: string;
+  rolloverMax: number;
+}
+
+export interface SubscribeRequest {
+  userId: string;
+  plan: string;
+  /** Periods are counted from here (ISO 8601, not in the future); now when absent. */
+  anchor?: string;
+}
+
+export interface Subscription {
+  plan: string;
+  periodStart: string;
+  periodEnd: string;
+  lotId: string | null;
+  /** The allowance granted now; 0 when this period's was granted already. */
+  granted: number;
+  balance: number;
 }
 
 export interface BalanceResult {
@@ -454,6 +535,74 @@ impl JsCreditClient {
         promise(async move {
             let request = parsed.map_err(to_js_error)?;
             to_js(&client.grant(&request).await.map_err(to_js_error)?)
+        })
+    }
+
+    /// The user's lots: spendable ones first, in spending order.
+    #[wasm_bindgen(unchecked_return_type = "Promise<Lot[]>")]
+    #[allow(non_snake_case)]
+    pub fn lots(&self, #[wasm_bindgen(unchecked_param_type = "string")] userId: JsValue) -> Promise {
+        let client = Rc::clone(&self.inner);
+        let parsed = from_js(&userId, "lots").and_then(|value| user_id_from_json(&value));
+        promise(async move {
+            let user_id = parsed.map_err(to_js_error)?;
+            to_js(&client.lots(&user_id).await.map_err(to_js_error)?)
+        })
+    }
+
+    /// Takes back what remains of a lot (a refunded purchase); a second revoke changes nothing.
+    #[wasm_bindgen(js_name = revokeLot, unchecked_return_type = "Promise<BalanceResult>")]
+    pub fn revoke_lot(&self, #[wasm_bindgen(unchecked_param_type = "RevokeLotRequest")] request: JsValue) -> Promise {
+        let client = Rc::clone(&self.inner);
+        let parsed = from_js(&request, "revokeLot").and_then(|value| RevokeLotRequest::from_json(&value));
+        promise(async move {
+            let request = parsed.map_err(to_js_error)?;
+            to_js(&client.revoke_lot(&request).await.map_err(to_js_error)?)
+        })
+    }
+
+    /// A user's balance events after `after`, oldest first.
+    #[wasm_bindgen(unchecked_return_type = "Promise<CreditEvent[]>")]
+    pub fn events(&self, #[wasm_bindgen(unchecked_param_type = "EventsRequest")] request: JsValue) -> Promise {
+        let client = Rc::clone(&self.inner);
+        let parsed = from_js(&request, "events").and_then(|value| EventsRequest::from_json(&value));
+        promise(async move {
+            let request = parsed.map_err(to_js_error)?;
+            to_js(&client.events(&request.user_id, request.after, request.limit).await.map_err(to_js_error)?)
+        })
+    }
+
+    /// Creates or changes a plan (from each subscriber's next period).
+    #[wasm_bindgen(js_name = upsertPlan, unchecked_return_type = "Promise<Plan>")]
+    pub fn upsert_plan(&self, #[wasm_bindgen(unchecked_param_type = "PlanRequest")] request: JsValue) -> Promise {
+        let client = Rc::clone(&self.inner);
+        let parsed = from_js(&request, "upsertPlan").and_then(|value| PlanRequest::from_json(&value));
+        promise(async move {
+            let request = parsed.map_err(to_js_error)?;
+            to_js(&client.upsert_plan(&request).await.map_err(to_js_error)?)
+        })
+    }
+
+    /// Puts a user on a plan and grants the current period's allowance.
+    #[wasm_bindgen(js_name = subscribePlan, unchecked_return_type = "Promise<Subscription>")]
+    pub fn subscribe_plan(&self, #[wasm_bindgen(unchecked_param_type = "SubscribeRequest")] request: JsValue) -> Promise {
+        let client = Rc::clone(&self.inner);
+        let parsed = from_js(&request, "subscribePlan").and_then(|value| SubscribeRequest::from_json(&value));
+        promise(async move {
+            let request = parsed.map_err(to_js_error)?;
+            to_js(&client.subscribe_plan(&request).await.map_err(to_js_error)?)
+        })
+    }
+
+    /// Ends a user's plan (the current allowance stays until its period ends); false if there was none.
+    #[wasm_bindgen(js_name = cancelPlan, unchecked_return_type = "Promise<boolean>")]
+    #[allow(non_snake_case)]
+    pub fn cancel_plan(&self, #[wasm_bindgen(unchecked_param_type = "string")] userId: JsValue) -> Promise {
+        let client = Rc::clone(&self.inner);
+        let parsed = from_js(&userId, "cancelPlan").and_then(|value| user_id_from_json(&value));
+        promise(async move {
+            let user_id = parsed.map_err(to_js_error)?;
+            to_js(&client.cancel_plan(&user_id).await.map_err(to_js_error)?)
         })
     }
 

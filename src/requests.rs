@@ -223,16 +223,23 @@ pub struct GrantRequest {
     pub reason: Reason,
     pub idempotency_key: Option<IdempotencyKey>,
     pub metadata: Option<Metadata>,
+    /// When what remains of the lot leaves the balance (never when absent).
+    pub expires_at: Option<Timestamp>,
+    /// The lot's category (`paid` when absent).
+    pub category: Option<Category>,
+    /// The lot's priority (50 when absent).
+    pub priority: Option<Priority>,
 }
 
+/// The fields a grant takes.
+pub const GRANT_FIELDS: [&str; 8] =
+    ["userId", "amount", "reason", "idempotencyKey", "metadata", "expiresAt", "category", "priority"];
+
 impl GrantRequest {
-    /// Parses `{ userId, amount, reason, idempotencyKey?, metadata? }`.
+    /// Parses `{ userId, amount, reason, idempotencyKey?, metadata?,
+    /// expiresAt?, category?, priority? }`: every grant opens a lot.
     pub fn from_json(value: &Value) -> Result<Self, CreditError> {
-        let fields = Fields::new(
-            "grant",
-            value,
-            &["userId", "amount", "reason", "idempotencyKey", "metadata"],
-        )?;
+        let fields = Fields::new("grant", value, &GRANT_FIELDS)?;
         Ok(GrantRequest {
             user_id: UserId::parse("userId", fields.string("userId")?)?,
             amount: Amount::new(fields.integer("amount")?)?,
@@ -245,6 +252,102 @@ impl GrantRequest {
                 .get("metadata")
                 .map(|value| Metadata::new(value.clone()))
                 .transpose()?,
+            expires_at: timestamp(&fields, "expiresAt")?,
+            category: fields.optional_string("category")?.map(Category::new).transpose()?,
+            priority: fields.optional_integer("priority")?.map(Priority::new).transpose()?,
+        })
+    }
+}
+
+/// An optional instant field, its errors naming the field.
+fn timestamp(fields: &Fields<'_>, name: &str) -> Result<Option<Timestamp>, CreditError> {
+    fields
+        .optional_string(name)?
+        .map(|text| Timestamp::new(text).map_err(|error| error.with_detail("field", name)))
+        .transpose()
+}
+
+/// `revokeLot`: take back what remains of a lot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RevokeLotRequest {
+    pub lot_id: LotId,
+    pub reason: Reason,
+}
+
+impl RevokeLotRequest {
+    /// Parses `{ lotId, reason }`.
+    pub fn from_json(value: &Value) -> Result<Self, CreditError> {
+        let fields = Fields::new("revokeLot", value, &["lotId", "reason"])?;
+        Ok(RevokeLotRequest {
+            lot_id: LotId::parse("lotId", fields.string("lotId")?)?,
+            reason: Reason::new(fields.string("reason")?)?,
+        })
+    }
+}
+
+/// `events`: a user's balance events after an id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventsRequest {
+    pub user_id: UserId,
+    pub after: i64,
+    pub limit: u32,
+}
+
+impl EventsRequest {
+    /// Parses `{ userId, after?, limit? }` (after 0, limit 20 when absent).
+    pub fn from_json(value: &Value) -> Result<Self, CreditError> {
+        let fields = Fields::new("events", value, &["userId", "after", "limit"])?;
+        let after = fields.optional_integer("after")?.unwrap_or(0);
+        if after < 0 {
+            return Err(CreditError::invalid_argument("after", "after must be an event id, 0 or more"));
+        }
+        let limit = fields.optional_integer("limit")?.unwrap_or(20);
+        if !(1..=100).contains(&limit) {
+            return Err(CreditError::invalid_argument("limit", format!("limit must be from 1 to 100, got {limit}")));
+        }
+        Ok(EventsRequest { user_id: UserId::parse("userId", fields.string("userId")?)?, after, limit: limit as u32 })
+    }
+}
+
+/// `upsertPlan`: a plan's allowance per period.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanRequest {
+    pub plan: PlanName,
+    pub amount: Amount,
+    pub period: Period,
+    pub rollover_max: Option<RolloverMax>,
+}
+
+impl PlanRequest {
+    /// Parses `{ plan, amount, period: "day" | "week" | "month", rolloverMax? }`.
+    pub fn from_json(value: &Value) -> Result<Self, CreditError> {
+        let fields = Fields::new("upsertPlan", value, &["plan", "amount", "period", "rolloverMax"])?;
+        Ok(PlanRequest {
+            plan: PlanName::new(fields.string("plan")?)?,
+            amount: Amount::new(fields.integer("amount")?)?,
+            period: Period::parse(fields.string("period")?)?,
+            rollover_max: fields.optional_integer("rolloverMax")?.map(RolloverMax::new).transpose()?,
+        })
+    }
+}
+
+/// `subscribePlan`: put a user on a plan, periods counted from `anchor`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubscribeRequest {
+    pub user_id: UserId,
+    pub plan: PlanName,
+    /// Now when absent.
+    pub anchor: Option<Timestamp>,
+}
+
+impl SubscribeRequest {
+    /// Parses `{ userId, plan, anchor? }`.
+    pub fn from_json(value: &Value) -> Result<Self, CreditError> {
+        let fields = Fields::new("subscribePlan", value, &["userId", "plan", "anchor"])?;
+        Ok(SubscribeRequest {
+            user_id: UserId::parse("userId", fields.string("userId")?)?,
+            plan: PlanName::new(fields.string("plan")?)?,
+            anchor: timestamp(&fields, "anchor")?,
         })
     }
 }

@@ -150,6 +150,67 @@ pub struct LedgerView {
     pub created_at: String,
 }
 
+/// A lot as `lots` lists it (snake_case from SQL, camelCase to JS).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all(serialize = "camelCase"))]
+pub struct LotView {
+    pub lot_id: String,
+    pub category: String,
+    pub priority: i64,
+    pub granted: i64,
+    pub remaining: i64,
+    pub expires_at: Option<String>,
+    pub created_at: String,
+    pub reason: Option<String>,
+    /// Whether it can still be spent (something remains, not expired or revoked).
+    #[serde(default)]
+    pub spendable: Option<bool>,
+    #[serde(default)]
+    pub plan: Option<String>,
+    #[serde(default)]
+    pub period_start: Option<String>,
+    #[serde(default)]
+    pub expired_at: Option<String>,
+    #[serde(default)]
+    pub revoked_at: Option<String>,
+}
+
+/// A balance event (`low_balance`, `depleted`, `lot_expiring`,
+/// `lot_expired`, `hold_expired`, `allowance_granted`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all(serialize = "camelCase"))]
+pub struct EventView {
+    pub id: i64,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub payload: serde_json::Value,
+    pub created_at: String,
+}
+
+/// A plan as `upsertPlan` left it.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all(serialize = "camelCase"))]
+pub struct PlanView {
+    pub plan: String,
+    pub amount: i64,
+    pub period: String,
+    pub rollover_max: i64,
+}
+
+/// A subscription as `subscribePlan` made it: the current period, and its
+/// allowance (0 when that period was granted already).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all(serialize = "camelCase"))]
+pub struct SubscriptionView {
+    pub plan: String,
+    pub period_start: String,
+    pub period_end: String,
+    pub lot_id: Option<String>,
+    pub granted: i64,
+    #[serde(rename(serialize = "balance"))]
+    pub new_balance: i64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

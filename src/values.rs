@@ -29,6 +29,40 @@ pub const RESULT_URL_CHARS_MAX: usize = 2048;
 pub const METADATA_BYTES_MAX: usize = 4096;
 /// A hold lasts at most a day: past that, a job is lost, not slow.
 pub const HOLD_SECONDS_MAX: u32 = 86_400;
+/// A lot's category (`paid`, `promotional`, `allowance` or the caller's
+/// own word) is a short lowercase label: the SQL's `lot_category_length_max()`.
+pub const CATEGORY_CHARS_MAX: usize = 32;
+/// A lot's priority: 0 (spent first) to 100.
+pub const PRIORITY_MAX: u32 = 100;
+/// A plan's name: the SQL's `plan_name_length_max()`.
+pub const PLAN_CHARS_MAX: usize = 64;
+/// How often a plan's allowance comes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Period {
+    Day,
+    Week,
+    Month,
+}
+
+impl Period {
+    pub fn parse(text: &str) -> Result<Period, CreditError> {
+        match text {
+            "day" => Ok(Period::Day),
+            "week" => Ok(Period::Week),
+            "month" => Ok(Period::Month),
+            _ => Err(CreditError::invalid_argument("period", format!("period must be day, week or month, got {}", quote(text)))),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Period::Day => "day",
+            Period::Week => "week",
+            Period::Month => "month",
+        }
+    }
+}
+
 /// The most limits one call may check (`charge_credits_with_limits`).
 pub const LIMITS_PER_CALL_MAX: usize = 16;
 /// Rate-limit windows go from 1 s to a day (docs/design.md, "Rate limits").
@@ -88,6 +122,10 @@ uuid_newtype!(
 uuid_newtype!(
     /// A job's id, as `charge` returned it.
     JobId
+);
+uuid_newtype!(
+    /// A lot's id, as `lots` lists it.
+    LotId
 );
 
 /// What a piece of text may contain.
@@ -228,6 +266,95 @@ impl LimitKey {
     }
 }
 text_newtype!(
+    /// What kind of credits a lot holds: `paid`, `promotional`,
+    /// `allowance`, or a word of the caller's (1 to 32 chars, a lowercase
+    /// letter then lowercase letters, digits, `_` or `-`).
+    ///
+    /// ```
+    /// use creditgate::Category;
+    /// assert!(Category::new("promo-2026").is_ok());
+    /// assert!(Category::new("Paid").is_err());
+    /// ```
+    Category, "category", CATEGORY_CHARS_MAX, TextRule::Name,
+    |text: &str| {
+        let mut chars = text.chars();
+        let first_ok = chars.next().is_some_and(|c| c.is_ascii_lowercase());
+        if !(first_ok && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')) {
+            return Err(CreditError::invalid_argument(
+                "category",
+                "category must start with a lowercase letter and hold only lowercase letters, digits, _ and -",
+            ));
+        }
+        Ok(())
+    }
+);
+text_newtype!(
+    /// A plan's name (`"pro"`): 1 to 64 chars.
+    PlanName, "plan", PLAN_CHARS_MAX, TextRule::Name
+);
+text_newtype!(
+    /// An instant, as ISO 8601 / RFC 3339 with a date, a time and an offset
+    /// (`2026-12-31T23:59:59Z`, `2026-12-31T23:59:59.5+01:00`).
+    ///
+    /// ```
+    /// use creditgate::Timestamp;
+    /// assert!(Timestamp::new("2026-12-31T23:59:59Z").is_ok());
+    /// assert!(Timestamp::new("next tuesday").is_err());
+    /// ```
+    Timestamp, "timestamp", 40, TextRule::Name,
+    |text: &str| {
+        if is_rfc3339(text) {
+            Ok(())
+        } else {
+            Err(CreditError::invalid_argument("timestamp", format!("expected an ISO 8601 instant like 2026-12-31T23:59:59Z, got {}", quote(text))))
+        }
+    }
+);
+
+/// `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`, with fields in range.
+fn is_rfc3339(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let digits = |from: usize, to: usize| -> Option<u32> {
+        let part = text.get(from..to)?;
+        part.bytes().all(|b| b.is_ascii_digit()).then(|| part.parse().ok())?
+    };
+    let date_time = bytes.len() >= 20
+        && bytes[4] == b'-'
+        && bytes[7] == b'-'
+        && matches!(bytes[10], b'T' | b't' | b' ')
+        && bytes[13] == b':'
+        && bytes[16] == b':';
+    if !date_time {
+        return false;
+    }
+    let (Some(year), Some(month), Some(day), Some(hour), Some(minute), Some(second)) =
+        (digits(0, 4), digits(5, 7), digits(8, 10), digits(11, 13), digits(14, 16), digits(17, 19))
+    else {
+        return false;
+    };
+    let mut rest = &text[19..];
+    if let Some(fraction) = rest.strip_prefix('.') {
+        let length = fraction.bytes().take_while(u8::is_ascii_digit).count();
+        if length == 0 || length > 9 {
+            return false;
+        }
+        rest = &fraction[length..];
+    }
+    let offset_ok = match rest {
+        "Z" | "z" => true,
+        _ => {
+            rest.len() == 6
+                && matches!(rest.as_bytes()[0], b'+' | b'-')
+                && rest.as_bytes()[3] == b':'
+                && digits(text.len() - 5, text.len() - 3).is_some_and(|h| h <= 23)
+                && digits(text.len() - 2, text.len()).is_some_and(|m| m <= 59)
+        }
+    };
+    offset_ok && (1..=9999).contains(&year) && (1..=12).contains(&month) && (1..=31).contains(&day)
+        && hour <= 23 && minute <= 59 && second <= 60
+}
+
+text_newtype!(
     /// Why credits moved, for the ledger: 1 to 500 chars.
     Reason, "reason", REASON_CHARS_MAX, TextRule::Prose
 );
@@ -310,6 +437,14 @@ int_newtype!(
 int_newtype!(
     /// How long a charge's hold lasts before the sweeper refunds it: 1 s to a day.
     HoldSeconds, "holdSeconds", 1, HOLD_SECONDS_MAX
+);
+int_newtype!(
+    /// A lot's priority: 0 to 100, lower is spent first.
+    Priority, "priority", 0, PRIORITY_MAX
+);
+int_newtype!(
+    /// How much of a plan period's expiring allowance carries into the next: 0 to 1000000000.
+    RolloverMax, "rolloverMax", 0, CREDITS_MAX
 );
 int_newtype!(
     /// How much a rate limit allows per window: 1 to 1000000.

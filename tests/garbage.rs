@@ -32,7 +32,7 @@ impl Rng {
     }
 }
 
-const FIELDS: [&str; 17] = [
+const FIELDS: [&str; 26] = [
     "userId",
     "operation",
     "cost",
@@ -50,6 +50,15 @@ const FIELDS: [&str; 17] = [
     "weight",
     "limitKey",
     "success",
+    "expiresAt",
+    "category",
+    "priority",
+    "lotId",
+    "plan",
+    "period",
+    "rolloverMax",
+    "anchor",
+    "after",
 ];
 
 fn text(rng: &mut Rng) -> String {
@@ -161,6 +170,10 @@ fn parse_all(input: &Value) {
     check(LimitRequest::from_json(input));
     check(ChargeWithLimitRequest::from_json(input));
     check(RunOutput::from_json(input));
+    check(creditgate::RevokeLotRequest::from_json(input));
+    check(creditgate::EventsRequest::from_json(input));
+    check(creditgate::PlanRequest::from_json(input));
+    check(creditgate::SubscribeRequest::from_json(input));
     check(RateLimitResult::from_json(input));
     check(creditgate::user_id_from_json(input));
     check(Metadata::new(input.clone()));
@@ -191,6 +204,9 @@ fn decode_all(status: u16, body: &str) {
     check(answers::charge_with_limit(&limit, &answer).err());
     check(answers::charge_with_limits(std::slice::from_ref(&limit), &answer).err());
     check(answers::rows::<creditgate::LedgerView>("credit_ledger", &answer).err());
+    check(answers::rows::<creditgate::LotView>("get_credit_lots", &answer).err());
+    check(answers::rows::<creditgate::EventView>("get_credit_events", &answer).err());
+    check(answers::one_row::<creditgate::SubscriptionView>("subscribe_credit_plan", &answer).err());
     check(Some(CreditError::from_postgrest(status, body)));
 }
 

@@ -119,6 +119,9 @@ fn db_suites(run: &mut Run) -> Result<()> {
         legacy_upgrade(&cluster, "seed_half_applied", &root.join("tests/upgrade/seed-half-applied"))
     });
     run.suite("db: concurrency", || db_checks::model::concurrency(&cluster, FRESH));
+    run.suite("db: concurrency, credit lots (spending order, settlements, expiry, revokes) against a model", || {
+        db_checks::lots_model::lots_concurrency(&cluster, FRESH)
+    });
     run.suite("db: concurrency, charges under two shared limits (charge_credits_with_limits)", || {
         db_checks::limits_model::multi_limit_concurrency(&cluster, FRESH)
     });

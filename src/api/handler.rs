@@ -107,6 +107,9 @@ impl Api {
                 Route::Complete(job_id) => self.complete(request, job_id, trace).await,
                 Route::Refund(job_id) => self.refund(request, job_id, trace).await,
                 Route::Grant => self.grant(request).await,
+                Route::RevokeLot(_) | Route::Plan | Route::Subscribe | Route::Cancel => {
+                    self.lots_service_route(request, route).await
+                }
                 _ => self.limit_tool(request, route).await,
             };
         }
@@ -139,14 +142,9 @@ impl Api {
             }
             Route::Jobs => self.jobs(request, user).await,
             Route::Ledger => self.ledger(request, user).await,
-            Route::Complete(_)
-            | Route::Refund(_)
-            | Route::Grant
-            | Route::PeekLimit
-            | Route::ResetLimit
-            | Route::LimitUsage
-            | Route::BlockLimitKey
-            | Route::UnblockLimitKey => Err(ApiError::forbidden("this route is for the service role")),
+            Route::Lots => self.lots(request, user).await,
+            Route::Events => self.events(request, user).await,
+            _ => Err(ApiError::forbidden("this route is for the service role")),
         }
     }
 
@@ -531,5 +529,6 @@ fn settled_failure(error: ApiError, charged: &ChargeResult, refunded_balance: Op
     error
 }
 
+mod lots;
 #[cfg(test)]
 mod tests;

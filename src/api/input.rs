@@ -167,7 +167,7 @@ pub fn refund(request: &ApiRequest) -> Result<Reason, ApiError> {
 /// the key may come as the `Idempotency-Key` header instead (not both, unless equal).
 pub fn grant(request: &ApiRequest) -> Result<GrantRequest, ApiError> {
     let mut map = body_object(request, false)?;
-    only(&map, &["userId", "amount", "reason", "idempotencyKey", "metadata"])?;
+    only(&map, &crate::GRANT_FIELDS)?;
     if let Some(header) = idempotency_key(request)? {
         match string(&map, "idempotencyKey")? {
             Some(body) if body != header.as_str() => {
@@ -249,6 +249,31 @@ pub fn usage_query(request: &ApiRequest) -> Result<Value, ApiError> {
 pub struct LedgerQuery {
     pub limit: u32,
     pub before: Option<i64>,
+}
+
+/// `GET /events?after&limit`: events after an id (0: from the first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventsQuery {
+    pub after: i64,
+    pub limit: u32,
+}
+
+pub fn events(request: &ApiRequest) -> Result<EventsQuery, ApiError> {
+    let params = query_params(&request.query, &["after", "limit"])?;
+    let mut query = EventsQuery { after: 0, limit: PAGE_DEFAULT };
+    for (name, value) in &params {
+        match name.as_str() {
+            "limit" => query.limit = whole("limit", value, 1, u64::from(PAGE_MAX))? as u32,
+            _ => query.after = whole("after", value, 0, i64::MAX as u64)? as i64,
+        }
+    }
+    Ok(query)
+}
+
+/// A service route's body, parsed by the request type's own `from_json`.
+pub fn service_body<T>(request: &ApiRequest, parse: fn(&Value) -> Result<T, crate::CreditError>) -> Result<T, ApiError> {
+    let map = body_object(request, false)?;
+    parse(&Value::Object(map)).map_err(ApiError::from)
 }
 
 pub fn ledger(request: &ApiRequest) -> Result<LedgerQuery, ApiError> {

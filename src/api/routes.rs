@@ -5,7 +5,7 @@
 //! stripped here, so the same handler works behind any of them.
 
 use super::error::ApiError;
-use crate::JobId;
+use crate::{JobId, LotId};
 
 /// The routes, with what their path carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,7 +26,7 @@ pub enum Route {
     Complete(JobId),
     /// `POST /jobs/:id/refund` (the service role).
     Refund(JobId),
-    /// `POST /grant` (the service role).
+    /// `POST /grant` (the service role): opens a lot.
     Grant,
     /// `POST /limits/peek` `{key, limit, windowSeconds}` (the service role).
     PeekLimit,
@@ -38,6 +38,18 @@ pub enum Route {
     BlockLimitKey,
     /// `POST /limits/unblock` `{key}` (the service role).
     UnblockLimitKey,
+    /// `GET /lots` (a user's own lots, spendable first in spending order).
+    Lots,
+    /// `GET /events?after&limit` (a user's own balance events, oldest first).
+    Events,
+    /// `POST /lots/:id/revoke` (the service role).
+    RevokeLot(LotId),
+    /// `POST /plans` (the service role): create or change a plan.
+    Plan,
+    /// `POST /plans/subscribe` (the service role).
+    Subscribe,
+    /// `POST /plans/cancel` (the service role).
+    Cancel,
 }
 
 impl Route {
@@ -58,6 +70,12 @@ impl Route {
             Route::LimitUsage => "/limits/usage",
             Route::BlockLimitKey => "/limits/block",
             Route::UnblockLimitKey => "/limits/unblock",
+            Route::Lots => "/lots",
+            Route::Events => "/events",
+            Route::RevokeLot(_) => "/lots/:id/revoke",
+            Route::Plan => "/plans",
+            Route::Subscribe => "/plans/subscribe",
+            Route::Cancel => "/plans/cancel",
         }
     }
 
@@ -73,6 +91,10 @@ impl Route {
                 | Route::LimitUsage
                 | Route::BlockLimitKey
                 | Route::UnblockLimitKey
+                | Route::RevokeLot(_)
+                | Route::Plan
+                | Route::Subscribe
+                | Route::Cancel
         )
     }
 
@@ -119,6 +141,12 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
         ["limits", "usage"] => (Route::LimitUsage, "GET"),
         ["limits", "block"] => (Route::BlockLimitKey, "POST"),
         ["limits", "unblock"] => (Route::UnblockLimitKey, "POST"),
+        ["lots"] => (Route::Lots, "GET"),
+        ["lots", id, "revoke"] => (Route::RevokeLot(uuid_segment(id, "lotId", LotId::parse)?), "POST"),
+        ["events"] => (Route::Events, "GET"),
+        ["plans"] => (Route::Plan, "POST"),
+        ["plans", "subscribe"] => (Route::Subscribe, "POST"),
+        ["plans", "cancel"] => (Route::Cancel, "POST"),
         _ => return Err(ApiError::route_not_found(path)),
     };
     // HEAD is GET without a body; the runtime drops the body.
@@ -131,9 +159,14 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
 }
 
 fn job_id(segment: &str) -> Result<JobId, ApiError> {
-    // A percent-encoded UUID is still a UUID; anything else is not.
+    uuid_segment(segment, "jobId", JobId::parse)
+}
+
+/// A path segment holding an id: a percent-encoded UUID is still a UUID;
+/// anything else is not.
+fn uuid_segment<T>(segment: &str, field: &str, parse: fn(&str, &str) -> Result<T, crate::CreditError>) -> Result<T, ApiError> {
     let decoded: String = percent_decode(segment).unwrap_or_default();
-    JobId::parse("jobId", &decoded).map_err(ApiError::from)
+    parse(field, &decoded).map_err(ApiError::from)
 }
 
 fn percent_decode(text: &str) -> Option<String> {
@@ -164,6 +197,18 @@ mod tests {
     }
 
     #[test]
+    fn lot_and_plan_routes_are_the_service_roles_and_ids_are_checked() {
+        for route in [Route::RevokeLot(LotId::parse("lotId", JOB).expect("uuid")), Route::Plan, Route::Subscribe, Route::Cancel] {
+            assert!(route.service_only(), "{route:?}");
+            assert!(!route.paid());
+        }
+        assert!(!Route::Lots.service_only() && !Route::Events.service_only());
+        let bad = route("POST", "/credits/lots/nope/revoke").expect_err("not a uuid");
+        assert_eq!((bad.status, bad.details["field"].as_str()), (400, Some("lotId")));
+        assert_eq!(route("GET", "/credits/plans").expect_err("POST only").status, 405);
+    }
+
+    #[test]
     fn every_route_under_every_prefix() {
         for prefix in ["", "/credits", "/functions/v1/credits"] {
             let cases = [
@@ -183,6 +228,12 @@ mod tests {
                 ("POST", "/limits/block", Route::BlockLimitKey),
                 ("POST", "/limits/unblock", Route::UnblockLimitKey),
                 ("HEAD", "/balance", Route::Balance),
+                ("GET", "/lots", Route::Lots),
+                ("GET", "/events", Route::Events),
+                ("POST", &format!("/lots/{JOB}/revoke"), Route::RevokeLot(LotId::parse("lotId", JOB).expect("uuid"))),
+                ("POST", "/plans", Route::Plan),
+                ("POST", "/plans/subscribe", Route::Subscribe),
+                ("POST", "/plans/cancel", Route::Cancel),
             ];
             for (method, path, expected) in cases {
                 let path = format!("{prefix}{path}");

@@ -435,9 +435,11 @@ END
 $$;
 ALTER TABLE public.credit_ledger DROP CONSTRAINT IF EXISTS credit_ledger_entry_type_known;
 ALTER TABLE public.credit_ledger DROP CONSTRAINT IF EXISTS credit_ledger_job_entries_name_a_job;
-SELECT creditgate.ensure_constraint('public.credit_ledger', 'credit_ledger_entry_type_listed',
+-- The list before lots (without lot_expiry and lot_revocation) had another name.
+ALTER TABLE public.credit_ledger DROP CONSTRAINT IF EXISTS credit_ledger_entry_type_listed;
+SELECT creditgate.ensure_constraint('public.credit_ledger', 'credit_ledger_entry_type_in_list',
   $c$CHECK (entry_type IN ('charge', 'refund', 'expiry', 'completion', 'grant',
-                           'opening_balance', 'account_closure', 'legacy'))$c$);
+                           'opening_balance', 'account_closure', 'legacy', 'lot_expiry', 'lot_revocation'))$c$);
 SELECT creditgate.ensure_constraint('public.credit_ledger', 'credit_ledger_job_entry_names_a_job',
   $c$CHECK ((job_id IS NOT NULL) = (entry_type IN ('charge', 'refund', 'expiry', 'completion')))$c$);
 SELECT creditgate.ensure_constraint('public.credit_ledger', 'credit_ledger_delta_nonzero',
@@ -466,7 +468,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS credit_ledger_one_settlement_per_job
 COMMENT ON TABLE public.credit_ledger IS
   'Append-only: one row per balance change. Per user: ids increase in commit order, balance_after = previous + delta, sum(delta) = users.credits.';
 COMMENT ON COLUMN public.credit_ledger.entry_type IS
-  'charge (hold taken), refund / expiry / completion (job settled; a completion returns the unused part of the hold), grant, opening_balance (legacy upgrade), account_closure, legacy (rows from before creditgate).';
+  'charge (hold taken), refund / expiry / completion (job settled; a completion returns the unused part of the hold), grant, opening_balance (legacy upgrade), account_closure, lot_expiry / lot_revocation (what remained of a lot left the balance), legacy (rows from before creditgate).';
 COMMENT ON COLUMN public.credit_ledger.operation_type IS
   'The operation of the job (charge and settlement entries), or the entry type for entries without a job (grant, opening_balance, account_closure, legacy).';
 

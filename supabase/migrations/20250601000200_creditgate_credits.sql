@@ -33,6 +33,8 @@ DROP FUNCTION IF EXISTS creditgate.void_open_holds(uuid, timestamptz, text, text
 DROP FUNCTION IF EXISTS creditgate.release_expired_holds(uuid, timestamptz);
 DROP FUNCTION IF EXISTS creditgate.require_open(public.generation_jobs);
 DROP FUNCTION IF EXISTS creditgate.require_idempotency_scope(text);
+-- Before lots, the grant's clock twin had no expiry, category or priority.
+DROP FUNCTION IF EXISTS creditgate.grant_credits_at(uuid, integer, text, text, jsonb, timestamptz);
 DO $$
 BEGIN
   IF (SELECT 'p_captured' = ANY (p.proargnames) FROM pg_catalog.pg_proc p WHERE p.oid =
@@ -46,6 +48,11 @@ BEGIN
   IF (SELECT 'p_operation' = ANY (p.proargnames) FROM pg_catalog.pg_proc p WHERE p.oid =
       to_regprocedure('creditgate.claim_idempotency_key(uuid, text, text, text)')) THEN
     DROP FUNCTION creditgate.claim_idempotency_key(uuid, text, text, text);
+  END IF;
+  -- Before lots, apply_delta returned the balance only; now TABLE(new_balance, entry_id).
+  IF (SELECT pg_catalog.pg_get_function_result(p.oid) NOT LIKE 'TABLE%' FROM pg_catalog.pg_proc p WHERE p.oid =
+      to_regprocedure('creditgate.apply_delta(uuid, integer, text, text, text, jsonb, uuid)')) THEN
+    DROP FUNCTION creditgate.apply_delta(uuid, integer, text, text, text, jsonb, uuid);
   END IF;
   IF (SELECT 'replayed' = ANY (p.proargnames) FROM pg_catalog.pg_proc p WHERE p.oid =
       to_regprocedure('creditgate.open_hold(uuid, text, integer, text, text, jsonb, integer, timestamptz)')) THEN
@@ -284,28 +291,34 @@ $$;
 
 /**
  * Adds p_delta to the user's balance and appends the ledger row that records
- * it, with balance_after. Returns the new balance.
+ * it, with balance_after; a decrease that crosses the user's low-balance
+ * threshold or reaches 0 writes its balance event (creditgate.note_balance_drop).
+ * Returns the new balance and the entry's id. The caller moves the lots the
+ * entry touches (20250601000500_creditgate_lots.sql): draw_lots,
+ * return_to_lots, take_from_lot, or a new lot.
  * Locks: the caller holds the users row (creditgate.lock_user).
  */
 CREATE OR REPLACE FUNCTION creditgate.apply_delta(
   p_user_id uuid, p_delta integer, p_entry_type text, p_operation_type text,
   p_description text, p_metadata jsonb, p_job_id uuid)
-RETURNS integer
+RETURNS TABLE (new_balance integer, entry_id bigint)
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-  v_balance integer;
 BEGIN
   UPDATE public.users u SET credits = u.credits + p_delta WHERE u.id = p_user_id
-  RETURNING u.credits INTO v_balance;
+  RETURNING u.credits INTO new_balance;
 
-  INSERT INTO public.credit_ledger
+  INSERT INTO public.credit_ledger AS l
     (user_id, delta, balance_after, operation_type, description, metadata, job_id, entry_type)
   VALUES
-    (p_user_id, p_delta, v_balance, p_operation_type, p_description, p_metadata, p_job_id, p_entry_type);
-  RETURN v_balance;
+    (p_user_id, p_delta, new_balance, p_operation_type, p_description, p_metadata, p_job_id, p_entry_type)
+  RETURNING l.id INTO entry_id;
+  IF p_delta < 0 THEN
+    PERFORM creditgate.note_balance_drop(p_user_id, new_balance - p_delta, new_balance, entry_id);
+  END IF;
+  RETURN NEXT;
 END;
 $$;
 
@@ -326,6 +339,7 @@ AS $$
 DECLARE
   v_returned integer := p_job.cost - p_kept;
   v_balance integer;
+  v_entry_id bigint;
 BEGIN
   UPDATE public.generation_jobs j
   SET status = p_status,
@@ -337,8 +351,16 @@ BEGIN
   WHERE j.id = p_job.id;
 
   IF v_returned > 0 THEN
-    RETURN creditgate.apply_delta(p_job.user_id, v_returned, p_entry_type, p_job.operation_type, p_description,
-      pg_catalog.jsonb_build_object('job_id', p_job.id), p_job.id);
+    SELECT d.new_balance, d.entry_id INTO v_balance, v_entry_id
+    FROM creditgate.apply_delta(p_job.user_id, v_returned, p_entry_type, p_job.operation_type, p_description,
+      pg_catalog.jsonb_build_object('job_id', p_job.id), p_job.id) d;
+    IF p_entry_type = 'expiry' THEN
+      PERFORM creditgate.record_event(p_job.user_id, 'hold_expired', pg_catalog.jsonb_build_object(
+        'job_id', p_job.id, 'operation_type', p_job.operation_type, 'cost', p_job.cost, 'entry_id', v_entry_id));
+    END IF;
+    -- Back to the lots the charge drew from; what comes back to an expired
+    -- or revoked lot leaves again at once (the balance returned is after that).
+    RETURN creditgate.return_to_lots(p_job, v_returned, v_entry_id, p_now);
   END IF;
   SELECT u.credits INTO v_balance FROM public.users u WHERE u.id = p_job.user_id;
   RETURN v_balance;
@@ -394,11 +416,34 @@ END;
 $$;
 
 /**
- * Locks the user's row, expires the user's holds past their deadline (so an
- * expired hold never blocks a charge) and returns the balance. One read of
- * the row; expiry runs only when an index probe finds such a hold, which
+ * True when the user has something due at p_now: a hold past its deadline, a
+ * lot past its expiry with credits left, or a plan period whose allowance is
+ * not granted yet. One query of three index probes.
+ */
+CREATE OR REPLACE FUNCTION creditgate.user_due(p_user_id uuid, p_now timestamptz)
+RETURNS boolean
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  RETURN EXISTS (SELECT FROM public.generation_jobs j
+                 WHERE j.user_id = p_user_id AND j.status = 'pending' AND j.expires_at <= p_now)
+      OR EXISTS (SELECT FROM public.credit_lots l
+                 WHERE l.user_id = p_user_id AND l.remaining > 0 AND l.expires_at <= p_now)
+      OR EXISTS (SELECT FROM public.credit_plan_subscriptions s
+                 WHERE s.user_id = p_user_id AND s.next_period_start <= p_now);
+END;
+$$;
+
+/**
+ * Locks the user's row, catches the user up (creditgate.catch_up: the due
+ * plan allowance granted, holds past their deadline expired, lots past
+ * their expiry expired; so an expired hold never blocks a charge and an
+ * expired lot is never spent) and returns the balance. One read of the row;
+ * the catch-up runs only when creditgate.user_due finds something, which
  * most calls do not.
- * Locks: the users row (FOR UPDATE), then the user's expired jobs.
+ * Locks: the users row (FOR UPDATE), then the user's expired jobs, then lots.
  * Errors: PT404 user_not_found; also when p_open and the account is closed.
  */
 CREATE OR REPLACE FUNCTION creditgate.lock_user(p_user_id uuid, p_now timestamptz, p_open boolean)
@@ -417,9 +462,8 @@ BEGIN
     PERFORM creditgate.fail('PT404', 'user_not_found', 'User not found',
       pg_catalog.jsonb_build_object('user_id', p_user_id));
   END IF;
-  IF EXISTS (SELECT FROM public.generation_jobs j
-             WHERE j.user_id = p_user_id AND j.status = 'pending' AND j.expires_at <= p_now) THEN
-    PERFORM creditgate.expire_holds(p_user_id, p_now);
+  IF creditgate.user_due(p_user_id, p_now) THEN
+    PERFORM creditgate.catch_up(p_user_id, p_now);
     SELECT u.credits INTO v_balance FROM public.users u WHERE u.id = p_user_id;
   END IF;
   RETURN v_balance;
@@ -602,6 +646,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   v_balance integer;
+  v_entry_id bigint;
   v_job_id uuid;
   v_expires_at timestamptz;
 BEGIN
@@ -619,10 +664,12 @@ BEGIN
     (p_user_id, p_operation_type, 'pending', p_cost, p_idempotency_key, p_metadata, p_now, v_expires_at)
   RETURNING j.id INTO v_job_id;
 
-  v_balance := creditgate.apply_delta(p_user_id, -p_cost, 'charge', p_operation_type,
+  SELECT d.new_balance, d.entry_id INTO v_balance, v_entry_id
+  FROM creditgate.apply_delta(p_user_id, -p_cost, 'charge', p_operation_type,
     p_operation_type || ' generation',
     p_metadata || pg_catalog.jsonb_build_object('job_id', v_job_id, 'idempotency_key', p_idempotency_key),
-    v_job_id);
+    v_job_id) d;
+  PERFORM creditgate.draw_lots(p_user_id, p_cost, v_entry_id);
   PERFORM creditgate.record_idempotency_key(p_user_id, p_idempotency_key, 'charge', p_request_hash,
     pg_catalog.jsonb_build_object('job_id', v_job_id, 'new_balance', v_balance, 'expires_at', v_expires_at),
     v_job_id);
@@ -928,15 +975,19 @@ SELECT creditgate.expose('public.refund_credits(uuid, uuid, integer, text)', 'se
 -- -----------------------------------------------------------------------------
 
 /**
- * Adds p_amount credits. With a key (a payment webhook's event id), a retry
- * returns the original new balance and adds nothing.
- * Locks: idempotency claim, the users row, then the user's expired jobs.
+ * Adds p_amount credits as a new lot (category p_category, priority
+ * p_priority, expiring at p_expires_at or never). With a key (a payment
+ * webhook's event id), a retry returns the original new balance and adds
+ * nothing. The request's fingerprint names expiry, category and priority only
+ * when they are not the defaults, so keys stored before lots still replay.
+ * Locks: idempotency claim, the users row, then the user's expired jobs and lots.
  * Errors: 22023 (also when balance + open holds would pass
  * balance_credits_max()), PT404 user_not_found, PT409 idempotency_in_flight,
  * PT422 idempotency_key_reused.
  */
 CREATE OR REPLACE FUNCTION creditgate.grant_credits_at(
-  p_user_id uuid, p_amount integer, p_reason text, p_idempotency_key text, p_metadata jsonb, p_now timestamptz)
+  p_user_id uuid, p_amount integer, p_reason text, p_idempotency_key text, p_metadata jsonb,
+  p_expires_at timestamptz, p_category text, p_priority integer, p_now timestamptz)
 RETURNS integer
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -944,18 +995,28 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   v_metadata jsonb := creditgate.clean_metadata(p_metadata);
+  v_category text := coalesce(p_category, 'paid');
+  v_priority integer := coalesce(p_priority, 50);
+  v_request jsonb;
   v_hash text;
   v_replay jsonb;
   v_balance integer;
+  v_entry_id bigint;
+  v_lot_id uuid;
   v_held bigint;
 BEGIN
   PERFORM creditgate.require_id('p_user_id', p_user_id);
   PERFORM creditgate.require_range('p_amount', p_amount, 1, creditgate.cost_credits_max());
   PERFORM creditgate.require_text('p_reason', p_reason, creditgate.reason_length_max(), false);
   PERFORM creditgate.require_text('p_idempotency_key', p_idempotency_key, creditgate.idempotency_key_length_max(), true);
+  PERFORM creditgate.require_lot_terms(p_expires_at, v_category, v_priority, p_now);
 
-  v_hash := pg_catalog.md5(pg_catalog.jsonb_build_object(
-    'amount', p_amount, 'reason', p_reason, 'metadata', v_metadata)::text);
+  v_request := pg_catalog.jsonb_build_object('amount', p_amount, 'reason', p_reason, 'metadata', v_metadata);
+  IF p_expires_at IS NOT NULL OR v_category <> 'paid' OR v_priority <> 50 THEN
+    v_request := v_request || pg_catalog.jsonb_build_object(
+      'expires_at', p_expires_at, 'category', v_category, 'priority', v_priority);
+  END IF;
+  v_hash := pg_catalog.md5(v_request::text);
   v_replay := creditgate.claim_idempotency_key(p_user_id, p_idempotency_key, 'grant', v_hash);
   IF v_replay IS NOT NULL THEN
     RETURN (v_replay ->> 'new_balance')::integer;
@@ -970,8 +1031,11 @@ BEGIN
     pg_catalog.jsonb_build_object('parameter', 'p_amount', 'value', p_amount, 'balance', v_balance,
       'held', v_held, 'max', creditgate.balance_credits_max()));
 
-  v_balance := creditgate.apply_delta(p_user_id, p_amount, 'grant', 'grant', p_reason,
-    v_metadata || pg_catalog.jsonb_build_object('idempotency_key', p_idempotency_key), NULL);
+  SELECT d.new_balance, d.entry_id INTO v_balance, v_entry_id
+  FROM creditgate.apply_delta(p_user_id, p_amount, 'grant', 'grant', p_reason,
+    v_metadata || pg_catalog.jsonb_build_object('idempotency_key', p_idempotency_key), NULL) d;
+  v_lot_id := creditgate.open_lot(p_user_id, p_amount, v_category, v_priority, p_expires_at, p_reason,
+    p_idempotency_key, v_metadata, v_entry_id, NULL, NULL, p_now);
   PERFORM creditgate.record_idempotency_key(p_user_id, p_idempotency_key, 'grant', v_hash,
     pg_catalog.jsonb_build_object('new_balance', v_balance), NULL);
   RETURN v_balance;
@@ -979,13 +1043,19 @@ END;
 $$;
 
 SELECT creditgate.drop_other_versions('grant_credits',
-  $a$p_user_id uuid, p_amount integer, p_reason text, p_idempotency_key text DEFAULT NULL::text, p_metadata jsonb DEFAULT '{}'::jsonb$a$,
+  $a$p_user_id uuid, p_amount integer, p_reason text, p_idempotency_key text DEFAULT NULL::text, p_metadata jsonb DEFAULT '{}'::jsonb, p_expires_at timestamp with time zone DEFAULT NULL::timestamp with time zone, p_category text DEFAULT 'paid'::text, p_priority integer DEFAULT 50$a$,
   'integer');
 
-/** Top-up, idempotent by key: see creditgate.grant_credits_at. For service_role. */
+/**
+ * Grant, idempotent by key: see creditgate.grant_credits_at. The seed's five
+ * arguments, positional or named, are this function with the defaults (one
+ * function: a second, five-argument one would make those calls ambiguous).
+ * For service_role.
+ */
 CREATE OR REPLACE FUNCTION public.grant_credits(
   p_user_id uuid, p_amount integer, p_reason text, p_idempotency_key text DEFAULT NULL,
-  p_metadata jsonb DEFAULT '{}'::jsonb)
+  p_metadata jsonb DEFAULT '{}'::jsonb, p_expires_at timestamptz DEFAULT NULL, p_category text DEFAULT 'paid',
+  p_priority integer DEFAULT 50)
 RETURNS integer
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -993,19 +1063,20 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
   RETURN creditgate.grant_credits_at(p_user_id, p_amount, p_reason, p_idempotency_key, p_metadata,
-    pg_catalog.clock_timestamp());
+    p_expires_at, p_category, p_priority, pg_catalog.clock_timestamp());
 END;
 $$;
-SELECT creditgate.expose('public.grant_credits(uuid, integer, text, text, jsonb)', 'service_role');
+SELECT creditgate.expose('public.grant_credits(uuid, integer, text, text, jsonb, timestamptz, text, integer)', 'service_role');
 
 -- -----------------------------------------------------------------------------
 -- Balance reads and expiry
 -- -----------------------------------------------------------------------------
 
 /**
- * The user's balance with due holds expired first, so a read never
- * shows an expired hold as spent.
- * Locks: the users row, only when the user has a hold to expire.
+ * The user's balance with the user caught up first (due holds and lots
+ * expired, a due allowance granted), so a read never shows an expired hold
+ * as spent or an expired lot as spendable.
+ * Locks: the users row, only when the user has something due.
  * Errors: 22023, PT404 user_not_found.
  */
 CREATE OR REPLACE FUNCTION creditgate.get_credit_balance_at(p_user_id uuid, p_now timestamptz)
@@ -1018,8 +1089,7 @@ DECLARE
   v_balance integer;
 BEGIN
   PERFORM creditgate.require_id('p_user_id', p_user_id);
-  IF EXISTS (SELECT FROM public.generation_jobs j
-             WHERE j.user_id = p_user_id AND j.status = 'pending' AND j.expires_at <= p_now) THEN
+  IF creditgate.user_due(p_user_id, p_now) THEN
     RETURN creditgate.lock_user(p_user_id, p_now, false);
   END IF;
   SELECT u.credits INTO v_balance FROM public.users u WHERE u.id = p_user_id;
@@ -1070,11 +1140,13 @@ $$;
 SELECT creditgate.expose('public.get_my_credit_balance()', 'authenticated, service_role');
 
 /**
- * The sweeper: expires every pending hold whose deadline is at or before p_now.
- * Returns how many holds it expired. A user whose row another transaction
- * holds is skipped: that user's holds go at their next balance check or the
- * next sweep.
- * Locks: each user row (SKIP LOCKED), then that user's jobs.
+ * The sweeper: catches up every user with something due at p_now
+ * (creditgate.catch_up: the due plan allowance granted, holds past their
+ * deadline expired, lots past their expiry expired), then writes the
+ * lot_expiring events that are due. Returns how many holds it expired. A
+ * user whose row another transaction holds is skipped: that user is caught up
+ * at their next balance check or the next sweep.
+ * Locks: each user row (SKIP LOCKED), then that user's jobs and lots.
  */
 CREATE OR REPLACE FUNCTION creditgate.expire_stale_generation_jobs_at(p_now timestamptz)
 RETURNS integer
@@ -1087,15 +1159,19 @@ DECLARE
   v_expired integer := 0;
 BEGIN
   FOR v_user_id IN
-    SELECT DISTINCT j.user_id FROM public.generation_jobs j
-    WHERE j.status = 'pending' AND j.expires_at <= p_now
-    ORDER BY j.user_id
+    SELECT j.user_id FROM public.generation_jobs j WHERE j.status = 'pending' AND j.expires_at <= p_now
+    UNION
+    SELECT l.user_id FROM public.credit_lots l WHERE l.remaining > 0 AND l.expires_at <= p_now
+    UNION
+    SELECT s.user_id FROM public.credit_plan_subscriptions s WHERE s.next_period_start <= p_now
+    ORDER BY 1
   LOOP
     PERFORM FROM public.users u WHERE u.id = v_user_id FOR UPDATE SKIP LOCKED;
     IF FOUND THEN
-      v_expired := v_expired + creditgate.expire_holds(v_user_id, p_now);
+      v_expired := v_expired + creditgate.catch_up(v_user_id, p_now);
     END IF;
   END LOOP;
+  PERFORM creditgate.note_expiring_lots(p_now);
   RETURN v_expired;
 END;
 $$;
@@ -1116,80 +1192,10 @@ $$;
 SELECT creditgate.expose('public.expire_stale_generation_jobs()', 'service_role');
 
 -- -----------------------------------------------------------------------------
--- Reconciliation
+-- Reconciliation: verify_credit_ledger() is in 20250601000500_creditgate_lots.sql
+-- (a LANGUAGE sql body must name tables that exist, and it checks the lots).
 -- -----------------------------------------------------------------------------
 
-SELECT creditgate.drop_other_versions('verify_credit_ledger', '',
-  'TABLE(user_id uuid, problem text, details jsonb)');
-
-/**
- * One row per inconsistency; empty means sound. Problems:
- *   balance_mismatch   users.credits <> the sum of the user's deltas
- *   negative_balance   a balance below zero (only a legacy row can be)
- *   chain_broken       balance_after <> the previous balance_after + delta, by id
- *   out_of_order       a later id with an earlier timestamp (rows from before creditgate excepted)
- *   job_settled_twice  a job with more than one settlement entry, or an open job with one
- *   job_ledger_mismatch a job whose ledger entries do not add up to what it kept
- * Locks: none (reads one snapshot).
- */
-CREATE OR REPLACE FUNCTION public.verify_credit_ledger()
-RETURNS TABLE (user_id uuid, problem text, details jsonb)
-LANGUAGE sql
-STABLE
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-  WITH sums AS (
-    SELECT l.user_id, sum(l.delta) AS delta_sum FROM public.credit_ledger l GROUP BY l.user_id
-  ),
-  chained AS (
-    SELECT l.id, l.user_id, l.delta, l.balance_after, l.created_at, l.entry_type,
-           lag(l.balance_after) OVER w AS previous_balance,
-           lag(l.created_at) OVER w AS previous_created_at,
-           lag(l.entry_type) OVER w AS previous_entry_type
-    FROM public.credit_ledger l
-    WINDOW w AS (PARTITION BY l.user_id ORDER BY l.id)
-  ),
-  job_entries AS (
-    SELECT l.job_id,
-           sum(l.delta) AS delta_sum,
-           count(*) FILTER (WHERE l.entry_type = 'charge') AS charges,
-           count(*) FILTER (WHERE l.entry_type IN ('refund', 'expiry', 'completion')) AS settlements
-    FROM public.credit_ledger l WHERE l.job_id IS NOT NULL GROUP BY l.job_id
-  )
-  SELECT u.id, 'balance_mismatch',
-         pg_catalog.jsonb_build_object('balance', u.credits, 'ledger_sum', coalesce(s.delta_sum, 0))
-  FROM public.users u LEFT JOIN sums s ON s.user_id = u.id
-  WHERE u.credits <> coalesce(s.delta_sum, 0)
-  UNION ALL
-  SELECT u.id, 'negative_balance', pg_catalog.jsonb_build_object('balance', u.credits)
-  FROM public.users u WHERE u.credits < 0
-  UNION ALL
-  SELECT c.user_id, 'chain_broken',
-         pg_catalog.jsonb_build_object('entry_id', c.id, 'balance_after', c.balance_after,
-           'expected', coalesce(c.previous_balance, 0) + c.delta)
-  FROM chained c WHERE c.balance_after <> coalesce(c.previous_balance, 0) + c.delta
-  UNION ALL
-  SELECT c.user_id, 'out_of_order',
-         pg_catalog.jsonb_build_object('entry_id', c.id, 'created_at', c.created_at,
-           'previous_created_at', c.previous_created_at)
-  FROM chained c
-  WHERE c.created_at < c.previous_created_at AND c.entry_type <> 'legacy' AND c.previous_entry_type <> 'legacy'
-  UNION ALL
-  SELECT j.user_id, 'job_settled_twice',
-         pg_catalog.jsonb_build_object('job_id', j.id, 'status', j.status, 'settlements', e.settlements)
-  FROM public.generation_jobs j JOIN job_entries e ON e.job_id = j.id
-  WHERE e.settlements > 1 OR (e.settlements = 1 AND j.status = 'pending')
-  UNION ALL
-  SELECT j.user_id, 'job_ledger_mismatch',
-         pg_catalog.jsonb_build_object('job_id', j.id, 'status', j.status, 'cost', j.cost,
-           'captured', j.captured_credits, 'ledger_sum', e.delta_sum)
-  FROM public.generation_jobs j JOIN job_entries e ON e.job_id = j.id
-  WHERE e.charges <> 1
-     OR -e.delta_sum <> CASE WHEN j.status = 'pending' THEN j.cost
-                             ELSE coalesce(j.captured_credits, -1) END
-$$;
-SELECT creditgate.expose('public.verify_credit_ledger()', 'service_role');
 
 -- -----------------------------------------------------------------------------
 -- PostgREST reloads its schema cache at commit, so new and changed functions

@@ -30,6 +30,7 @@ AS $$
 DECLARE
   v_balance integer;
   v_ledger_sum bigint;
+  v_entry_id bigint;
 BEGIN
   SELECT u.credits INTO v_balance FROM public.users u WHERE u.id = p_user_id FOR UPDATE;
   IF NOT FOUND THEN
@@ -37,12 +38,20 @@ BEGIN
   END IF;
   SELECT coalesce(sum(l.delta), 0) INTO v_ledger_sum FROM public.credit_ledger l WHERE l.user_id = p_user_id;
   IF v_balance <> v_ledger_sum THEN
-    INSERT INTO public.credit_ledger
+    INSERT INTO public.credit_ledger AS l
       (user_id, delta, balance_after, operation_type, description, metadata, entry_type)
     VALUES
       (p_user_id, (v_balance - v_ledger_sum)::integer, v_balance, 'opening_balance',
        'Opening balance: the part of the balance that earlier ledger rows do not explain',
-       pg_catalog.jsonb_build_object('ledger_sum_before', v_ledger_sum), 'opening_balance');
+       pg_catalog.jsonb_build_object('ledger_sum_before', v_ledger_sum), 'opening_balance')
+    RETURNING l.id INTO v_entry_id;
+    -- The balance is the sum of the user's lots: an opening balance is a
+    -- legacy lot. While the first migration run has not created lots yet
+    -- (this file runs before 20250601000500), that file's upgrade opens them.
+    IF v_balance > v_ledger_sum AND to_regclass('public.credit_lots') IS NOT NULL THEN
+      PERFORM creditgate.open_lot(p_user_id, (v_balance - v_ledger_sum)::integer, 'legacy', 50, NULL,
+        'balance before lots', NULL, '{}'::jsonb, v_entry_id, NULL, NULL, pg_catalog.clock_timestamp());
+    END IF;
   END IF;
 END;
 $$;
@@ -82,7 +91,7 @@ CREATE TRIGGER on_auth_user_created_creditgate
  * and the user's jobs and entries keep their subject. A closed account can
  * be neither charged nor granted (PT404 user_not_found).
  * p_now NULL (the trigger): the clock, read after the row lock is held.
- * Locks: the users row, then its open jobs.
+ * Locks: the users row, then its open jobs, then its lots.
  */
 CREATE OR REPLACE FUNCTION creditgate.close_account(p_user_id uuid, p_now timestamptz)
 RETURNS void
@@ -92,6 +101,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   v_balance integer;
+  v_entry_id bigint;
   v_now timestamptz;
 BEGIN
   PERFORM FROM public.users u WHERE u.id = p_user_id AND u.closed_at IS NULL FOR UPDATE;
@@ -104,10 +114,16 @@ BEGIN
   PERFORM creditgate.settle_pending_jobs(p_user_id, 'infinity', 'failed', 'refund', 'Refund: account closed',
     'Refunded: account closed', v_now);
 
+  -- No further allowance; the closure below takes what the lots hold.
+  DELETE FROM public.credit_plan_subscriptions s WHERE s.user_id = p_user_id;
+
   SELECT u.credits INTO v_balance FROM public.users u WHERE u.id = p_user_id;
   IF v_balance <> 0 THEN
-    PERFORM creditgate.apply_delta(p_user_id, -v_balance, 'account_closure', 'account_closure',
-      'Account closed: the auth user was deleted', '{}'::jsonb, NULL);
+    SELECT d.entry_id INTO v_entry_id FROM creditgate.apply_delta(p_user_id, -v_balance, 'account_closure',
+      'account_closure', 'Account closed: the auth user was deleted', '{}'::jsonb, NULL) d;
+    IF v_balance > 0 THEN
+      PERFORM creditgate.draw_lots(p_user_id, v_balance, v_entry_id);
+    END IF;
   END IF;
   UPDATE public.users u SET closed_at = v_now WHERE u.id = p_user_id;
 END;

@@ -29,7 +29,7 @@ FROM public.credit_ledger l WHERE l.user_id = tests.id_of('dora') \gset
 -- The earlier version's state
 -- -----------------------------------------------------------------------------
 ALTER TABLE public.credit_ledger
-  DROP CONSTRAINT credit_ledger_entry_type_listed,
+  DROP CONSTRAINT credit_ledger_entry_type_in_list,
   DROP CONSTRAINT credit_ledger_job_entry_names_a_job;
 DROP INDEX public.credit_ledger_one_settlement_per_job;
 ALTER TABLE public.credit_ledger DISABLE TRIGGER credit_ledger_append_only;
@@ -79,9 +79,10 @@ SELECT ok(pg_get_indexdef('public.credit_ledger_one_settlement_per_job'::regclas
   'one settlement per job: the unique index names completion');
 SELECT is((SELECT string_agg(conname, ',' ORDER BY conname) FROM pg_constraint
            WHERE conrelid = 'public.credit_ledger'::regclass AND conname IN ('credit_ledger_entry_type_known',
-             'credit_ledger_job_entries_name_a_job', 'credit_ledger_entry_type_listed', 'credit_ledger_job_entry_names_a_job')
+             'credit_ledger_job_entries_name_a_job', 'credit_ledger_entry_type_listed', 'credit_ledger_entry_type_in_list',
+             'credit_ledger_job_entry_names_a_job')
              AND convalidated),
-  'credit_ledger_entry_type_listed,credit_ledger_job_entry_names_a_job', 'the entry type checks are replaced, validated');
+  'credit_ledger_entry_type_in_list,credit_ledger_job_entry_names_a_job', 'the entry type checks are replaced, validated');
 SELECT is((SELECT string_agg(conname, ',' ORDER BY conname) FROM pg_constraint
            WHERE conrelid = 'public.generation_jobs'::regclass AND conname LIKE 'generation_jobs_s%' AND convalidated),
   'generation_jobs_settled_when_not_pending,generation_jobs_status_listed', 'the job status checks are replaced, validated');

@@ -2,6 +2,7 @@
 //!
 //! - [`model`]: many sessions mixing every operation, checked against a model;
 //! - [`limits_model`]: charges under two shared rate limits, against a model;
+//! - [`lots_model`]: credit lots (spending order, settlements, expiry, revokes), against a model;
 //! - [`crash`]: PostgreSQL's immediate shutdown under charges, twice;
 //! - [`privileges`]: every function and table tried as each client role;
 //! - [`cron`]: pg_cron runs the sweeper and the cleanup.
@@ -9,5 +10,6 @@
 pub mod crash;
 pub mod cron;
 pub mod limits_model;
+pub mod lots_model;
 pub mod model;
 pub mod privileges;

@@ -43,15 +43,53 @@ const CALLABLE: &[(&str, &[&str])] = &[
             "get_rate_limit_usage",
             "block_rate_limit_key",
             "unblock_rate_limit_key",
+            // Lots, plans, events (docs/rpc.md, "Lots, plans and balance events").
+            "get_credit_lots",
+            "revoke_credit_lot",
+            "upsert_credit_plan",
+            "subscribe_credit_plan",
+            "cancel_credit_plan",
+            "get_credit_events",
+            "set_credit_settings",
+            "set_low_balance_threshold",
         ],
     ),
 ];
-const TABLES: &[&str] = &["users", "generation_jobs", "credit_ledger", "idempotency_keys", "rate_limits"];
+const TABLES: &[&str] = &[
+    "users",
+    "generation_jobs",
+    "credit_ledger",
+    "idempotency_keys",
+    "rate_limits",
+    "credit_settings",
+    "credit_user_settings",
+    "credit_plans",
+    "credit_lots",
+    "credit_lot_movements",
+    "credit_plan_subscriptions",
+    "credit_events",
+];
 /// Tables each role may SELECT (RLS then limits `authenticated` to its rows).
 const READABLE: &[(&str, &[&str])] = &[
     ("anon", &[]),
-    ("authenticated", &["users", "generation_jobs", "credit_ledger"]),
-    ("service_role", &["users", "generation_jobs", "credit_ledger", "idempotency_keys", "rate_limits"]),
+    ("authenticated", &["users", "generation_jobs", "credit_ledger", "credit_lots", "credit_events"]),
+    (
+        "service_role",
+        &[
+            "users",
+            "generation_jobs",
+            "credit_ledger",
+            "idempotency_keys",
+            "rate_limits",
+            "credit_settings",
+            "credit_user_settings",
+            "credit_plans",
+            "credit_lots",
+            "credit_lot_movements",
+            "credit_plan_subscriptions",
+            "credit_events",
+        ],
+    ),
 ];
 
 async fn sweep(url: &str) -> Result<()> {
@@ -200,6 +238,12 @@ fn first_column(table: &str) -> &'static str {
         "users" => "credits",
         "credit_ledger" => "description",
         "rate_limits" => "expires_at",
+        "credit_settings" | "credit_user_settings" => "low_balance_threshold",
+        "credit_plans" => "amount",
+        "credit_lots" => "remaining",
+        "credit_lot_movements" => "delta",
+        "credit_plan_subscriptions" => "plan",
+        "credit_events" => "payload",
         _ => "status",
     }
 }

@@ -5,7 +5,9 @@ BEGIN;
 SELECT plan(47);
 
 SELECT has_schema('creditgate', 'internals live in the private creditgate schema');
-SELECT tables_are('public', ARRAY['users', 'generation_jobs', 'credit_ledger', 'idempotency_keys', 'rate_limits'],
+SELECT tables_are('public', ARRAY['users', 'generation_jobs', 'credit_ledger', 'idempotency_keys', 'rate_limits',
+    'credit_settings', 'credit_user_settings', 'credit_plans', 'credit_lots', 'credit_lot_movements',
+    'credit_plan_subscriptions', 'credit_events'],
   'public has exactly the creditgate tables');
 
 -- The seed's ledger columns, now all required.
@@ -31,8 +33,8 @@ FROM (VALUES
    $$p_job_id uuid, p_result_url text DEFAULT NULL::text, p_actual_cost integer DEFAULT NULL::integer -> TABLE(job_id uuid, status text, new_balance integer, refunded integer)$$),
   ('refund_credits(uuid,uuid,integer,text)',
    $$p_user_id uuid, p_job_id uuid, p_amount integer, p_reason text -> integer$$),
-  ('grant_credits(uuid,integer,text,text,jsonb)',
-   $$p_user_id uuid, p_amount integer, p_reason text, p_idempotency_key text DEFAULT NULL::text, p_metadata jsonb DEFAULT '{}'::jsonb -> integer$$),
+  ('grant_credits(uuid,integer,text,text,jsonb,timestamp with time zone,text,integer)',
+   $$p_user_id uuid, p_amount integer, p_reason text, p_idempotency_key text DEFAULT NULL::text, p_metadata jsonb DEFAULT '{}'::jsonb, p_expires_at timestamp with time zone DEFAULT NULL::timestamp with time zone, p_category text DEFAULT 'paid'::text, p_priority integer DEFAULT 50 -> integer$$),
   ('get_credit_balance(uuid)', $$p_user_id uuid -> integer$$),
   ('get_my_credit_balance()', $$ -> integer$$),
   ('expire_stale_generation_jobs()', $$ -> integer$$),

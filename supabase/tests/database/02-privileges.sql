@@ -4,7 +4,7 @@
 -- service_role, and followed by a check that nothing changed.
 BEGIN;
 \ir _helpers.psql
-SELECT plan(59);
+SELECT plan(73);
 
 SELECT tests.create_user('alice');
 SELECT tests.give('alice', 100);
@@ -19,7 +19,7 @@ INSERT INTO contract VALUES
   ('charge_credits(uuid,text,integer,text,jsonb,integer)', false, false, true),
   ('complete_generation_job(uuid,text,integer)', false, false, true),
   ('refund_credits(uuid,uuid,integer,text)', false, false, true),
-  ('grant_credits(uuid,integer,text,text,jsonb)', false, false, true),
+  ('grant_credits(uuid,integer,text,text,jsonb,timestamp with time zone,text,integer)', false, false, true),
   ('get_credit_balance(uuid)', false, false, true),
   ('get_my_credit_balance()', false, true, true),
   ('expire_stale_generation_jobs()', false, false, true),
@@ -35,7 +35,15 @@ INSERT INTO contract VALUES
   ('reset_rate_limit(text)', false, false, true),
   ('get_rate_limit_usage(text,integer)', false, false, true),
   ('block_rate_limit_key(text,timestamptz,text)', false, false, true),
-  ('unblock_rate_limit_key(text)', false, false, true);
+  ('unblock_rate_limit_key(text)', false, false, true),
+  ('get_credit_lots(uuid)', false, false, true),
+  ('revoke_credit_lot(uuid,text)', false, false, true),
+  ('upsert_credit_plan(text,integer,text,integer)', false, false, true),
+  ('subscribe_credit_plan(uuid,text,timestamp with time zone)', false, false, true),
+  ('cancel_credit_plan(uuid)', false, false, true),
+  ('get_credit_events(uuid,bigint,integer)', false, false, true),
+  ('set_credit_settings(integer,integer)', false, false, true),
+  ('set_low_balance_threshold(uuid,integer)', false, false, true);
 
 SELECT is_empty($$
   SELECT c.signature || ' for ' || r.role
@@ -62,13 +70,15 @@ FROM unnest(ARRAY['anon', 'authenticated', 'service_role']) AS r;
 
 SELECT is_empty($$
   SELECT t || ' ' || p || ' for ' || r
-  FROM unnest(ARRAY['users', 'generation_jobs', 'credit_ledger', 'idempotency_keys', 'rate_limits']) AS t,
+  FROM unnest(ARRAY['users', 'generation_jobs', 'credit_ledger', 'idempotency_keys', 'rate_limits', 'credit_settings',
+    'credit_user_settings', 'credit_plans', 'credit_lots', 'credit_lot_movements', 'credit_plan_subscriptions', 'credit_events']) AS t,
        unnest(ARRAY['INSERT', 'UPDATE', 'REFERENCES']) AS p,
        unnest(ARRAY['anon', 'authenticated', 'service_role']) AS r
   WHERE has_any_column_privilege(r, 'public.' || t, p)
   UNION ALL
   SELECT t || ' ' || p || ' for ' || r
-  FROM unnest(ARRAY['users', 'generation_jobs', 'credit_ledger', 'idempotency_keys', 'rate_limits']) AS t,
+  FROM unnest(ARRAY['users', 'generation_jobs', 'credit_ledger', 'idempotency_keys', 'rate_limits', 'credit_settings',
+    'credit_user_settings', 'credit_plans', 'credit_lots', 'credit_lot_movements', 'credit_plan_subscriptions', 'credit_events']) AS t,
        unnest(ARRAY['DELETE', 'TRUNCATE', 'TRIGGER']) AS p,
        unnest(ARRAY['anon', 'authenticated', 'service_role']) AS r
   WHERE has_table_privilege(r, 'public.' || t, p)
@@ -76,16 +86,24 @@ $$, 'no client role may write any creditgate table, nor reference, truncate or t
 
 SELECT is_empty($$
   SELECT t || ' for ' || r.role
-  FROM unnest(ARRAY['users', 'generation_jobs', 'credit_ledger', 'idempotency_keys', 'rate_limits']) AS t,
+  FROM unnest(ARRAY['users', 'generation_jobs', 'credit_ledger', 'idempotency_keys', 'rate_limits', 'credit_settings',
+    'credit_user_settings', 'credit_plans', 'credit_lots', 'credit_lot_movements', 'credit_plan_subscriptions', 'credit_events']) AS t,
        (VALUES ('anon', ARRAY[]::text[]),
-               ('authenticated', ARRAY['users', 'generation_jobs', 'credit_ledger']),
-               ('service_role', ARRAY['users', 'generation_jobs', 'credit_ledger', 'idempotency_keys', 'rate_limits'])) AS r(role, readable)
+               ('authenticated', ARRAY['users', 'generation_jobs', 'credit_ledger', 'credit_lots', 'credit_events']),
+               ('service_role', ARRAY['users', 'generation_jobs', 'credit_ledger', 'idempotency_keys', 'rate_limits',
+                 'credit_settings', 'credit_user_settings', 'credit_plans', 'credit_lots', 'credit_lot_movements',
+                 'credit_plan_subscriptions', 'credit_events'])) AS r(role, readable)
   WHERE has_any_column_privilege(r.role, 'public.' || t, 'SELECT') <> (t = ANY (r.readable))
-$$, 'SELECT: anon nothing, authenticated its own rows of three tables, service_role everything');
+$$, 'SELECT: anon nothing, authenticated its own rows of five tables (lots and events too), service_role everything');
 
 SELECT ok(NOT has_sequence_privilege(r, pg_get_serial_sequence('public.credit_ledger', 'id'), 'USAGE,UPDATE,SELECT'),
   r || ' has no privilege on the ledger id sequence')
 FROM unnest(ARRAY['anon', 'authenticated', 'service_role']) AS r;
+SELECT is_empty($$
+  SELECT s || ' for ' || r FROM unnest(ARRAY[pg_get_serial_sequence('public.credit_lot_movements', 'id'),
+    pg_get_serial_sequence('public.credit_events', 'id')]) AS s, unnest(ARRAY['anon', 'authenticated', 'service_role']) AS r
+  WHERE has_sequence_privilege(r, s, 'USAGE') OR has_sequence_privilege(r, s, 'UPDATE') OR has_sequence_privilege(r, s, 'SELECT')
+$$, 'no client role has a privilege on the movements or events id sequences');
 
 -- -----------------------------------------------------------------------------
 -- anon: calls nothing, reads nothing
@@ -116,7 +134,7 @@ SELECT * FROM tests.refused(format($$SELECT * FROM public.atomic_charge_credits(
   '42501', 'alice cannot call the charge (with a negative cost, the seed minted credits)');
 SELECT * FROM tests.refused(format($$SELECT * FROM public.complete_generation_job(%L)$$, :'alice_job'),
   '42501', 'alice cannot complete her job');
-SELECT * FROM tests.refused(format($$SELECT creditgate.grant_credits_at(%L, 5, 'x', NULL, '{}', now())$$, tests.id_of('alice')),
+SELECT * FROM tests.refused(format($$SELECT creditgate.grant_credits_at(%L, 5, 'x', NULL, '{}', NULL, NULL, NULL, now())$$, tests.id_of('alice')),
   '42501', 'alice cannot call an internal function');
 SELECT * FROM tests.refused(format($$UPDATE public.users SET credits = 1000000 WHERE id = %L$$, tests.id_of('alice')),
   '42501', 'alice cannot update her balance');
@@ -127,6 +145,18 @@ SELECT * FROM tests.refused(format($$DELETE FROM public.generation_jobs WHERE id
 SELECT * FROM tests.refused($$SELECT * FROM public.idempotency_keys$$, '42501', 'alice cannot read idempotency_keys');
 SELECT * FROM tests.refused($$SELECT * FROM public.rate_limits$$, '42501', 'alice cannot read rate_limits');
 SELECT is(public.get_my_credit_balance(), 90, 'alice can read her own balance through get_my_credit_balance');
+SELECT * FROM tests.refused(format($$SELECT public.revoke_credit_lot(l.id, 'x') FROM public.credit_lots l WHERE l.user_id = %L$$,
+  tests.id_of('alice')), '42501', 'alice cannot revoke her lot');
+SELECT * FROM tests.refused(format($$SELECT * FROM public.subscribe_credit_plan(%L, 'any')$$, tests.id_of('alice')),
+  '42501', 'alice cannot subscribe herself to a plan');
+SELECT * FROM tests.refused(format($$SELECT public.set_low_balance_threshold(%L, 5)$$, tests.id_of('alice')),
+  '42501', 'alice cannot set her threshold through the function');
+SELECT * FROM tests.refused(format($$UPDATE public.credit_lots SET remaining = 1000 WHERE user_id = %L$$, tests.id_of('alice')),
+  '42501', 'alice cannot write her lots');
+SELECT * FROM tests.refused($$INSERT INTO public.credit_events (user_id, type) SELECT id, 'depleted' FROM public.users$$,
+  '42501', 'alice cannot write events');
+SELECT * FROM tests.refused($$SELECT * FROM public.credit_lot_movements$$, '42501', 'alice cannot read lot movements');
+SELECT is((SELECT count(*)::integer FROM public.credit_lots), 1, 'alice reads her one lot');
 RESET ROLE;
 
 -- -----------------------------------------------------------------------------

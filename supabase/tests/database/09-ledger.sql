@@ -3,7 +3,7 @@
 -- chaining; and verify_credit_ledger() finds each kind of inconsistency.
 BEGIN;
 \ir _helpers.psql
-SELECT plan(24);
+SELECT plan(26);
 
 SELECT tests.create_user('alice'), tests.create_user('bob');
 SELECT tests.give('alice', 100), tests.give('bob', 100);
@@ -22,7 +22,10 @@ SELECT * FROM tests.refused($$UPDATE public.credit_ledger SET delta = delta + 1$
 SELECT throws_like($$DELETE FROM public.credit_ledger$$, '%append-only: DELETE is not allowed%',
   'DELETE raises "credit_ledger is append-only"');
 SELECT * FROM tests.refused($$DELETE FROM public.credit_ledger$$, '23001', 'DELETE is refused');
-SELECT * FROM tests.refused($$TRUNCATE public.credit_ledger$$, '23001', 'TRUNCATE is refused (the seed''s rules did not stop it)');
+-- Lots and their movements reference the ledger: a plain TRUNCATE stops at
+-- their foreign keys (0A000), one with CASCADE at the append-only trigger.
+SELECT * FROM tests.refused($$TRUNCATE public.credit_ledger$$, '0A000', 'TRUNCATE is refused (the seed''s rules did not stop it)');
+SELECT * FROM tests.refused($$TRUNCATE public.credit_ledger CASCADE$$, '23001', 'TRUNCATE ... CASCADE is refused by the append-only trigger');
 SELECT * FROM tests.refused($$TRUNCATE public.users CASCADE$$, '23001', 'and so is a TRUNCATE reaching it by CASCADE');
 SELECT * FROM tests.refused(format($$DELETE FROM public.users WHERE id = %L$$, tests.id_of('bob')), '23503',
   'deleting a users row with history is refused: the ledger keeps its subject');
@@ -54,8 +57,10 @@ SAVEPOINT fault;
 SET LOCAL session_replication_role = replica;
 UPDATE public.users SET credits = credits + 5 WHERE id = tests.id_of('alice');
 SELECT results_eq($$SELECT user_id, problem, details FROM public.verify_credit_ledger()$$,
-  format($$VALUES (%L::uuid, 'balance_mismatch'::text, '{"balance": 80, "ledger_sum": 75}'::jsonb)$$, tests.id_of('alice')),
-  'a balance changed behind the ledger''s back: balance_mismatch');
+  format($$VALUES (%L::uuid, 'balance_mismatch'::text, '{"balance": 80, "ledger_sum": 75}'::jsonb),
+                  (%L::uuid, 'lots_mismatch'::text, '{"balance": 80, "lots_remaining": 75}'::jsonb)$$,
+    tests.id_of('alice'), tests.id_of('alice')),
+  'a balance changed behind the ledger''s back: balance_mismatch, and lots_mismatch (the lots hold 75)');
 ROLLBACK TO SAVEPOINT fault;
 
 SET LOCAL session_replication_role = replica;

@@ -15,7 +15,7 @@ SELECT dblink_connect('first_request', format('host=127.0.0.1 port=%s dbname=%s 
 SELECT dblink_exec('first_request', 'BEGIN');
 SELECT * FROM dblink('first_request', format($$
   INSERT INTO auth.users (id, email) VALUES (%L, 'frank@example.test');
-  SELECT creditgate.grant_credits_at(%L, 100, 'setup', 'topup-1', '{}', now())::text$$,
+  SELECT creditgate.grant_credits_at(%L, 100, 'setup', 'topup-1', '{}', NULL, NULL, NULL, now())::text$$,
   tests.id_of('frank'), tests.id_of('frank'))) AS t(balance text);
 SELECT is((SELECT new_balance FROM dblink('first_request', format(
     $$SELECT new_balance FROM public.atomic_charge_credits(%L, 'image', 10, 'order-7')$$, tests.id_of('frank')))

@@ -142,7 +142,7 @@ SELECT dblink_connect('first_request', format('host=127.0.0.1 port=%s dbname=%s 
 SELECT dblink_exec('first_request', 'BEGIN');
 SELECT * FROM dblink('first_request', format($$
   INSERT INTO auth.users (id, email) VALUES (%L, 'frank@example.test');
-  SELECT creditgate.grant_credits_at(%L, 100, 'setup', NULL, '{}', now())::text$$,
+  SELECT creditgate.grant_credits_at(%L, 100, 'setup', NULL, '{}', NULL, NULL, NULL, now())::text$$,
   tests.id_of('frank'), tests.id_of('frank'))) AS t(balance text);
 SELECT is((SELECT new_balance FROM dblink('first_request', format(
     $$SELECT new_balance FROM public.charge_credits(%L, 'image', 10, 'evt_9')$$, tests.id_of('frank')))
