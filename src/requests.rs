@@ -61,6 +61,16 @@ impl<'a> Fields<'a> {
         as_integer(name, self.required(name)?)
     }
 
+    /// The optional `idempotencyKey`.
+    fn idempotency_key(&self) -> Result<Option<IdempotencyKey>, CreditError> {
+        self.optional_string("idempotencyKey")?.map(IdempotencyKey::new).transpose()
+    }
+
+    /// The optional `metadata` object.
+    fn metadata(&self) -> Result<Option<Metadata>, CreditError> {
+        self.get("metadata").map(|value| Metadata::new(value.clone())).transpose()
+    }
+
     fn optional_integer(&self, name: &str) -> Result<Option<i64>, CreditError> {
         self.get(name)
             .map(|value| as_integer(name, value))
@@ -153,14 +163,8 @@ impl ChargeRequest {
             user_id: UserId::parse("userId", fields.string("userId")?)?,
             operation: Operation::new(fields.string("operation")?)?,
             cost: Cost::new(fields.integer("cost")?)?,
-            idempotency_key: fields
-                .optional_string("idempotencyKey")?
-                .map(IdempotencyKey::new)
-                .transpose()?,
-            metadata: fields
-                .get("metadata")
-                .map(|value| Metadata::new(value.clone()))
-                .transpose()?,
+            idempotency_key: fields.idempotency_key()?,
+            metadata: fields.metadata()?,
             hold_seconds: fields
                 .optional_integer("holdSeconds")?
                 .map(HoldSeconds::new)
@@ -244,14 +248,8 @@ impl GrantRequest {
             user_id: UserId::parse("userId", fields.string("userId")?)?,
             amount: Amount::new(fields.integer("amount")?)?,
             reason: Reason::new(fields.string("reason")?)?,
-            idempotency_key: fields
-                .optional_string("idempotencyKey")?
-                .map(IdempotencyKey::new)
-                .transpose()?,
-            metadata: fields
-                .get("metadata")
-                .map(|value| Metadata::new(value.clone()))
-                .transpose()?,
+            idempotency_key: fields.idempotency_key()?,
+            metadata: fields.metadata()?,
             expires_at: timestamp(&fields, "expiresAt")?,
             category: fields.optional_string("category")?.map(Category::new).transpose()?,
             priority: fields.optional_integer("priority")?.map(Priority::new).transpose()?,
