@@ -430,7 +430,7 @@ BEGIN
   RETURN EXISTS (SELECT FROM public.generation_jobs j
                  WHERE j.user_id = p_user_id AND j.status = 'pending' AND j.expires_at <= p_now)
       OR EXISTS (SELECT FROM public.credit_lots l
-                 WHERE l.user_id = p_user_id AND l.remaining > 0 AND l.expires_at <= p_now)
+                 WHERE l.user_id = p_user_id AND l.spendable AND l.expires_at <= p_now)
       OR EXISTS (SELECT FROM public.credit_plan_subscriptions s
                  WHERE s.user_id = p_user_id AND s.next_period_start <= p_now);
 END;
@@ -1161,7 +1161,7 @@ BEGIN
   FOR v_user_id IN
     SELECT j.user_id FROM public.generation_jobs j WHERE j.status = 'pending' AND j.expires_at <= p_now
     UNION
-    SELECT l.user_id FROM public.credit_lots l WHERE l.remaining > 0 AND l.expires_at <= p_now
+    SELECT l.user_id FROM public.credit_lots l WHERE l.spendable AND l.expires_at <= p_now
     UNION
     SELECT s.user_id FROM public.credit_plan_subscriptions s WHERE s.next_period_start <= p_now
     ORDER BY 1

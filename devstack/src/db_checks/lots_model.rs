@@ -93,11 +93,13 @@ async fn run(url: String) -> Result<()> {
     }
     admin.query_one("SELECT public.expire_stale_generation_jobs()", &[]).await?;
 
-    let mut entries_checked = 0;
+    let mut entries_checked: BTreeMap<String, usize> = BTreeMap::new();
     let mut lots_checked = 0;
     for user in &users {
         let (entries, lots) = replay(&admin, *user).await.with_context(|| format!("user {user}"))?;
-        entries_checked += entries;
+        for (kind, count) in entries {
+            *entries_checked.entry(kind).or_default() += count;
+        }
         lots_checked += lots;
     }
     let problems = admin.query("SELECT problem, details::text FROM public.verify_credit_ledger()", &[]).await?;
@@ -112,8 +114,8 @@ async fn run(url: String) -> Result<()> {
     let shared = shared.lock().map_err(|_| anyhow!("poisoned"))?;
     eprintln!(
         "{} operations from {SESSIONS} sessions on {USERS} users: {:?}\nbusiness errors (expected): {:?}\n\
-         {entries_checked} ledger entries replayed by the model, {lots_checked} lots: every movement, every lot's \
-         remaining and every balance match the model; verify_credit_ledger() empty",
+         ledger entries replayed by the model: {entries_checked:?}; {lots_checked} lots: every movement, every \
+         lot's remaining and every balance match the model; verify_credit_ledger() empty",
         shared.calls.values().sum::<usize>(),
         shared.calls,
         shared.business_errors
@@ -223,8 +225,11 @@ struct Lot {
     revoked: bool,
 }
 
-/// Replays the user's ledger with the spending rules; returns (entries, lots) checked.
-async fn replay(admin: &Client, user: Uuid) -> Result<(usize, usize)> {
+/// Replays the user's ledger with the spending rules; returns the entries
+/// checked by kind (charges spanning lots and settlements into expired or
+/// revoked lots counted apart) and the number of lots.
+async fn replay(admin: &Client, user: Uuid) -> Result<(BTreeMap<String, usize>, usize)> {
+    let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
     let lots_rows = admin
         .query(
             "SELECT id, priority, expires_at, created_at, granted, remaining, grant_entry_id, revoked_at IS NOT NULL
@@ -278,6 +283,10 @@ async fn replay(admin: &Client, user: Uuid) -> Result<(usize, usize)> {
             (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
         let recorded = movements.remove(&id).unwrap_or_default();
         balance += i64::from(delta);
+        *kinds.entry(entry_type.clone()).or_default() += 1;
+        if entry_type == "charge" && recorded.len() > 1 {
+            *kinds.entry("charge spanning lots".into()).or_default() += 1;
+        }
         let expected: Vec<(Uuid, i32)> = match entry_type.as_str() {
             "grant" => {
                 let opened = opened_by.get(&id).cloned().unwrap_or_default();
@@ -378,5 +387,5 @@ async fn replay(admin: &Client, user: Uuid) -> Result<(usize, usize)> {
     if i64::from(credits) != sum || i64::from(credits) != balance {
         bail!("balance {credits}, the model's lots hold {sum}, the ledger sums to {balance}");
     }
-    Ok((entries.len(), terms.len()))
+    Ok((kinds, terms.len()))
 }

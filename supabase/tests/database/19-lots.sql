@@ -6,7 +6,7 @@
 -- the creditgate.*_at twins, from :t0 (this transaction's start).
 BEGIN;
 \ir _helpers.psql
-SELECT plan(73);
+SELECT plan(76);
 
 SELECT now() AS t0 \gset
 SELECT tests.create_user('lena');
@@ -108,9 +108,9 @@ BEGIN
   FOR v_line IN EXECUTE 'EXPLAIN ' || p_sql LOOP v_plan := v_plan || v_line || E'\n'; END LOOP;
   RETURN v_plan;
 END $$;
-SELECT ok(tests.plan_of(format($$SELECT l.id, l.remaining FROM public.credit_lots l WHERE l.user_id = %L AND l.remaining > 0
+SELECT ok(tests.plan_of(format($$SELECT l.id, l.remaining FROM public.credit_lots l WHERE l.user_id = %L AND l.spendable
   ORDER BY l.priority, l.expires_at, l.created_at, l.id FOR UPDATE$$, tests.id_of('lena'))) LIKE '%credit_lots_spending_order%'
-  AND tests.plan_of(format($$SELECT l.id, l.remaining FROM public.credit_lots l WHERE l.user_id = %L AND l.remaining > 0
+  AND tests.plan_of(format($$SELECT l.id, l.remaining FROM public.credit_lots l WHERE l.user_id = %L AND l.spendable
   ORDER BY l.priority, l.expires_at, l.created_at, l.id FOR UPDATE$$, tests.id_of('lena'))) NOT LIKE '%Sort%',
   'the spendable lots of a user come from one index, already in spending order (no sort)');
 RESET enable_seqscan;
@@ -223,6 +223,21 @@ SELECT is(tests.error_of($$SELECT public.revoke_credit_lot('00000000-0000-4000-8
 SELECT * FROM tests.refused($$SELECT * FROM public.get_credit_lots(NULL)$$, '22023', 'get_credit_lots without a user');
 SELECT * FROM tests.refused($$SELECT * FROM public.get_credit_lots(gen_random_uuid())$$, 'PT404', 'get_credit_lots of an unknown user');
 RESET ROLE;
+
+-- -----------------------------------------------------------------------------
+-- Closing an account empties every lot, open holds first refunded into theirs
+-- -----------------------------------------------------------------------------
+SELECT creditgate.grant_credits_at(tests.id_of('omar'), 4, 'closing promo', NULL, '{}', now() + interval '1 day', 'promotional', 0,
+  now());
+SELECT job_id AS omar_open FROM creditgate.charge_credits_at(tests.id_of('omar'), 'image', 6, NULL, '{}', 86400, now()) \gset
+SELECT cmp_ok(tests.credits_of('omar'), '>', 0, 'omar has credits and an open hold');
+DELETE FROM auth.users WHERE id = tests.id_of('omar');
+SELECT is((SELECT sum(remaining)::integer FROM public.credit_lots WHERE user_id = tests.id_of('omar')), 0,
+  'the closure leaves every lot of omar empty');
+SELECT is((SELECT -sum(m.delta)::integer FROM public.credit_lot_movements m JOIN public.credit_ledger l ON l.id = m.ledger_id
+           WHERE l.user_id = tests.id_of('omar') AND l.entry_type = 'account_closure'),
+  (SELECT -delta FROM public.credit_ledger WHERE user_id = tests.id_of('omar') AND entry_type = 'account_closure'),
+  'the account_closure entry takes its credits from the lots');
 
 SELECT is_empty($$SELECT * FROM public.verify_credit_ledger()$$, 'verify_credit_ledger() is clean');
 
