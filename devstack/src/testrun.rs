@@ -210,7 +210,7 @@ fn stack_suite_commands(root: &Path) -> Vec<(&'static str, &'static str, Command
         ("function", "function: the Edge Function's types and handler under Deno (tests/function)", {
             let mut command = Command::new("bash");
             command.arg("-c").arg(
-                "deno check supabase/functions/credits/index.ts && \
+                "deno check supabase/functions/credits/index.ts supabase/functions/stripe-webhook/index.ts && \
                  deno test --no-check --allow-net --allow-read --allow-env --allow-run=psql tests/function",
             );
             command

@@ -120,7 +120,7 @@ pub fn function_env(options: &Options, signing_key: &SigningKey) -> Result<Vec<(
     for (name, value) in std::env::vars() {
         if let Some(pos) = env.iter().position(|(known, _)| *known == name) {
             env[pos].1 = value;
-        } else if name.starts_with("CREDITGATE_") || name == "GENERATOR_URL" {
+        } else if name.starts_with("CREDITGATE_") || name.starts_with("STRIPE_") || name == "GENERATOR_URL" {
             env.push((name, value));
         }
     }
