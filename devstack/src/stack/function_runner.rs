@@ -126,3 +126,17 @@ pub fn function_env(options: &Options, signing_key: &SigningKey) -> Result<Vec<(
     }
     Ok(env)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_functions_are_served_without_the_runtime_jwt_check() {
+        let found = functions_in(&crate::project_root().join("supabase")).unwrap();
+        for name in ["credits", "stripe-webhook"] {
+            let function = found.iter().find(|function| function.name == name).unwrap_or_else(|| panic!("{name} not found"));
+            assert!(!function.verify_jwt, "{name}: verify_jwt = false in supabase/config.toml");
+        }
+    }
+}
