@@ -106,8 +106,10 @@ echo "build-pkg: pkg/creditgate_bg.wasm ${opt_bytes} bytes (${raw_bytes} before 
 #    `supabase functions deploy` bundles only what is under supabase/functions
 #    (imports from outside it do not deploy), and supabase/config.toml ships
 #    the .wasm from there as a static file.
-function_pkg=supabase/functions/credits/pkg
-if [ -d "$(dirname "$function_pkg")" ]; then
-  rm -rf "$function_pkg"
-  cp -r pkg "$function_pkg"
-fi
+#    The `stripe-webhook` function loads the same module: it gets a copy too.
+for function_pkg in supabase/functions/credits/pkg supabase/functions/stripe-webhook/pkg; do
+  if [ -d "$(dirname "$function_pkg")" ]; then
+    rm -rf "$function_pkg"
+    cp -r pkg "$function_pkg"
+  fi
+done

@@ -210,7 +210,7 @@ fn stack_suite_commands(root: &Path) -> Vec<(&'static str, &'static str, Command
         ("function", "function: the Edge Function's types and handler under Deno (tests/function)", {
             let mut command = Command::new("bash");
             command.arg("-c").arg(
-                "deno check supabase/functions/credits/index.ts && \
+                "deno check supabase/functions/credits/index.ts supabase/functions/stripe-webhook/index.ts && \
                  deno test --no-check --allow-net --allow-read --allow-env --allow-run=psql tests/function",
             );
             command
@@ -251,6 +251,7 @@ fn up_and_interrupt() -> Result<()> {
         if status != 200 {
             bail!("charge through the stack: {status} {body}");
         }
+        stripe_webhook_served(api)?;
         Ok((balance - 7, jwks_kid(api)?))
     })?;
     if kid_before.is_some_and(|text| text.contains(&first_kid)) {
@@ -264,6 +265,29 @@ fn up_and_interrupt() -> Result<()> {
         bail!("the signing key changed on a restart without --fresh ({first_kid} -> {second_kid}): tokens would not survive it");
     }
     eprintln!("the demo user's balance ({second}) and the signing key ({second_kid}) survived a restart without --fresh");
+    Ok(())
+}
+
+/// `cargo dev up` serves the `stripe-webhook` function beside `credits`,
+/// with `verify_jwt = false` (a request with no token reaches it) and the
+/// caller's STRIPE_WEBHOOK_SECRET (else it would answer 500): an unsigned
+/// delivery is refused by the function itself, 400 `invalid_signature`.
+fn stripe_webhook_served(api_port: u16) -> Result<()> {
+    use std::io::{Read, Write};
+    let body = r#"{"id":"evt_up","type":"customer.created","data":{"object":{}}}"#;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", api_port))?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+    write!(
+        stream,
+        "POST /functions/v1/stripe-webhook HTTP/1.1\r\nHost: 127.0.0.1\r\nStripe-Signature: t=1,v1=00\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    if !(response.starts_with("HTTP/1.1 400") && response.contains("invalid_signature")) {
+        bail!("stripe-webhook through the stack: expected 400 invalid_signature, got {response:?}");
+    }
     Ok(())
 }
 
@@ -289,6 +313,8 @@ fn up_once<T>(data_dir: &Path, ports: [u16; 4], fresh: bool, body: impl FnOnce(u
         command.arg("--fresh");
     }
     let mut child = command
+        // Reaches the stripe-webhook function as supabase/functions/.env would.
+        .env("STRIPE_WEBHOOK_SECRET", "whsec_up_test")
         .env("CREDITGATE_API_PORT", ports[0].to_string())
         .env("CREDITGATE_DB_PORT", ports[1].to_string())
         .env("CREDITGATE_GATEWAY_PORT", ports[2].to_string())

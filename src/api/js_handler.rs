@@ -8,6 +8,7 @@
 //! input: a panic would kill the instance for every later request.
 
 use super::http::{ApiRequest, ApiResponse, BODY_BYTES_MAX, HEADERS_READ};
+use super::stripe::{StripeApi, STRIPE_BODY_BYTES_MAX, STRIPE_HEADERS_READ};
 use super::Api;
 use crate::js_client::to_js_error;
 use js_sys::{Array, Function, Object, Promise, Reflect, Uint8Array};
@@ -80,9 +81,48 @@ pub fn handle(request: web_sys::Request) -> Promise {
     }
 }
 
+/// The `stripe-webhook` function's handler: Stripe events in, credits
+/// granted and revoked exactly once (`stripe.rs`).
+#[wasm_bindgen(js_name = StripeHandler)]
+pub struct JsStripeHandler {
+    api: Rc<StripeApi>,
+}
+
+#[wasm_bindgen(js_class = StripeHandler)]
+impl JsStripeHandler {
+    /// Answers one delivery (the raw body is verified against
+    /// `Stripe-Signature` before anything is parsed). Never rejects.
+    #[wasm_bindgen(unchecked_return_type = "Promise<Response>")]
+    pub fn handle(&self, request: web_sys::Request) -> Promise {
+        let api = Rc::clone(&self.api);
+        future_to_promise(async move {
+            let request = match read_request(&request, &STRIPE_HEADERS_READ, STRIPE_BODY_BYTES_MAX).await {
+                Ok(request) => request,
+                Err(response) => return to_response(&response),
+            };
+            let handled = api.handle(request).await;
+            console_log(&handled.log);
+            to_response(&handled.response)
+        })
+    }
+}
+
+/// Builds the Stripe webhook handler from the function's environment
+/// (`SUPABASE_URL`, `SUPABASE_SERVICE_ROLE_KEY`, `STRIPE_WEBHOOK_SECRET` /
+/// `STRIPE_WEBHOOK_SECRETS`, `CREDITGATE_STRIPE_PRICES`,
+/// `CREDITGATE_STRIPE_PLANS`). Throws a `CreditError` (`invalid_argument`,
+/// `details.variable`) for a malformed setting.
+#[wasm_bindgen(js_name = createStripeHandler)]
+pub fn create_stripe_handler(
+    #[wasm_bindgen(unchecked_param_type = "CreditsEnv")] env: JsValue,
+) -> Result<JsStripeHandler, JsValue> {
+    let api = StripeApi::from_env(&env_map(&env)).map_err(to_js_error)?;
+    Ok(JsStripeHandler { api: Rc::new(api) })
+}
+
 fn respond(api: Rc<Api>, request: web_sys::Request) -> Promise {
     future_to_promise(async move {
-        let request = match read_request(&request).await {
+        let request = match read_request(&request, &HEADERS_READ, BODY_BYTES_MAX).await {
             Ok(request) => request,
             Err(response) => return to_response(&response),
         };
@@ -112,17 +152,17 @@ fn env_map(env: &JsValue) -> BTreeMap<String, String> {
 /// is read: the stream is cancelled at the first chunk past the bound, so a
 /// streamed body without a length is never buffered whole. All of this
 /// happens before any token check or database call.
-async fn read_request(request: &web_sys::Request) -> Result<ApiRequest, ApiResponse> {
+async fn read_request(request: &web_sys::Request, headers_read: &[&str], body_bytes_max: usize) -> Result<ApiRequest, ApiResponse> {
     let mut api_request = ApiRequest::new(&request.method(), &request.url());
     let headers = request.headers();
-    for name in HEADERS_READ {
+    for name in headers_read.iter().copied() {
         if let Ok(Some(value)) = headers.get(name) {
             api_request = api_request.with_header(name, &value);
         }
     }
-    let too_large = || super::ApiError::payload_too_large(BODY_BYTES_MAX).into_response();
+    let too_large = || super::ApiError::payload_too_large(body_bytes_max).into_response();
     let declared = api_request.header("content-length").and_then(|length| length.trim().parse::<u64>().ok());
-    if declared.is_some_and(|length| length > BODY_BYTES_MAX as u64) {
+    if declared.is_some_and(|length| length > body_bytes_max as u64) {
         return Err(too_large());
     }
     if matches!(api_request.method.as_str(), "GET" | "HEAD" | "OPTIONS") {
@@ -141,7 +181,7 @@ async fn read_request(request: &web_sys::Request) -> Result<ApiRequest, ApiRespo
         }
         let value = Reflect::get(&chunk, &JsValue::from_str("value")).map_err(|_| unreadable())?;
         let bytes: Uint8Array = value.dyn_into().map_err(|_| unreadable())?;
-        if body.len() + bytes.length() as usize > BODY_BYTES_MAX {
+        if body.len() + bytes.length() as usize > body_bytes_max {
             if let Some(cancel) = method(&reader, "cancel") {
                 let _ = cancel.call0(&reader);
             }

@@ -32,6 +32,7 @@ mod log;
 mod outbound;
 mod routes;
 mod settings;
+mod stripe;
 #[cfg(target_arch = "wasm32")]
 mod js_handler;
 
@@ -42,6 +43,7 @@ pub use http::{ApiRequest, ApiResponse, BODY_BYTES_MAX, HEADERS_READ};
 pub use input::PROMPT_CHARS_MAX;
 pub use routes::{route, Route};
 pub use keys::{parse_jwks, Algorithm, KeyStore, PublicKey};
+pub use stripe::{action as stripe_action, stripe_signature, verify_signature, PriceCredits, SignatureError, StripeApi, StripeSettings, STRIPE_BODY_BYTES_MAX, STRIPE_HEADERS_READ, TOLERANCE_SECONDS};
 pub use settings::{policy_names, GeneratorSettings, LimitPolicy, NamedPolicy, PolicyKind, Secret, Settings};
 
 /// Milliseconds since the Unix epoch.

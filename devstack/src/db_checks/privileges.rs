@@ -52,6 +52,8 @@ const CALLABLE: &[(&str, &[&str])] = &[
             "get_credit_events",
             "set_credit_settings",
             "set_low_balance_threshold",
+            // Stripe webhooks (docs/rpc.md, "Stripe").
+            "process_stripe_event",
         ],
     ),
 ];
@@ -68,6 +70,7 @@ const TABLES: &[&str] = &[
     "credit_lot_movements",
     "credit_plan_subscriptions",
     "credit_events",
+    "stripe_events",
 ];
 /// Tables each role may SELECT (RLS then limits `authenticated` to its rows).
 const READABLE: &[(&str, &[&str])] = &[
@@ -88,6 +91,7 @@ const READABLE: &[(&str, &[&str])] = &[
             "credit_lot_movements",
             "credit_plan_subscriptions",
             "credit_events",
+            "stripe_events",
         ],
     ),
 ];

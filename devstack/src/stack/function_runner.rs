@@ -120,9 +120,23 @@ pub fn function_env(options: &Options, signing_key: &SigningKey) -> Result<Vec<(
     for (name, value) in std::env::vars() {
         if let Some(pos) = env.iter().position(|(known, _)| *known == name) {
             env[pos].1 = value;
-        } else if name.starts_with("CREDITGATE_") || name == "GENERATOR_URL" {
+        } else if name.starts_with("CREDITGATE_") || name.starts_with("STRIPE_") || name == "GENERATOR_URL" {
             env.push((name, value));
         }
     }
     Ok(env)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_functions_are_served_without_the_runtime_jwt_check() {
+        let found = functions_in(&crate::project_root().join("supabase")).unwrap();
+        for name in ["credits", "stripe-webhook"] {
+            let function = found.iter().find(|function| function.name == name).unwrap_or_else(|| panic!("{name} not found"));
+            assert!(!function.verify_jwt, "{name}: verify_jwt = false in supabase/config.toml");
+        }
+    }
 }
