@@ -1,8 +1,9 @@
 //! The one PostgREST transport: every [`Call`] (an RPC or a table read)
 //! goes out through the `postgrest` crate (reqwest natively, the global
 //! `fetch` on wasm32), and comes back as an [`Answer`] the `answers` module
-//! decodes. Also [`CreditClient::run`] (charge, work, settle) and
-//! [`CreditClient::settle`], the settling step `/generate` shares with it.
+//! decodes. Also [`CreditClient::run`] (charge, work, settle) and the two
+//! settling steps `/generate` shares with it ([`CreditClient::complete_or_refund`],
+//! [`CreditClient::refund_quietly`]).
 
 use crate::answers::{self, Answer};
 use crate::calls::{self, Filter, Read, Rpc};
@@ -46,18 +47,6 @@ impl Call {
             Call::Read(read) => read.table,
         }
     }
-}
-
-/// How [`CreditClient::settle`] ended a job.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Settled {
-    /// The work's output was recorded.
-    Completed(CompleteResult),
-    /// Completing failed (`error`); the hold was refunded if `refunded` has
-    /// the new balance, else the expiry sweeper releases it.
-    CompleteFailed { error: CreditError, refunded: Option<i64> },
-    /// The work failed; refunded as above.
-    Refunded { refunded: Option<i64> },
 }
 
 impl CreditClient {
@@ -254,42 +243,41 @@ impl CreditClient {
     {
         let charge = self.charge(request).await.map_err(RunError::Credit)?;
         match work(charge.clone()).await {
-            Ok((value, output)) => match self.settle(request.user_id, charge.job_id, Ok(output), "run").await {
-                Settled::Completed(completion) => Ok(RunOutcome { value, charge, completion }),
-                Settled::CompleteFailed { error, .. } => Err(RunError::Credit(error)),
-                Settled::Refunded { .. } => unreachable!("an Ok output is completed or fails to complete"),
+            Ok((value, output)) => match self.complete_or_refund(request.user_id, charge.job_id, output, "run").await {
+                Ok(completion) => Ok(RunOutcome { value, charge, completion }),
+                Err((error, _refunded)) => Err(RunError::Credit(error)),
             },
             Err(error) => {
-                self.settle(request.user_id, charge.job_id, Err("the job's work failed"), "run").await;
+                self.refund_quietly(request.user_id, charge.job_id, "run: the job's work failed").await;
                 Err(RunError::Work(error))
             }
         }
     }
 
-    /// Ends a job after its work: completes it with the work's `output`, or,
-    /// when the work failed (`Err(why)`) or completing fails, refunds it
-    /// (best effort: the caller reports the original failure either way).
-    /// If a completion did commit but its answer was lost, the refund is
-    /// refused as `job_already_settled` and nothing is undone.
-    pub async fn settle(&self, user_id: UserId, job_id: JobId, output: Result<RunOutput, &str>, by: &str) -> Settled {
-        let why = match output {
-            Ok(output) => {
-                let completing = CompleteRequest { job_id, result_url: output.result_url, actual_cost: output.actual_cost };
-                match self.complete(&completing).await {
-                    Ok(completion) => return Settled::Completed(completion),
-                    Err(error) => {
-                        let refunded = self.refund_quietly(user_id, job_id, &format!("{by}: completing the job failed")).await;
-                        return Settled::CompleteFailed { error, refunded };
-                    }
-                }
-            }
-            Err(why) => format!("{by}: {why}"),
-        };
-        Settled::Refunded { refunded: self.refund_quietly(user_id, job_id, &why).await }
+    /// Settles a job whose work succeeded: completes it with the work's
+    /// `output`; if completing fails, refunds it (best effort) and returns
+    /// the error with the balance after the refund (`None`: not refunded,
+    /// the hold expires). If a completion did commit but its answer was
+    /// lost, the refund is refused as `job_already_settled` and nothing is
+    /// undone. `by` names the caller in the refund's reason.
+    pub async fn complete_or_refund(
+        &self,
+        user_id: UserId,
+        job_id: JobId,
+        output: RunOutput,
+        by: &str,
+    ) -> Result<CompleteResult, (CreditError, Option<i64>)> {
+        let completing = CompleteRequest { job_id, result_url: output.result_url, actual_cost: output.actual_cost };
+        match self.complete(&completing).await {
+            Ok(completion) => Ok(completion),
+            Err(error) => Err((error, self.refund_quietly(user_id, job_id, &format!("{by}: completing the job failed")).await)),
+        }
     }
 
-    /// Refunds a job; the new balance, or `None` if that could not be done.
-    async fn refund_quietly(&self, user_id: UserId, job_id: JobId, why: &str) -> Option<i64> {
+    /// Settles a job whose work failed: refunds it, best effort (the caller
+    /// reports the original failure either way). The new balance, or
+    /// `None` if that could not be done (the hold then expires).
+    pub async fn refund_quietly(&self, user_id: UserId, job_id: JobId, why: &str) -> Option<i64> {
         let reason = Reason::new(why).ok()?;
         self.refund(&RefundRequest { user_id, job_id, reason }).await.ok().map(|result| result.balance)
     }

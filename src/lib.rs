@@ -11,7 +11,7 @@
 //! - [`results`]: what the calls return.
 //! - [`config`]: the project URL and key.
 //! - [`calls`]: every PostgREST call (RPC or table read) as plain data.
-//! - [`client`]: the one transport (the `postgrest` crate), `run` and `settle`.
+//! - [`client`]: the one transport (the `postgrest` crate), `run` and the settling steps.
 //! - [`answers`]: each answer decoded into a result or a [`CreditError`].
 //! - [`error`]: the one error type and its stable codes.
 //! - [`rate_limit_headers`]: IETF `RateLimit-Policy` / `RateLimit` / `Retry-After` values.
@@ -30,7 +30,7 @@ pub mod values;
 #[cfg(target_arch = "wasm32")]
 mod js_client;
 
-pub use client::{Call, CreditClient, RunError, RunOutcome, Settled};
+pub use client::{Call, CreditClient, RunError, RunOutcome};
 pub use error::{CreditError, ErrorCode};
 pub use rate_limit_headers::{rate_limit_headers, DEFAULT_POLICY};
 pub use answers::Answer;

@@ -299,9 +299,9 @@ impl EventsRequest {
         if after < 0 {
             return Err(CreditError::invalid_argument("after", "after must be an event id, 0 or more"));
         }
-        let limit = fields.optional_integer("limit")?.unwrap_or(20);
-        if !(1..=100).contains(&limit) {
-            return Err(CreditError::invalid_argument("limit", format!("limit must be from 1 to 100, got {limit}")));
+        let limit = fields.optional_integer("limit")?.unwrap_or(i64::from(PAGE_DEFAULT));
+        if !(1..=i64::from(PAGE_MAX)).contains(&limit) {
+            return Err(CreditError::invalid_argument("limit", format!("limit must be from 1 to {PAGE_MAX}, got {limit}")));
         }
         Ok(EventsRequest { user_id: UserId::parse("userId", fields.string("userId")?)?, after, limit: limit as u32 })
     }
@@ -578,6 +578,12 @@ impl RunOutput {
                 .transpose()?,
         })
     }
+}
+
+/// `{ userId }` alone (`POST /plans/cancel`): any other field is refused.
+pub fn user_field_from_json(value: &Value) -> Result<UserId, CreditError> {
+    let fields = Fields::new("cancelPlan", value, &["userId"])?;
+    UserId::parse("userId", fields.string("userId")?)
 }
 
 /// A user id given alone (`balance(userId)`).

@@ -63,6 +63,10 @@ impl Period {
     }
 }
 
+/// Pages of the ledger, the jobs list and the events: this many rows unless
+/// asked, at most `PAGE_MAX`.
+pub const PAGE_DEFAULT: u32 = 20;
+pub const PAGE_MAX: u32 = 100;
 /// The most limits one call may check (`charge_credits_with_limits`).
 pub const LIMITS_PER_CALL_MAX: usize = 16;
 /// Rate-limit windows go from 1 s to a day (docs/design.md, "Rate limits").

@@ -9,7 +9,7 @@ use super::input;
 use super::log::Trace;
 use super::routes::{route, Route};
 use super::settings::{NamedPolicy, PolicyKind, Settings, DEFAULT_GENERATE_OPERATION, GENERATE_HOLD_MARGIN_SECONDS};
-use crate::client::{CreditClient, Settled};
+use crate::client::CreditClient;
 use crate::error::{CreditError, ErrorCode};
 use crate::rate_limit_headers::rate_limit_headers;
 use crate::{
@@ -204,36 +204,34 @@ impl Api {
         }
 
         let call = outbound::generator_call(&generator, &body.prompt, body.operation.as_str(), job_id);
-        let generated = outbound::generated(self.sender.send(&call, Some(generator.timeout_ms)).await);
-        let (output, cause, generator_status) = match &generated {
-            Generated::Url(url) => (Ok(RunOutput { result_url: ResultUrl::new(url.as_str()).ok(), actual_cost: None }), "", None),
-            Generated::Failed { cause, status } => (Err(*cause), *cause, *status),
-        };
-        let why = format!("generation failed ({cause})");
-        let output = output.map_err(|_| why.as_str());
-        let failure = match self.client.settle(user, job_id, output, "generate").await {
-            Settled::Completed(done) => {
-                let url = match generated { Generated::Url(url) => url, Generated::Failed { .. } => String::new() };
-                let body = json!({
-                    "jobId": done.job_id, "status": done.status, "resultUrl": url,
-                    "balance": done.balance, "cost": cost.get(), "replayed": false,
-                });
-                return Ok(with_limits(ApiResponse::json(200, &body), &limits));
-            }
-            Settled::CompleteFailed { error, refunded } => settled_failure(ApiError::from(error), &charged, refunded),
-            Settled::Refunded { refunded } => {
-                let message = match refunded {
-                    Some(_) => format!("the generation failed ({cause}); the credits were refunded"),
-                    None => format!("the generation failed ({cause}); the hold expires and comes back"),
+        let (cause, generator_status) = match outbound::generated(self.sender.send(&call, Some(generator.timeout_ms)).await) {
+            Generated::Url(url) => {
+                let output = RunOutput { result_url: ResultUrl::new(url.as_str()).ok(), actual_cost: None };
+                return match self.client.complete_or_refund(user, job_id, output, "generate").await {
+                    Ok(done) => {
+                        let body = json!({
+                            "jobId": done.job_id, "status": done.status, "resultUrl": url,
+                            "balance": done.balance, "cost": cost.get(), "replayed": false,
+                        });
+                        Ok(with_limits(ApiResponse::json(200, &body), &limits))
+                    }
+                    Err((error, refunded)) => {
+                        Err(settled_failure(ApiError::from(error), &charged, refunded).with_headers(limit_headers(&limits)))
+                    }
                 };
-                let mut error = ApiError::from_code(ErrorCode::Upstream, message).with_detail("cause", cause);
-                if let Some(status) = generator_status {
-                    error = error.with_detail("generatorStatus", status);
-                }
-                settled_failure(error, &charged, refunded)
             }
+            Generated::Failed { cause, status } => (cause, status),
         };
-        Err(failure.with_headers(limit_headers(&limits)))
+        let refunded = self.client.refund_quietly(user, job_id, &format!("generate: generation failed ({cause})")).await;
+        let message = match refunded {
+            Some(_) => format!("the generation failed ({cause}); the credits were refunded"),
+            None => format!("the generation failed ({cause}); the hold expires and comes back"),
+        };
+        let mut error = ApiError::from_code(ErrorCode::Upstream, message).with_detail("cause", cause);
+        if let Some(status) = generator_status {
+            error = error.with_detail("generatorStatus", status);
+        }
+        Err(settled_failure(error, &charged, refunded).with_headers(limit_headers(&limits)))
     }
 
     /// A retried `/generate` (same key, same request): what happened the

@@ -7,14 +7,11 @@
 
 use super::error::{cut, ApiError};
 use super::http::{ApiRequest, BODY_BYTES_MAX, HEADER_CHARS_MAX};
-use crate::{CompleteRequest, GrantRequest, IdempotencyKey, JobId, Metadata, Operation, Reason};
+use crate::{CompleteRequest, GrantRequest, IdempotencyKey, JobId, Metadata, Operation, Reason, PAGE_DEFAULT, PAGE_MAX};
 use serde_json::{Map, Value};
 
 /// Prompts are instructions for a generator, not documents.
 pub const PROMPT_CHARS_MAX: usize = 4000;
-/// Pages of the ledger and of the jobs list.
-pub const PAGE_DEFAULT: u32 = 20;
-pub const PAGE_MAX: u32 = 100;
 /// `metadata.creditgate` is the API's own record on the job (the route, the
 /// prompt's digest); a client may not write it.
 pub const RESERVED_METADATA_KEY: &str = "creditgate";

@@ -40,11 +40,7 @@ impl Api {
                 json!(self.client.subscribe_plan(&input::service_body(request, SubscribeRequest::from_json)?).await?)
             }
             Route::Cancel => {
-                let body = input::body_object(request, false)?;
-                let user = crate::user_id_from_json(body.get("userId").unwrap_or(&serde_json::Value::Null)).map_err(ApiError::from)?;
-                if let Some(unknown) = body.keys().find(|name| *name != "userId") {
-                    return Err(ApiError::invalid(unknown, format!("unknown field {unknown:?}; this route takes userId")));
-                }
+                let user = input::service_body(request, crate::user_field_from_json)?;
                 json!({"userId": user.to_string(), "cancelled": self.client.cancel_plan(&user).await?})
             }
             _ => return Err(ApiError::route_not_found(&request.path)),
