@@ -15,8 +15,14 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 use uuid::Uuid;
 
-/// The crash test's own cluster: it is killed, so not the shared test cluster.
-const CRASH_PG_PORT: u16 = 54352;
+/// The crash test's own cluster (it is killed, so not the shared test
+/// cluster), on a port shifted per checkout like the other test ports.
+fn crash_pg_port() -> u16 {
+    crate::testrun::test_pg_port() + CRASH_PORT_ABOVE_TEST_PG
+}
+/// 30 above the test cluster: never a multiple of 40 away from another
+/// checkout's ports (those sit 0 and 89 to 99 above their cluster's).
+const CRASH_PORT_ABOVE_TEST_PG: u16 = 30;
 const SESSIONS: usize = 16;
 const USERS: usize = 8;
 const OPENING_CREDITS: i32 = 1_000_000;
@@ -65,7 +71,7 @@ fn connection_lost(error: &tokio_postgres::Error) -> bool {
 
 pub fn postgres_crash() -> Result<()> {
     let dir = crate::project_root().join("target/devstack/crash-pg");
-    let port = free_ports(CRASH_PG_PORT, 10, &[0])?;
+    let port = free_ports(crash_pg_port(), 10, &[0])?;
     let mut cluster = Cluster::start(&dir, port, true)?;
     cluster.bootstrap("postgres")?;
     cluster.migrate("postgres")?;
