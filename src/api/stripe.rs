@@ -163,9 +163,28 @@ pub fn stripe_signature(secret: &str, timestamp: &str, body: &[u8]) -> String {
     mac.finalize().into_bytes().iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
+/// A signature header in Stripe's format, `t=<t>,v1=<hex>`: what creditgate's
+/// own webhooks carry in `Creditgate-Signature` (`webhooks.rs`).
+pub fn signature_header(secret: &str, timestamp: i64, body: &[u8]) -> String {
+    let t = timestamp.to_string();
+    format!("t={t},v1={}", stripe_signature(secret, &t, body))
+}
+
 /// Checks `Stripe-Signature` against the raw body with every secret, in
 /// constant time per comparison. `now_s`: Unix seconds.
 pub fn verify_signature(header: Option<&str>, body: &[u8], secrets: &[String], now_s: i64) -> Result<(), SignatureError> {
+    verify_signature_within(header, body, secrets, now_s, TOLERANCE_SECONDS)
+}
+
+/// [`verify_signature`] with another tolerance (seconds): also how a
+/// receiver checks creditgate's `Creditgate-Signature` (`verifyWebhookSignature`).
+pub fn verify_signature_within(
+    header: Option<&str>,
+    body: &[u8],
+    secrets: &[String],
+    now_s: i64,
+    tolerance_s: i64,
+) -> Result<(), SignatureError> {
     let header = header.ok_or(SignatureError::Missing)?;
     let mut timestamp = None;
     let mut signatures = Vec::new();
@@ -194,7 +213,7 @@ pub fn verify_signature(header: Option<&str>, body: &[u8], secrets: &[String], n
         return Err(SignatureError::Mismatch);
     }
     // As Stripe's libraries: only the age is bounded.
-    if now_s - seconds > TOLERANCE_SECONDS {
+    if now_s - seconds > tolerance_s {
         return Err(SignatureError::Stale);
     }
     Ok(())
