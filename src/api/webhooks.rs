@@ -4,7 +4,8 @@
 //!
 //! 1. `claim_credit_event_deliveries` leases up to [`DELIVERY_BATCH`] due
 //!    deliveries to this drain (`FOR UPDATE SKIP LOCKED`: a concurrent drain
-//!    gets others), for long enough to send them all one after another.
+//!    gets others), for long enough to send them all one after another; a
+//!    full batch is followed by another while [`DRAIN_BUDGET_MS`] lasts.
 //! 2. Each is POSTed to `CREDITGATE_WEBHOOK_URL` as
 //!    `{"id", "type", "userId", "payload", "createdAt"}` (the event as
 //!    `/events` shows it, with its user), signed as Stripe signs:
@@ -31,9 +32,13 @@ use crate::error::ErrorCode;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-/// Deliveries one drain claims; sent one after another, so a drain lasts
-/// at most this many timeouts (20 x 5 s: well inside an Edge Function's limit).
+/// Deliveries one claim takes; sent one after another, so a batch lasts at
+/// most this many timeouts (20 x 5 s).
 pub const DELIVERY_BATCH: u32 = 20;
+/// A drain claims batch after batch while the last one was full and this
+/// long has not passed (then at most one more batch: 20 s + 20 x 5 s, inside
+/// an Edge Function's wall-clock limit).
+pub const DRAIN_BUDGET_MS: f64 = 20_000.0;
 /// The header carrying the signature.
 pub const SIGNATURE_HEADER: &str = "Creditgate-Signature";
 
@@ -94,39 +99,52 @@ pub async fn deliver(
             .with_detail("cause", "webhook_not_configured")
     })?;
     let lease_seconds = (DELIVERY_BATCH * webhook.timeout_ms).div_ceil(1000) + 30;
-    let claim = Rpc {
-        function: "claim_credit_event_deliveries",
-        body: json!({"p_limit": DELIVERY_BATCH, "p_lease_seconds": lease_seconds}),
-    };
-    let claimed: Vec<Claimed> = answers::rows("claim_credit_event_deliveries", &client.send(&Call::Rpc(claim)).await?)?;
-    let (mut delivered, mut retrying, mut failed, mut unrecorded) = (0, 0, 0, 0);
-    for delivery in &claimed {
-        let body = delivery_body(delivery.event_id, &delivery.kind, &delivery.user_id, &delivery.payload, &delivery.created_at);
-        let now_s = (super::now_ms() / 1000.0) as i64;
-        let result = sender.send(&delivery_call(webhook, body, now_s), Some(webhook.timeout_ms)).await;
-        let (status, error) = outcome(&result, webhook.timeout_ms);
-        let record = Rpc {
-            function: "record_credit_event_delivery",
-            body: json!({
-                "p_user_id": delivery.user_id, "p_event_id": delivery.event_id, "p_attempt": delivery.attempt,
-                "p_http_status": status, "p_error": error,
-            }),
+    let started_ms = super::now_ms();
+    let (mut claimed_total, mut delivered, mut retrying, mut failed, mut unrecorded) = (0, 0, 0, 0, 0);
+    loop {
+        let claim = Rpc {
+            function: "claim_credit_event_deliveries",
+            body: json!({"p_limit": DELIVERY_BATCH, "p_lease_seconds": lease_seconds}),
         };
-        let recorded = match client.send(&Call::Rpc(record)).await {
-            Ok(answer) => answers::scalar::<String>("record_credit_event_delivery", &answer).ok(),
-            Err(_) => None,
+        let answer = client.send(&Call::Rpc(claim)).await;
+        let claimed: Vec<Claimed> = match answer.and_then(|answer| answers::rows("claim_credit_event_deliveries", &answer)) {
+            Ok(claimed) => claimed,
+            // The first claim's failure is the answer; a later one ends the drain.
+            Err(error) if claimed_total == 0 => return Err(error.into()),
+            Err(_) => break,
         };
-        match recorded.as_deref() {
-            Some("delivered") => delivered += 1,
-            Some("pending") => retrying += 1,
-            Some("failed") => failed += 1,
-            _ => unrecorded += 1,
+        claimed_total += claimed.len();
+        for delivery in &claimed {
+            let body = delivery_body(delivery.event_id, &delivery.kind, &delivery.user_id, &delivery.payload, &delivery.created_at);
+            let now_s = (super::now_ms() / 1000.0) as i64;
+            let result = sender.send(&delivery_call(webhook, body, now_s), Some(webhook.timeout_ms)).await;
+            let (status, error) = outcome(&result, webhook.timeout_ms);
+            let record = Rpc {
+                function: "record_credit_event_delivery",
+                body: json!({
+                    "p_user_id": delivery.user_id, "p_event_id": delivery.event_id, "p_attempt": delivery.attempt,
+                    "p_http_status": status, "p_error": error,
+                }),
+            };
+            let recorded = match client.send(&Call::Rpc(record)).await {
+                Ok(answer) => answers::scalar::<String>("record_credit_event_delivery", &answer).ok(),
+                Err(_) => None,
+            };
+            match recorded.as_deref() {
+                Some("delivered") => delivered += 1,
+                Some("pending") => retrying += 1,
+                Some("failed") => failed += 1,
+                _ => unrecorded += 1,
+            }
+        }
+        if claimed.len() < DELIVERY_BATCH as usize || super::now_ms() - started_ms > DRAIN_BUDGET_MS {
+            break;
         }
     }
     Ok(ApiResponse::json(
         200,
         &json!({
-            "claimed": claimed.len(), "delivered": delivered, "retrying": retrying,
+            "claimed": claimed_total, "delivered": delivered, "retrying": retrying,
             "failed": failed, "unrecorded": unrecorded,
         }),
     ))
