@@ -174,6 +174,21 @@ export interface CreditEvent {
   createdAt: string;
 }
 
+/**
+ * The JSON body of one of creditgate's webhooks (POSTed to
+ * `CREDITGATE_WEBHOOK_URL`, signed in `Creditgate-Signature`: check it with
+ * `verifyWebhookSignature` on the raw body first). Delivered at least once:
+ * de-duplicate on `id`.
+ */
+export interface CreditWebhook {
+  /** The event's id (`credit_events.id`): the same on every redelivery. */
+  id: number;
+  type: string;
+  userId: string;
+  payload: { [key: string]: JsonValue };
+  createdAt: string;
+}
+
 export interface EventsRequest {
   userId: string;
   /** Events after this id (default 0: from the first). */
@@ -863,4 +878,45 @@ fn header_values(
             .ok_or_else(|| CreditError::invalid_argument("policy", "policy must be a string"))?
     };
     crate::rate_limit_headers::rate_limit_headers(&result, &policy)
+}
+
+/// Checks the `Creditgate-Signature` header of one of creditgate's outgoing
+/// webhooks on the raw body (a string or bytes, exactly as received): the
+/// scheme of `Stripe-Signature` (`t=<unix seconds>,v1=<hex HMAC-SHA256 of
+/// "{t}.{body}">`), against each of `secrets` (one, or several during a
+/// rotation), and a timestamp at most `toleranceSeconds` old (default 300).
+/// `true` when it holds; `false` for a missing, malformed, stale or wrong
+/// signature. Throws `invalid_argument` when no secret is given.
+#[wasm_bindgen(js_name = verifyWebhookSignature)]
+pub fn verify_webhook_signature(
+    #[wasm_bindgen(unchecked_param_type = "string | Uint8Array")] raw_body: JsValue,
+    #[wasm_bindgen(unchecked_param_type = "string | null | undefined")] header: JsValue,
+    #[wasm_bindgen(unchecked_param_type = "string | string[]")] secrets: JsValue,
+    #[wasm_bindgen(unchecked_optional_param_type = "number")] tolerance_seconds: JsValue,
+) -> Result<bool, JsValue> {
+    let body: Vec<u8> = match raw_body.as_string() {
+        Some(text) => text.into_bytes(),
+        None if raw_body.is_instance_of::<js_sys::Uint8Array>() => js_sys::Uint8Array::new(&raw_body).to_vec(),
+        None => {
+            return Err(to_js_error(CreditError::invalid_argument("rawBody", "rawBody must be the body as received: a string or a Uint8Array")))
+        }
+    };
+    let secrets: Vec<String> = match secrets.as_string() {
+        Some(secret) => vec![secret],
+        None if js_sys::Array::is_array(&secrets) => js_sys::Array::from(&secrets).iter().filter_map(|s| s.as_string()).collect(),
+        None => Vec::new(),
+    };
+    let secrets: Vec<String> = secrets.into_iter().filter(|secret| !secret.is_empty()).collect();
+    if secrets.is_empty() {
+        return Err(to_js_error(CreditError::invalid_argument("secrets", "secrets must be a non-empty string or array of strings")));
+    }
+    let tolerance = match tolerance_seconds.as_f64() {
+        None if tolerance_seconds.is_undefined() || tolerance_seconds.is_null() => crate::api::TOLERANCE_SECONDS,
+        Some(seconds) if seconds.is_finite() && seconds >= 0.0 => seconds as i64,
+        _ => {
+            return Err(to_js_error(CreditError::invalid_argument("toleranceSeconds", "toleranceSeconds must be a number of seconds, 0 or more")))
+        }
+    };
+    let now_s = (js_sys::Date::now() / 1000.0) as i64;
+    Ok(crate::api::verify_signature_within(header.as_string().as_deref(), &body, &secrets, now_s, tolerance).is_ok())
 }

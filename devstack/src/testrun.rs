@@ -243,6 +243,18 @@ fn up_and_interrupt() -> Result<()> {
     let kid_before = std::fs::read_to_string(&key_file).ok();
     let (first, first_kid) = up_once(&data_dir, ports, true, |api| {
         let balance = demo_balance(api)?;
+        // Webhooks out: one drain now, so the charge's event is queued
+        // (events are queued once a drain has run); the stack's own drain
+        // delivers it.
+        let (status, body) = http_post(api, "/functions/v1/credits/webhooks/deliver", "{}")?;
+        if status != 200 {
+            bail!("POST /webhooks/deliver through the stack: {status} {body}");
+        }
+        let threshold = format!(r#"{{"p_user_id":"{}","p_threshold":{}}}"#, crate::stack::DEMO_USER_ID, balance - 1);
+        let (status, body) = http_post(api, "/rest/v1/rpc/set_low_balance_threshold", &threshold)?;
+        if status != 200 {
+            bail!("set_low_balance_threshold through the stack: {status} {body}");
+        }
         let charge = format!(
             r#"{{"p_user_id":"{}","p_operation_type":"image","p_cost":7}}"#,
             crate::stack::DEMO_USER_ID
@@ -252,6 +264,7 @@ fn up_and_interrupt() -> Result<()> {
             bail!("charge through the stack: {status} {body}");
         }
         stripe_webhook_served(api)?;
+        webhook_received(api)?;
         Ok((balance - 7, jwks_kid(api)?))
     })?;
     if kid_before.is_some_and(|text| text.contains(&first_kid)) {
@@ -289,6 +302,34 @@ fn stripe_webhook_served(api_port: u16) -> Result<()> {
         bail!("stripe-webhook through the stack: expected 400 invalid_signature, got {response:?}");
     }
     Ok(())
+}
+
+/// The stack's receiver got the demo user's `low_balance` event, signed
+/// with the local secret, from `cargo dev up`'s own drain (every 3 s).
+fn webhook_received(api_port: u16) -> Result<()> {
+    use std::io::{Read, Write};
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", api_port))?;
+        stream.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+        write!(stream, "GET {} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n", crate::stack::RECEIVER_PATH)?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        let body = response.split_once("\r\n\r\n").map(|(_, body)| body).unwrap_or_default();
+        let kept: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        let deliveries = kept["deliveries"].as_array().cloned().unwrap_or_default();
+        let ours = deliveries.iter().find(|delivery| {
+            delivery["event"]["type"] == "low_balance" && delivery["event"]["userId"] == crate::stack::DEMO_USER_ID
+        });
+        match ours {
+            Some(delivery) if delivery["verified"] == true => return Ok(()),
+            Some(delivery) => bail!("the local receiver got the event with a signature that does not verify: {delivery}"),
+            None if std::time::Instant::now() > deadline => {
+                bail!("no low_balance webhook reached the local receiver within 60 s: {kept}")
+            }
+            None => std::thread::sleep(std::time::Duration::from_millis(500)),
+        }
+    }
 }
 
 /// The `kid` of the signing key the stack's JWKS endpoint serves.

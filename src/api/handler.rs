@@ -110,6 +110,9 @@ impl Api {
                 Route::RevokeLot(_) | Route::Plan | Route::Subscribe | Route::Cancel => {
                     self.lots_service_route(request, route).await
                 }
+                Route::DeliverWebhooks => {
+                    super::webhooks::deliver(&self.client, &self.sender, self.settings.webhook.as_ref(), request).await
+                }
                 _ => self.limit_tool(request, route).await,
             };
         }

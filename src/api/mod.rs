@@ -17,6 +17,7 @@
 //! | `POST /jobs/:id/complete` `{resultUrl?, actualCost?}` | service | 200 `{jobId, status, balance, refunded}` | 403 for users, 409 settled |
 //! | `POST /jobs/:id/refund` `{reason?}` | service | 200 `{jobId, balance, refunded}` | 403, 404, 409 |
 //! | `POST /grant` `{userId, amount, reason, idempotencyKey?, metadata?}` | service | 200 `{userId, balance}` | 403, 404 |
+//! | `POST /webhooks/deliver` (no body, or `{}`) | service | 200 `{claimed, delivered, retrying, failed, unrecorded}` | 403, 502 `webhook_not_configured` |
 //!
 //! Errors are `{"error": {"code", "message", "details"}}` with docs/design.md's
 //! statuses, never 200. Paid routes carry `RateLimit-Policy` and `RateLimit`
@@ -33,6 +34,7 @@ mod outbound;
 mod routes;
 mod settings;
 mod stripe;
+mod webhooks;
 #[cfg(target_arch = "wasm32")]
 mod js_handler;
 
@@ -43,8 +45,9 @@ pub use http::{ApiRequest, ApiResponse, BODY_BYTES_MAX, HEADERS_READ};
 pub use input::PROMPT_CHARS_MAX;
 pub use routes::{route, Route};
 pub use keys::{parse_jwks, Algorithm, KeyStore, PublicKey};
-pub use stripe::{action as stripe_action, stripe_signature, verify_signature, PriceCredits, SignatureError, StripeApi, StripeSettings, STRIPE_BODY_BYTES_MAX, STRIPE_HEADERS_READ, TOLERANCE_SECONDS};
-pub use settings::{policy_names, GeneratorSettings, LimitPolicy, NamedPolicy, PolicyKind, Secret, Settings};
+pub use stripe::{action as stripe_action, signature_header, stripe_signature, verify_signature, verify_signature_within, PriceCredits, SignatureError, StripeApi, StripeSettings, STRIPE_BODY_BYTES_MAX, STRIPE_HEADERS_READ, TOLERANCE_SECONDS};
+pub use webhooks::{delivery_body, DELIVERY_BATCH, SIGNATURE_HEADER};
+pub use settings::{policy_names, GeneratorSettings, WebhookSettings, LimitPolicy, NamedPolicy, PolicyKind, Secret, Settings};
 
 /// Milliseconds since the Unix epoch.
 #[cfg(target_arch = "wasm32")]

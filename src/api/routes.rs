@@ -50,6 +50,8 @@ pub enum Route {
     Subscribe,
     /// `POST /plans/cancel` (the service role).
     Cancel,
+    /// `POST /webhooks/deliver` (the service role): one drain of the webhook queue.
+    DeliverWebhooks,
 }
 
 impl Route {
@@ -76,6 +78,7 @@ impl Route {
             Route::Plan => "/plans",
             Route::Subscribe => "/plans/subscribe",
             Route::Cancel => "/plans/cancel",
+            Route::DeliverWebhooks => "/webhooks/deliver",
         }
     }
 
@@ -95,6 +98,7 @@ impl Route {
                 | Route::Plan
                 | Route::Subscribe
                 | Route::Cancel
+                | Route::DeliverWebhooks
         )
     }
 
@@ -147,6 +151,7 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
         ["plans"] => (Route::Plan, "POST"),
         ["plans", "subscribe"] => (Route::Subscribe, "POST"),
         ["plans", "cancel"] => (Route::Cancel, "POST"),
+        ["webhooks", "deliver"] => (Route::DeliverWebhooks, "POST"),
         _ => return Err(ApiError::route_not_found(path)),
     };
     // HEAD is GET without a body; the runtime drops the body.
@@ -234,6 +239,7 @@ mod tests {
                 ("POST", "/plans", Route::Plan),
                 ("POST", "/plans/subscribe", Route::Subscribe),
                 ("POST", "/plans/cancel", Route::Cancel),
+                ("POST", "/webhooks/deliver", Route::DeliverWebhooks),
             ];
             for (method, path, expected) in cases {
                 let path = format!("{prefix}{path}");
@@ -281,5 +287,7 @@ mod tests {
         assert!(Route::BlockLimitKey.service_only() && Route::LimitUsage.service_only() && !Route::LimitUsage.paid());
         assert!(!Route::Charge.service_only() && Route::Charge.paid() && Route::Generate.paid());
         assert!(!Route::Balance.paid());
+        assert!(Route::DeliverWebhooks.service_only() && !Route::DeliverWebhooks.paid());
+        assert_eq!(route("GET", "/credits/webhooks/deliver").expect_err("POST only").status, 405);
     }
 }

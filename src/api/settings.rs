@@ -13,6 +13,9 @@
 //! | `GENERATOR_URL` | unset (`/generate` answers 502) | the AI provider `/generate` calls |
 //! | `CREDITGATE_GENERATOR_KEY` | unset | sent to the generator as `Authorization: Bearer` |
 //! | `CREDITGATE_GENERATOR_TIMEOUT_MS` | `20000` | after this, the generation counts as failed and is refunded |
+//! | `CREDITGATE_WEBHOOK_URL` | unset (`/webhooks/deliver` answers 502) | where balance events are POSTed (`webhooks.rs`) |
+//! | `CREDITGATE_WEBHOOK_SECRET` | (required with the URL) | signs them: `Creditgate-Signature: t=...,v1=...` |
+//! | `CREDITGATE_WEBHOOK_TIMEOUT_MS` | `5000` | an answer later than this is a failed attempt (retried) |
 //!
 //! A malformed value is an error at start-up (the function does not serve
 //! with a configuration nobody meant), naming the variable.
@@ -35,6 +38,11 @@ pub const DEFAULT_GENERATOR_TIMEOUT_MS: u32 = 20_000;
 /// timeout under 100 ms would fail every generation.
 pub const GENERATOR_TIMEOUT_MS_MIN: u32 = 100;
 pub const GENERATOR_TIMEOUT_MS_MAX: u32 = 120_000;
+pub const DEFAULT_WEBHOOK_TIMEOUT_MS: u32 = 5_000;
+pub const WEBHOOK_TIMEOUT_MS_MIN: u32 = 100;
+pub const WEBHOOK_TIMEOUT_MS_MAX: u32 = 30_000;
+/// A webhook secret shorter than this is guessable.
+pub const WEBHOOK_SECRET_BYTES_MIN: usize = 16;
 /// A `/generate` hold outlives the generator's timeout by this much, so a
 /// hold whose refund could not be made (the database went away) is expired
 /// by the sweeper soon after, never while the generation may still finish.
@@ -218,6 +226,20 @@ impl std::fmt::Debug for GeneratorSettings {
     }
 }
 
+/// Where balance events are delivered (`webhooks.rs`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct WebhookSettings {
+    pub url: String,
+    pub secret: Secret,
+    pub timeout_ms: u32,
+}
+
+impl std::fmt::Debug for WebhookSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookSettings").field("url", &self.url).field("timeout_ms", &self.timeout_ms).finish()
+    }
+}
+
 /// Everything the API needs to know, checked once.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
@@ -248,6 +270,7 @@ pub struct Settings {
     pub operation_limits: BTreeMap<String, Vec<LimitPolicy>>,
     pub hold_seconds: HoldSeconds,
     pub generator: Option<GeneratorSettings>,
+    pub webhook: Option<WebhookSettings>,
 }
 
 /// Keys that mean a caller when presented exactly.
@@ -308,6 +331,7 @@ impl Settings {
             operation_limits,
             hold_seconds: HoldSeconds::new(env.number("CREDITGATE_HOLD_SECONDS", 900, 1, i64::from(HoldSeconds::MAX))?)?,
             generator: env.generator()?,
+            webhook: env.webhook()?,
             config,
         })
     }
@@ -408,6 +432,29 @@ impl Env<'_> {
             return Err(invalid("CREDITGATE_GENERATOR_KEY", "CREDITGATE_GENERATOR_KEY must be printable ASCII"));
         }
         Ok(Some(GeneratorSettings { url: url.to_owned(), key, timeout_ms }))
+    }
+}
+
+impl Env<'_> {
+    fn webhook(&self) -> Result<Option<WebhookSettings>, CreditError> {
+        let Some(url) = self.get("CREDITGATE_WEBHOOK_URL") else { return Ok(None) };
+        let url = http_url("CREDITGATE_WEBHOOK_URL", url)?;
+        let secret = self.get("CREDITGATE_WEBHOOK_SECRET").ok_or_else(|| {
+            invalid("CREDITGATE_WEBHOOK_SECRET", "CREDITGATE_WEBHOOK_SECRET must be set with CREDITGATE_WEBHOOK_URL")
+        })?;
+        if secret.len() < WEBHOOK_SECRET_BYTES_MIN {
+            return Err(invalid(
+                "CREDITGATE_WEBHOOK_SECRET",
+                format!("CREDITGATE_WEBHOOK_SECRET must be at least {WEBHOOK_SECRET_BYTES_MIN} bytes"),
+            ));
+        }
+        let timeout_ms = self.number(
+            "CREDITGATE_WEBHOOK_TIMEOUT_MS",
+            DEFAULT_WEBHOOK_TIMEOUT_MS.into(),
+            WEBHOOK_TIMEOUT_MS_MIN.into(),
+            WEBHOOK_TIMEOUT_MS_MAX.into(),
+        )? as u32;
+        Ok(Some(WebhookSettings { url, secret: Secret(secret.to_owned()), timeout_ms }))
     }
 }
 

@@ -163,9 +163,28 @@ pub fn stripe_signature(secret: &str, timestamp: &str, body: &[u8]) -> String {
     mac.finalize().into_bytes().iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
+/// A signature header in Stripe's format, `t=<t>,v1=<hex>`: what creditgate's
+/// own webhooks carry in `Creditgate-Signature` (`webhooks.rs`).
+pub fn signature_header(secret: &str, timestamp: i64, body: &[u8]) -> String {
+    let t = timestamp.to_string();
+    format!("t={t},v1={}", stripe_signature(secret, &t, body))
+}
+
 /// Checks `Stripe-Signature` against the raw body with every secret, in
 /// constant time per comparison. `now_s`: Unix seconds.
 pub fn verify_signature(header: Option<&str>, body: &[u8], secrets: &[String], now_s: i64) -> Result<(), SignatureError> {
+    verify_signature_within(header, body, secrets, now_s, TOLERANCE_SECONDS)
+}
+
+/// [`verify_signature`] with another tolerance (seconds): also how a
+/// receiver checks creditgate's `Creditgate-Signature` (`verifyWebhookSignature`).
+pub fn verify_signature_within(
+    header: Option<&str>,
+    body: &[u8],
+    secrets: &[String],
+    now_s: i64,
+    tolerance_s: i64,
+) -> Result<(), SignatureError> {
     let header = header.ok_or(SignatureError::Missing)?;
     let mut timestamp = None;
     let mut signatures = Vec::new();
@@ -194,7 +213,7 @@ pub fn verify_signature(header: Option<&str>, body: &[u8], secrets: &[String], n
         return Err(SignatureError::Mismatch);
     }
     // As Stripe's libraries: only the age is bounded.
-    if now_s - seconds > TOLERANCE_SECONDS {
+    if now_s - seconds > tolerance_s {
         return Err(SignatureError::Stale);
     }
     Ok(())
@@ -238,7 +257,16 @@ fn metadata_number(object: &Value, name: &str, min: u64, max: u64) -> Result<Opt
 pub fn action(event: &Value, settings: &StripeSettings) -> Value {
     let object = &event["data"]["object"];
     match event["type"].as_str().unwrap_or_default() {
-        "checkout.session.completed" | "checkout.session.async_payment_succeeded" => checkout(object, settings),
+        "checkout.session.completed" | "checkout.session.async_payment_succeeded" => {
+            // The session links the Stripe customer to the user, even when it
+            // grants nothing (a subscription's): its invoices may name no user.
+            let mut action = checkout(object, settings);
+            action["customer"] = json!(id_of(object.get("customer")));
+            if action.get("user_id").is_none() {
+                action["user_id"] = json!(checkout_user(object));
+            }
+            action
+        }
         "charge.refunded" => {
             let Some(payment_intent) = id_of(object.get("payment_intent")) else {
                 return ignore("the charge has no payment_intent");
@@ -267,14 +295,14 @@ pub fn action(event: &Value, settings: &StripeSettings) -> Value {
                 .or_else(|| metadata(&object["subscription_details"], "creditgate_user_id"))
                 .or_else(|| metadata(&object["parent"]["subscription_details"], "creditgate_user_id"))
                 .or_else(|| lines.iter().find_map(|line| metadata(line, "creditgate_user_id")));
-            json!({"kind": "subscribe", "user_id": user, "plan": plan})
+            json!({"kind": "subscribe", "user_id": user, "plan": plan, "customer": id_of(object.get("customer"))})
         }
         "customer.subscription.deleted" => {
             let items = object["items"]["data"].as_array().cloned().unwrap_or_default();
             if !items.iter().filter_map(line_price).any(|price| settings.plans.contains_key(&price)) {
                 return ignore("no subscription item has a price in CREDITGATE_STRIPE_PLANS");
             }
-            json!({"kind": "cancel", "user_id": metadata(object, "creditgate_user_id")})
+            json!({"kind": "cancel", "user_id": metadata(object, "creditgate_user_id"), "customer": id_of(object.get("customer"))})
         }
         other => ignore(format!("{other} is not handled")),
     }
@@ -285,6 +313,11 @@ fn line_price(line: &Value) -> Option<String> {
     id_of(line.get("price"))
         .or_else(|| id_of(line.get("plan")))
         .or_else(|| id_of(line.pointer("/pricing/price_details/price")))
+}
+
+/// The user a Checkout Session is for: `client_reference_id`, or `metadata.creditgate_user_id`.
+fn checkout_user(session: &Value) -> Option<&str> {
+    session["client_reference_id"].as_str().or_else(|| metadata(session, "creditgate_user_id"))
 }
 
 fn checkout(session: &Value, settings: &StripeSettings) -> Value {
@@ -312,7 +345,7 @@ fn checkout(session: &Value, settings: &StripeSettings) -> Value {
     let category = metadata(session, "creditgate_category")
         .map(str::to_owned)
         .or_else(|| from_price.and_then(|price| price.category.clone()));
-    let user = session["client_reference_id"].as_str().or_else(|| metadata(session, "creditgate_user_id"));
+    let user = checkout_user(session);
     json!({
         "kind": "grant", "user_id": user, "credits": credits, "expires_in_days": expires_in_days,
         "category": category, "priority": priority, "session_id": session["id"].as_str(),
@@ -448,5 +481,13 @@ mod tests {
         assert_eq!(action(&unpaid, &s)["kind"], "ignore");
         let bad = json!({"type": "checkout.session.completed", "data": {"object": {"payment_status": "paid", "metadata": {"creditgate_credits": "-3"}}}});
         assert_eq!(action(&bad, &s)["kind"], "invalid");
+        // A subscription's session grants nothing but links the customer to the user.
+        let subscription = json!({"type": "checkout.session.completed", "data": {"object": {
+            "payment_status": "paid", "client_reference_id": "u", "customer": "cus_1", "mode": "subscription"}}});
+        let linked = action(&subscription, &s);
+        assert_eq!((linked["kind"].as_str(), linked["user_id"].as_str(), linked["customer"].as_str()), (Some("ignore"), Some("u"), Some("cus_1")));
+        let invoice = json!({"type": "invoice.paid", "data": {"object": {"customer": "cus_1", "lines": {"data": [{"price": {"id": "price_pro"}}]}}}});
+        let renewal = action(&invoice, &s);
+        assert_eq!((renewal["kind"].as_str(), renewal["user_id"].as_str(), renewal["customer"].as_str()), (Some("subscribe"), None, Some("cus_1")));
     }
 }

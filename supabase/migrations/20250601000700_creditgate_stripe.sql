@@ -23,6 +23,9 @@ CREATE TABLE IF NOT EXISTS public.stripe_events (
   status text NOT NULL CHECK (status IN ('processing', 'processed', 'duplicate', 'ignored', 'unknown_user',
                                          'no_purchase', 'failed')),
   user_id uuid,
+  -- the Stripe customer (cus_...), when the event names one: later events of
+  -- the customer that name no user are applied to this row's user
+  customer text,
   payment_intent text,
   error text,
   result jsonb NOT NULL DEFAULT '{}'::jsonb,
@@ -32,6 +35,8 @@ CREATE TABLE IF NOT EXISTS public.stripe_events (
 CREATE INDEX IF NOT EXISTS stripe_events_payment_intent ON public.stripe_events (payment_intent)
   WHERE payment_intent IS NOT NULL;
 CREATE INDEX IF NOT EXISTS stripe_events_status ON public.stripe_events (status, received_at);
+CREATE INDEX IF NOT EXISTS stripe_events_customer ON public.stripe_events (customer, received_at)
+  WHERE customer IS NOT NULL AND user_id IS NOT NULL;
 -- The refund path finds a purchase's lot by its payment intent.
 CREATE INDEX IF NOT EXISTS credit_lots_stripe_payment_intent ON public.credit_lots ((metadata ->> 'payment_intent'))
   WHERE metadata ? 'payment_intent';
@@ -175,6 +180,10 @@ REVOKE ALL ON FUNCTION creditgate.stripe_revoke(jsonb, timestamptz) FROM PUBLIC,
  *   {"kind": "cancel", "user_id"}
  *   {"kind": "ignore", "reason"}               (status ignored)
  *   {"kind": "invalid", "reason"}              (status failed: e.g. malformed metadata)
+ * Any action may carry "customer" (Stripe's cus_... id), recorded on the
+ * event; a grant, subscribe or cancel that names no user_id gets the user
+ * of the customer's latest earlier event that had one (an ignore may carry
+ * user_id too, so a subscription's checkout session links the customer).
  * Returns {status, replayed, ...}: replayed true when the event was seen
  * before (nothing changed; status is what happened then). A user id that is
  * not a creditgate user: status unknown_user. A refused action (22023, PT404):
@@ -200,18 +209,29 @@ BEGIN
     PERFORM creditgate.fail('22023', 'invalid_argument', 'p_event_id, p_type and p_action (an object) are required',
       '{}'::jsonb);
   END IF;
-  INSERT INTO public.stripe_events (id, type, status, payment_intent, payload)
-  VALUES (p_event_id, p_type, 'processing', p_action ->> 'payment_intent', coalesce(p_payload, '{}'::jsonb))
+  INSERT INTO public.stripe_events (id, type, status, customer, payment_intent, payload)
+  VALUES (p_event_id, p_type, 'processing', p_action ->> 'customer', p_action ->> 'payment_intent',
+          coalesce(p_payload, '{}'::jsonb))
   ON CONFLICT (id) DO NOTHING;
   IF NOT FOUND THEN
     SELECT * INTO v_seen FROM public.stripe_events e WHERE e.id = p_event_id;
     RETURN pg_catalog.jsonb_build_object('status', v_seen.status, 'replayed', true, 'user_id', v_seen.user_id);
   END IF;
 
+  IF v_user_text ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' THEN
+    v_user := v_user_text::uuid;
+  END IF;
+  -- No user named: the user an earlier event of the same Stripe customer had
+  -- (a subscription's checkout session names it; its invoices may not).
+  IF v_user IS NULL AND p_action ->> 'customer' IS NOT NULL THEN
+    SELECT e.user_id INTO v_user FROM public.stripe_events e
+    WHERE e.customer = p_action ->> 'customer' AND e.user_id IS NOT NULL AND e.id <> p_event_id
+    ORDER BY e.received_at DESC LIMIT 1;
+  END IF;
+  IF coalesce(v_kind, '') NOT IN ('grant', 'subscribe', 'cancel') AND NOT EXISTS (SELECT 1 FROM public.users u WHERE u.id = v_user) THEN
+    v_user := NULL;   -- an ignored event keeps the customer's user only if there is one
+  END IF;
   IF v_kind IN ('grant', 'subscribe', 'cancel') THEN
-    IF v_user_text ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' THEN
-      v_user := v_user_text::uuid;
-    END IF;
     IF v_user IS NULL OR NOT EXISTS (SELECT 1 FROM public.users u WHERE u.id = v_user) THEN
       v_result := pg_catalog.jsonb_build_object('status', 'unknown_user',
         'error', 'no creditgate user ' || coalesce(pg_catalog.quote_literal(v_user_text), '(none given)'), 'action', p_action);

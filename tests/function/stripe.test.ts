@@ -168,6 +168,32 @@ Deno.test("invoice.paid subscribes to the mapped plan (a renewal changes nothing
   assert.equal(await sql(`SELECT count(*) FROM public.credit_plan_subscriptions WHERE user_id = '${user}'`), "0");
 });
 
+Deno.test("a subscription's checkout links the Stripe customer: its invoice and deletion need no user metadata", async () => {
+  const h = handler();
+  await sql(`SELECT public.upsert_credit_plan('fn-pro', 1000, 'month', 0)`);
+  const user = await makeUser(0);
+  const customer = id("cus");
+  const session = await deliver(h, event("checkout.session.completed", {
+    id: id("cs"), object: "checkout.session", mode: "subscription", payment_status: "paid", client_reference_id: user, customer,
+    subscription: id("sub"), metadata: {},
+  }));
+  assert.deepEqual([session.status, session.body.status], [200, "ignored"], "it grants nothing itself");
+  const paid = await deliver(h, event("invoice.paid", {
+    id: id("in"), object: "invoice", customer, metadata: {}, lines: { data: [{ id: id("il"), price: { id: "price_pro_fn" } }] },
+  }));
+  assert.deepEqual([paid.status, paid.body.status], [200, "processed"]);
+  assert.equal(await sql(`SELECT plan FROM public.credit_plan_subscriptions WHERE user_id = '${user}'`), "fn-pro");
+  const deleted = await deliver(h, event("customer.subscription.deleted", {
+    id: id("sub"), object: "subscription", customer, metadata: {}, items: { data: [{ price: { id: "price_pro_fn" } }] },
+  }));
+  assert.deepEqual([deleted.status, deleted.body.status], [200, "processed"]);
+  assert.equal(await sql(`SELECT count(*) FROM public.credit_plan_subscriptions WHERE user_id = '${user}'`), "0");
+  const stranger = await deliver(h, event("invoice.paid", {
+    id: id("in"), object: "invoice", customer: id("cus"), metadata: {}, lines: { data: [{ price: { id: "price_pro_fn" } }] },
+  }));
+  assert.deepEqual([stranger.status, stranger.body.status], [200, "unknown_user"], "a customer nobody linked");
+});
+
 Deno.test("bad, missing and stale signatures are 400 and change nothing", async () => {
   const h = handler();
   const user = await makeUser(0);

@@ -9,9 +9,11 @@ import {
   CreditClient,
   CreditError,
   type CreditErrorCode,
+  type CreditWebhook,
   type RateLimitHeaders,
   rateLimitHeaders,
   type RateLimitResult,
+  verifyWebhookSignature,
 } from "creditgate";
 
 export async function typed(): Promise<void> {
@@ -76,5 +78,14 @@ export async function typed(): Promise<void> {
       if (error.code === "insufficient_funds") throw error;
     }
   }
-  void [notNumber, refunded, balance, granted, current, notString, policy, retryAfter, alwaysThere, pixels, notPixels, settled];
+  const raw = '{"id":1,"type":"low_balance","userId":"u","payload":{},"createdAt":"2026-01-01T00:00:00Z"}';
+  const verified: boolean = verifyWebhookSignature(raw, "t=1,v1=00", ["whsec_a", "whsec_b"], 600);
+  verifyWebhookSignature(new TextEncoder().encode(raw), null, "whsec_a");
+  // @ts-expect-error: the body is a string or bytes
+  verifyWebhookSignature({ id: 1 }, "t=1,v1=00", "whsec_a");
+  const webhook: CreditWebhook = JSON.parse(raw);
+  const eventId: number = webhook.id;
+  // @ts-expect-error: the user is userId
+  const notUser: string = webhook.user_id;
+  void [notNumber, refunded, balance, granted, current, notString, policy, retryAfter, alwaysThere, pixels, notPixels, settled, verified, eventId, notUser];
 }

@@ -54,6 +54,9 @@ const CALLABLE: &[(&str, &[&str])] = &[
             "set_low_balance_threshold",
             // Stripe webhooks (docs/rpc.md, "Stripe").
             "process_stripe_event",
+            // Webhooks out (docs/rpc.md, "Webhooks out").
+            "claim_credit_event_deliveries",
+            "record_credit_event_delivery",
         ],
     ),
 ];
@@ -71,6 +74,7 @@ const TABLES: &[&str] = &[
     "credit_plan_subscriptions",
     "credit_events",
     "stripe_events",
+    "credit_webhook_deliveries",
 ];
 /// Tables each role may SELECT (RLS then limits `authenticated` to its rows).
 const READABLE: &[(&str, &[&str])] = &[
@@ -92,6 +96,7 @@ const READABLE: &[(&str, &[&str])] = &[
             "credit_plan_subscriptions",
             "credit_events",
             "stripe_events",
+            "credit_webhook_deliveries",
         ],
     ),
 ];

@@ -9,6 +9,7 @@
 use super::cors::{preflight, with_cors};
 use super::fake_generator::fake_generator;
 use super::function_runner::Function;
+use super::webhook_receiver::{receive, Receiver, LOCAL_WEBHOOK_SECRET, RECEIVER_PATH};
 use super::{Options, DEMO_EMAIL, DEMO_USER_ID};
 use crate::keys::{self, KeySet, SigningKey};
 use anyhow::Result;
@@ -42,11 +43,18 @@ pub(super) struct Proxy {
     /// The public JWKS, as served.
     jwks: String,
     client: HttpClient,
+    /// The local webhook receiver, with the secret the function signs with.
+    webhooks: Receiver,
 }
 
 impl Proxy {
     pub(super) fn new(options: &Options, signing_key: Arc<SigningKey>, functions: Vec<Function>) -> Proxy {
+        let webhook_secret = super::function_env(options, &signing_key)
+            .ok()
+            .and_then(|env| env.into_iter().rev().find(|(name, _)| name == "CREDITGATE_WEBHOOK_SECRET"))
+            .map_or_else(|| LOCAL_WEBHOOK_SECRET.to_string(), |(_, secret)| secret);
         Proxy {
+            webhooks: Receiver::new(webhook_secret),
             options: options.clone(),
             functions,
             anon_key: keys::anon_key(),
@@ -123,6 +131,9 @@ async fn route(proxy: &Proxy, mut request: Request<Incoming>, peer: SocketAddr) 
     }
     if path == "/devstack/generator" {
         return fake_generator(request).await;
+    }
+    if path == RECEIVER_PATH {
+        return receive(&proxy.webhooks, request).await;
     }
     if path == "/" || path == "/index.html" {
         return page(proxy);

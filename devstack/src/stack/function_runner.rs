@@ -108,11 +108,18 @@ pub fn function_env(options: &Options, signing_key: &SigningKey) -> Result<Vec<(
             format!("postgresql://postgres:postgres@127.0.0.1:{}/postgres", options.db_port),
         ),
         ("GENERATOR_URL".to_string(), format!("{}/devstack/generator", options.api_url())),
+        // Webhooks out go to the stack's own receiver unless configured.
+        ("CREDITGATE_WEBHOOK_URL".to_string(), format!("{}{}", options.api_url(), super::webhook_receiver::RECEIVER_PATH)),
+        ("CREDITGATE_WEBHOOK_SECRET".to_string(), super::webhook_receiver::LOCAL_WEBHOOK_SECRET.to_string()),
     ];
     if let Ok(text) = std::fs::read_to_string(crate::project_root().join("supabase/functions/.env")) {
         for line in text.lines().map(str::trim).filter(|line| !line.is_empty() && !line.starts_with('#')) {
             if let Some((name, value)) = line.split_once('=') {
-                env.push((name.trim().to_string(), value.trim().trim_matches('"').to_string()));
+                let (name, value) = (name.trim().to_string(), value.trim().trim_matches('"').to_string());
+                match env.iter().position(|(known, _)| *known == name) {
+                    Some(pos) => env[pos].1 = value,
+                    None => env.push((name, value)),
+                }
             }
         }
     }

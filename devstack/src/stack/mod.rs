@@ -14,6 +14,11 @@
 //!   the data directory (`--fresh` makes a new one); the legacy anon and
 //!   service-role keys stay HS256 with the legacy secret.
 //! - A sweeper that releases expired holds every few seconds.
+//! - Webhooks out: a receiver at `/devstack/webhooks` (the function's
+//!   `CREDITGATE_WEBHOOK_URL` unless configured otherwise) that checks the
+//!   signature and keeps the last deliveries for the page, and (`cargo dev
+//!   up` only) a drain calling `POST /webhooks/deliver` every 3 s
+//!   ([`webhook_receiver`]).
 //!
 //! Ctrl-C (or SIGTERM) stops every process it started.
 //!
@@ -27,9 +32,11 @@ mod database;
 mod fake_generator;
 mod front_proxy;
 mod function_runner;
+mod webhook_receiver;
 
 pub use database::migrate_new;
 pub use function_runner::{function_env, functions, Function, EXTRA_FUNCTIONS_ENV};
+pub use webhook_receiver::{verified as webhook_verified, LOCAL_WEBHOOK_SECRET, RECEIVER_PATH};
 
 use crate::keys::{self, KeySet, SigningKey};
 use crate::pg::Cluster;
@@ -92,6 +99,9 @@ pub fn main(fresh: bool) -> Result<()> {
     let stack = Stack::start(&options)?;
     print_banner(&options, &stack);
     let runtime = tokio::runtime::Runtime::new()?;
+    // Webhooks out: what pg_cron does on Supabase (the test stacks leave
+    // draining to their tests).
+    runtime.spawn(webhook_receiver::drain(options.api_url(), keys::service_role_key()));
     let result = runtime.block_on(stack.serve_until_signal());
     drop(stack);
     result

@@ -7,7 +7,7 @@ SELECT plan(47);
 SELECT has_schema('creditgate', 'internals live in the private creditgate schema');
 SELECT tables_are('public', ARRAY['users', 'generation_jobs', 'credit_ledger', 'idempotency_keys', 'rate_limits',
     'credit_settings', 'credit_user_settings', 'credit_plans', 'credit_lots', 'credit_lot_movements',
-    'credit_plan_subscriptions', 'credit_events', 'stripe_events'],
+    'credit_plan_subscriptions', 'credit_events', 'stripe_events', 'credit_webhook_deliveries'],
   'public has exactly the creditgate tables');
 
 -- The seed's ledger columns, now all required.

@@ -44,7 +44,9 @@ INSERT INTO contract VALUES
   ('get_credit_events(uuid,bigint,integer)', false, false, true),
   ('set_credit_settings(integer,integer)', false, false, true),
   ('set_low_balance_threshold(uuid,integer)', false, false, true),
-  ('process_stripe_event(text,text,jsonb,jsonb)', false, false, true);
+  ('process_stripe_event(text,text,jsonb,jsonb)', false, false, true),
+  ('claim_credit_event_deliveries(integer,integer)', false, false, true),
+  ('record_credit_event_delivery(uuid,bigint,integer,integer,text)', false, false, true);
 
 SELECT is_empty($$
   SELECT c.signature || ' for ' || r.role
@@ -72,14 +74,14 @@ FROM unnest(ARRAY['anon', 'authenticated', 'service_role']) AS r;
 SELECT is_empty($$
   SELECT t || ' ' || p || ' for ' || r
   FROM unnest(ARRAY['users', 'generation_jobs', 'credit_ledger', 'idempotency_keys', 'rate_limits', 'credit_settings',
-    'credit_user_settings', 'credit_plans', 'credit_lots', 'credit_lot_movements', 'credit_plan_subscriptions', 'credit_events', 'stripe_events']) AS t,
+    'credit_user_settings', 'credit_plans', 'credit_lots', 'credit_lot_movements', 'credit_plan_subscriptions', 'credit_events', 'stripe_events', 'credit_webhook_deliveries']) AS t,
        unnest(ARRAY['INSERT', 'UPDATE', 'REFERENCES']) AS p,
        unnest(ARRAY['anon', 'authenticated', 'service_role']) AS r
   WHERE has_any_column_privilege(r, 'public.' || t, p)
   UNION ALL
   SELECT t || ' ' || p || ' for ' || r
   FROM unnest(ARRAY['users', 'generation_jobs', 'credit_ledger', 'idempotency_keys', 'rate_limits', 'credit_settings',
-    'credit_user_settings', 'credit_plans', 'credit_lots', 'credit_lot_movements', 'credit_plan_subscriptions', 'credit_events', 'stripe_events']) AS t,
+    'credit_user_settings', 'credit_plans', 'credit_lots', 'credit_lot_movements', 'credit_plan_subscriptions', 'credit_events', 'stripe_events', 'credit_webhook_deliveries']) AS t,
        unnest(ARRAY['DELETE', 'TRUNCATE', 'TRIGGER']) AS p,
        unnest(ARRAY['anon', 'authenticated', 'service_role']) AS r
   WHERE has_table_privilege(r, 'public.' || t, p)
@@ -88,12 +90,12 @@ $$, 'no client role may write any creditgate table, nor reference, truncate or t
 SELECT is_empty($$
   SELECT t || ' for ' || r.role
   FROM unnest(ARRAY['users', 'generation_jobs', 'credit_ledger', 'idempotency_keys', 'rate_limits', 'credit_settings',
-    'credit_user_settings', 'credit_plans', 'credit_lots', 'credit_lot_movements', 'credit_plan_subscriptions', 'credit_events', 'stripe_events']) AS t,
+    'credit_user_settings', 'credit_plans', 'credit_lots', 'credit_lot_movements', 'credit_plan_subscriptions', 'credit_events', 'stripe_events', 'credit_webhook_deliveries']) AS t,
        (VALUES ('anon', ARRAY[]::text[]),
                ('authenticated', ARRAY['users', 'generation_jobs', 'credit_ledger', 'credit_lots', 'credit_events']),
                ('service_role', ARRAY['users', 'generation_jobs', 'credit_ledger', 'idempotency_keys', 'rate_limits',
                  'credit_settings', 'credit_user_settings', 'credit_plans', 'credit_lots', 'credit_lot_movements',
-                 'credit_plan_subscriptions', 'credit_events', 'stripe_events'])) AS r(role, readable)
+                 'credit_plan_subscriptions', 'credit_events', 'stripe_events', 'credit_webhook_deliveries'])) AS r(role, readable)
   WHERE has_any_column_privilege(r.role, 'public.' || t, 'SELECT') <> (t = ANY (r.readable))
 $$, 'SELECT: anon nothing, authenticated its own rows of five tables (lots and events too), service_role everything');
 

@@ -7,7 +7,7 @@
 -- recorded for an operator.
 BEGIN;
 \ir _helpers.psql
-SELECT plan(30);
+SELECT plan(34);
 
 SELECT tests.create_user('sofia');
 SELECT tests.create_user('tariq');
@@ -96,6 +96,17 @@ SELECT is(tests.stripe('evt_t23_16', 'invoice.paid', jsonb_build_object('kind', 
   'true', 'the next paid invoice is a renewal: nothing changes');
 SELECT is(tests.stripe('evt_t23_17', 'customer.subscription.deleted', jsonb_build_object('kind', 'cancel', 'user_id', tests.id_of('tariq'))) ->> 'cancelled',
   'true', 'a deleted subscription cancels the plan');
+
+-- The Stripe customer: a subscription's checkout session names the user and
+-- grants nothing; its invoices and its deletion may name only the customer.
+SELECT is(tests.stripe('evt_t23_18', 'checkout.session.completed', jsonb_build_object('kind', 'ignore', 'reason', 'a subscription',
+  'user_id', tests.id_of('uma'), 'customer', 'cus_t23_uma')) ->> 'status', 'ignored', 'a subscription''s session grants nothing');
+SELECT is(tests.stripe('evt_t23_19', 'invoice.paid', jsonb_build_object('kind', 'subscribe', 'user_id', NULL, 'plan', 't23-pro',
+  'customer', 'cus_t23_uma')) ->> 'plan', 't23-pro', 'an invoice naming only the customer subscribes the user its session named');
+SELECT is(tests.stripe('evt_t23_20', 'customer.subscription.deleted', jsonb_build_object('kind', 'cancel', 'customer', 'cus_t23_uma'))
+  ->> 'cancelled', 'true', 'and the deleted subscription cancels it, by customer too');
+SELECT is(tests.stripe('evt_t23_21', 'invoice.paid', jsonb_build_object('kind', 'subscribe', 'plan', 't23-pro', 'customer', 'cus_t23_nobody'))
+  ->> 'status', 'unknown_user', 'a customer no event linked to a user is unknown_user');
 
 SELECT is_empty($$ SELECT * FROM verify_credit_ledger() v WHERE v.user_id IN (tests.id_of('sofia'), tests.id_of('tariq'), tests.id_of('uma')) $$,
   'the ledger is sound');
