@@ -177,6 +177,15 @@ impl CreditClient {
         answers::charge_with_limits(&request.limits, &self.rpc(calls::charge_with_limits(request)).await?)
     }
 
+    /// A charge under [`crate::LimitEntry`]s (concurrency, unit and plan
+    /// limits beside rate limits) in one transaction, all or nothing.
+    pub async fn charge_with_entries(
+        &self,
+        request: &crate::ChargeWithEntriesRequest,
+    ) -> Result<crate::ChargeWithEntriesResult, CreditError> {
+        answers::charge_with_entries(&self.rpc(calls::charge_with_entries(request)).await?)
+    }
+
     /// A user's lots: spendable ones first, in spending order.
     pub async fn lots(&self, user_id: &UserId) -> Result<Vec<LotView>, CreditError> {
         answers::rows("get_credit_lots", &self.rpc(calls::lots(user_id)).await?)
@@ -267,7 +276,8 @@ impl CreditClient {
         output: RunOutput,
         by: &str,
     ) -> Result<CompleteResult, (CreditError, Option<i64>)> {
-        let completing = CompleteRequest { job_id, result_url: output.result_url, actual_cost: output.actual_cost };
+        let completing =
+            CompleteRequest { job_id, result_url: output.result_url, actual_cost: output.actual_cost, actual_units: None };
         match self.complete(&completing).await {
             Ok(completion) => Ok(completion),
             Err(error) => Err((error, self.refund_quietly(user_id, job_id, &format!("{by}: completing the job failed")).await)),

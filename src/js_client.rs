@@ -44,6 +44,7 @@ export type CreditErrorCode =
   | "job_already_settled"     // 409: completed, refunded or expired already
   | "idempotency_key_reused"  // 422: same key, different request
   | "rate_limited"            // 429 (limit() returns denials as values; the HTTP API raises this)
+  | "concurrency_limited"     // 429 (the HTTP API: as many paid requests running as a concurrency limit allows)
   | "blocked"                 // 403: a limit key is blocked (details { key, until, reason }); not retryable
   | "upstream"                // 502: PostgREST/the database answered something unexpected
   | "network";                // 503: no answer at all
@@ -108,6 +109,9 @@ export interface CompleteRequest {
   resultUrl?: string;
   /** What the job really cost, 0 up to the hold; the difference is refunded. */
   actualCost?: number;
+  /** The units (tokens) the job really used, 0 to 1000000: the unit limits its
+   *  charge reserved an estimate in are corrected to it (absent: the estimate stands). */
+  actualUnits?: number;
 }
 
 export interface CompleteResult {
