@@ -161,6 +161,7 @@ pub fn upsert_plan(request: &PlanRequest) -> Rpc {
             ("p_amount", Some(json!(request.amount.get()))),
             ("p_period", Some(json!(request.period.as_str()))),
             ("p_rollover_max", request.rollover_max.map(|max| json!(max.get()))),
+            ("p_limits", request.limits.clone().map(Value::Object)),
         ]),
     )
 }

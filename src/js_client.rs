@@ -194,6 +194,25 @@ export interface PlanRequest {
   period: "day" | "week" | "month";
   /** How much of an expiring allowance carries into the next period (default 0). */
   rolloverMax?: number;
+  /** The plan's limits, replacing the function's defaults for subscribers
+   *  (with CREDITGATE_PLAN_LIMITS=on); absent: kept. */
+  limits?: PlanLimits;
+}
+
+/** A window of a plan's limit: `limit` per `window_seconds`. */
+export interface PlanWindow {
+  limit: number;
+  window_seconds: number;
+}
+
+/** A plan's limits; a section it leaves out falls back to the defaults, an empty list is "no limit". */
+export interface PlanLimits {
+  user?: PlanWindow[];
+  operations?: Record<string, PlanWindow[]>;
+  /** Paid requests running at once (1 to 1000). */
+  concurrency?: number;
+  /** Units (tokens) per window. */
+  units?: PlanWindow[];
 }
 
 export interface Plan {

@@ -318,17 +318,32 @@ pub struct PlanRequest {
     pub amount: Amount,
     pub period: Period,
     pub rollover_max: Option<RolloverMax>,
+    /// The plan's limits, `{user?, operations?, concurrency?, units?}`
+    /// (docs/rpc.md, `upsert_credit_plan`; the SQL checks the shape, naming
+    /// the field); absent: a plan's limits are kept.
+    pub limits: Option<Map<String, Value>>,
 }
 
 impl PlanRequest {
-    /// Parses `{ plan, amount, period: "day" | "week" | "month", rolloverMax? }`.
+    /// Parses `{ plan, amount, period: "day" | "week" | "month", rolloverMax?, limits? }`.
     pub fn from_json(value: &Value) -> Result<Self, CreditError> {
-        let fields = Fields::new("upsertPlan", value, &["plan", "amount", "period", "rolloverMax"])?;
+        let fields = Fields::new("upsertPlan", value, &["plan", "amount", "period", "rolloverMax", "limits"])?;
+        let limits = match fields.get("limits") {
+            None | Some(Value::Null) => None,
+            Some(Value::Object(map)) => Some(map.clone()),
+            Some(_) => {
+                return Err(CreditError::invalid_argument(
+                    "limits",
+                    "limits must be an object {user?, operations?, concurrency?, units?}",
+                ))
+            }
+        };
         Ok(PlanRequest {
             plan: PlanName::new(fields.string("plan")?)?,
             amount: Amount::new(fields.integer("amount")?)?,
             period: Period::parse(fields.string("period")?)?,
             rollover_max: fields.optional_integer("rolloverMax")?.map(RolloverMax::new).transpose()?,
+            limits,
         })
     }
 }
