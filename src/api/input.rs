@@ -396,6 +396,16 @@ mod tests {
     #[test]
     fn complete_takes_an_optional_body() {
         let job = JobId::parse("jobId", JOB).expect("uuid");
+        let units = complete(&post(r#"{"actualUnits": 0}"#), job).expect("valid");
+        assert_eq!(units.actual_units.map(crate::ActualUnits::get), Some(0));
+        assert_eq!(field_of(complete(&post(r#"{"actualUnits": -1}"#), job)), "actualUnits");
+        assert_eq!(field_of(complete(&post(r#"{"actualUnits": 1000001}"#), job)), "actualUnits");
+        let charged = charge(&post(r#"{"operation": "text", "units": 4000}"#)).expect("valid");
+        assert_eq!(charged.units.map(Weight::get), Some(4000));
+        for bad in [r#"{"operation": "text", "units": 0}"#, r#"{"operation": "text", "units": 1.5}"#,
+                    r#"{"operation": "text", "units": "9"}"#, r#"{"operation": "text", "units": 1000001}"#] {
+            assert_eq!(field_of(charge(&post(bad))), "units", "{bad}");
+        }
         let bare = complete(&post(""), job).expect("valid");
         assert_eq!((bare.job_id, bare.result_url, bare.actual_cost), (job, None, None));
         let full = complete(&post(r#"{"resultUrl": "https://r/1.png", "actualCost": 3}"#), job).expect("valid");

@@ -647,6 +647,27 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn concurrency_unit_and_plan_limits_are_read_and_checked() {
+        let settings = Settings::from_env(&env(&[])).expect("valid");
+        assert_eq!((settings.user_concurrency, settings.unit_limits.is_empty(), settings.plan_limits), (None, true, false));
+        let settings = Settings::from_env(&env(&[
+            ("CREDITGATE_USER_CONCURRENCY", "2"),
+            ("CREDITGATE_UNIT_LIMIT", "100000/60,1000000/86400"),
+            ("CREDITGATE_PLAN_LIMITS", "on"),
+        ]))
+        .expect("valid");
+        assert_eq!(settings.user_concurrency.map(Concurrency::get), Some(2));
+        assert_eq!(windows(&settings.unit_limits), [(100_000, 60), (1_000_000, 86_400)]);
+        assert!(settings.plan_limits);
+        for (variable, bad) in [("CREDITGATE_USER_CONCURRENCY", "0"), ("CREDITGATE_USER_CONCURRENCY", "1001"),
+                                ("CREDITGATE_USER_CONCURRENCY", "two"), ("CREDITGATE_UNIT_LIMIT", "0/60"),
+                                ("CREDITGATE_PLAN_LIMITS", "yes")] {
+            assert_eq!(variable_of(Settings::from_env(&env(&[(variable, bad)]))), variable, "{variable}={bad}");
+        }
+        assert_eq!(Settings::from_env(&env(&[("CREDITGATE_USER_CONCURRENCY", "off")])).expect("valid").user_concurrency, None);
+    }
+
+    #[test]
     fn limits_parse_and_can_be_turned_off() {
         let settings =
             Settings::from_env(&env(&[("CREDITGATE_USER_LIMIT", "2/1"), ("CREDITGATE_IP_LIMIT", "OFF")])).expect("valid");
