@@ -168,6 +168,25 @@ impl CreditClient {
     /// One limit and the charge in one transaction: the one-limit case of
     /// [`CreditClient::charge_with_limits`], in the flat shape JS gets.
     pub async fn charge_with_limit(&self, request: &ChargeWithLimitRequest) -> Result<ChargeWithLimitResult, CreditError> {
+        if request.units {
+            let entries = vec![crate::LimitEntry::Rate { limit: request.limit.clone(), units: true, plan: None }];
+            let result =
+                self.charge_with_entries(&crate::ChargeWithEntriesRequest { charge: request.charge.clone(), entries }).await?;
+            let rate_limit = result
+                .limits
+                .into_iter()
+                .next()
+                .ok_or_else(|| CreditError::new(crate::ErrorCode::Upstream, "charge_credits_with_limits answered no limit"))?
+                .result;
+            let charge = result.charge;
+            return Ok(ChargeWithLimitResult {
+                rate_limit,
+                job_id: charge.as_ref().map(|charge| charge.job_id),
+                balance: charge.as_ref().map(|charge| charge.balance),
+                replayed: charge.as_ref().map(|charge| charge.replayed),
+                expires_at: charge.and_then(|charge| charge.expires_at),
+            });
+        }
         let both = ChargeWithLimitsRequest { charge: request.charge.clone(), limits: vec![request.limit.clone()] };
         answers::charge_with_limit(&request.limit, &self.rpc(calls::charge_with_limits(&both)).await?)
     }

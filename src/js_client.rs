@@ -348,6 +348,8 @@ export interface ChargeWithLimitRequest extends ChargeRequest {
   windowSeconds: number;
   /** This request's weight against the limit, 1 to `limit` (default 1). */
   weight?: number;
+  /** A unit (token) limit: `weight` is the estimate the job reserves; `complete({actualUnits})` corrects it. */
+  units?: boolean;
 }
 
 /** Allowed: the limit was counted and the charge made. Denied: nothing happened. */

@@ -533,19 +533,28 @@ impl UsageRequest {
 pub struct ChargeWithLimitRequest {
     pub charge: ChargeRequest,
     pub limit: LimitRequest,
+    /// A unit limit: `weight` is the units estimate the job reserves,
+    /// corrected by `complete({actualUnits})` (docs/rpc.md).
+    pub units: bool,
 }
 
 impl ChargeWithLimitRequest {
-    /// Parses a charge's fields plus `limitKey, limit, windowSeconds, weight?`
+    /// Parses a charge's fields plus `limitKey, limit, windowSeconds, weight?, units?`
     /// (`cost` is the charge's credits; `weight` what the request counts
-    /// against the limit, default 1).
+    /// against the limit, default 1; `units: true` makes it a unit limit).
     pub fn from_json(value: &Value) -> Result<Self, CreditError> {
         let mut known: Vec<&str> = CHARGE_FIELDS.to_vec();
-        known.extend(["limitKey", "limit", "windowSeconds", "weight"]);
+        known.extend(["limitKey", "limit", "windowSeconds", "weight", "units"]);
         let fields = Fields::new("chargeWithLimit", value, &known)?;
+        let units = match fields.get("units") {
+            None => false,
+            Some(Value::Bool(units)) => *units,
+            Some(_) => return Err(CreditError::invalid_argument("units", "units must be true or false")),
+        };
         Ok(ChargeWithLimitRequest {
             charge: ChargeRequest::from_fields(&fields)?,
             limit: LimitRequest::from_fields(&fields, "limitKey")?,
+            units,
         })
     }
 }
