@@ -598,7 +598,7 @@ BEGIN
         'min', 1, 'max', 1000));
     RETURN v_out || pg_catalog.jsonb_build_object('concurrency', v_number::integer);
   END IF;
-  PERFORM creditgate.require(v_plan IS DISTINCT FROM 'concurrency',
+  PERFORM creditgate.require(v_plan IS DISTINCT FROM 'concurrency' OR NOT (p_entry ? 'limit'),
     p_name || ': the plan section "concurrency" goes with a concurrency limit or a placeholder',
     pg_catalog.jsonb_build_object('parameter', p_name || '.plan'));
   IF v_plan IS NOT NULL AND NOT (p_entry ? 'limit') THEN

@@ -232,3 +232,20 @@ Deno.test("plan limits: a subscriber's plan replaces the defaults in the charge'
   assert.deepEqual([bad.status, bad.body.error.code], [400, "invalid_argument"]);
   assert.equal((await charge(handler, subscriber, ip)).status, 429, "the refused change left the plan's limits as they were");
 });
+
+Deno.test("plan limits with no concurrency or unit default: the plan's apply to its subscribers, nothing to others", async () => {
+  const handler = createHandler(env({ CREDITGATE_IP_LIMIT: "off", CREDITGATE_PLAN_LIMITS: "on" }));
+  const plan = `fn-one-${crypto.randomUUID().slice(0, 8)}`;
+  assert.equal((await service(handler, "/plans", { plan, amount: 5, period: "month", limits: { concurrency: 1, units: [{ limit: 10, window_seconds: 60 }] } })).status, 200);
+  const subscriber = await makeUser(100);
+  assert.equal((await service(handler, "/plans/subscribe", { userId: subscriber, plan })).status, 200);
+  const ip = freshIp();
+  const first = await chargeUnits(handler, subscriber, ip, 4);
+  assert.equal(first.status, 200, JSON.stringify(first.body));
+  assert.equal(first.headers.get("RateLimit-Policy"), '"user";q=5;w=60, "concurrency";q=1, "units";q=10;w=60');
+  assert.equal((await chargeUnits(handler, subscriber, ip, 4)).body.error.code, "concurrency_limited");
+  const other = await makeUser(100);
+  const free = await chargeUnits(handler, other, ip, 4);
+  assert.equal(free.status, 200, JSON.stringify(free.body));
+  assert.equal(free.headers.get("RateLimit-Policy"), '"user";q=5;w=60', "no plan: the default user limit only");
+});

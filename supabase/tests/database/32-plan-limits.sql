@@ -4,7 +4,7 @@
 -- without a plan, or a plan without the section, keeps the defaults.
 BEGIN;
 \ir _helpers.psql
-SELECT plan(18);
+SELECT plan(20);
 
 SELECT tests.create_user('free'), tests.create_user('pro'), tests.create_user('none');
 SELECT tests.give('free', 1000), tests.give('pro', 1000), tests.give('none', 1000);
@@ -60,6 +60,20 @@ SELECT is(tests.error_of(format($$SELECT * FROM tests.charge('pro', %s, 600)$$, 
 SELECT results_eq(format($$SELECT e ->> 'key', e ->> 'plan' FROM tests.charge('none', %s) c, jsonb_array_elements(c.limits) e$$, :'t0'),
   $$VALUES ('creditgate:user:none', 'user'), ('creditgate:op:image:user:none', 'operation'), ('creditgate:user:none', 'concurrency')$$,
   'no plan: the defaults, the placeholder dropped');
+
+-- Placeholders only (no defaults at all): the plan's sections, or nothing.
+SELECT results_eq(format($$SELECT e ->> 'key', (e ->> 'limit')::integer, e ->> 'plan'
+    FROM creditgate.charge_credits_with_limits_at(%L, 'image', 1,
+      '[{"key":"creditgate:user:free","plan":"user"},{"key":"creditgate:op:image:user:free","plan":"operation"},
+        {"key":"creditgate:user:free","plan":"concurrency"},{"key":"creditgate:units:user:free","plan":"units","units":true,"cost":5}]',
+      NULL, '{}', 900, %s + interval '30 seconds') c, jsonb_array_elements(c.limits) e$$, tests.id_of('free'), :'t0'),
+  $$VALUES ('creditgate:op:image:user:free', 2, 'operation'), ('creditgate:op:image:user:free', 25, 'operation'),
+           ('creditgate:user:free', 1, 'concurrency')$$,
+  'placeholders alone: the plan''s operation windows and concurrency apply, the sections it lacks none');
+SELECT results_eq(format($$SELECT allowed, jsonb_array_length(limits) FROM creditgate.charge_credits_with_limits_at(%L, 'image', 1,
+      '[{"key":"creditgate:user:none","plan":"user"},{"key":"creditgate:user:none","plan":"concurrency"}]',
+      NULL, '{}', 900, %s) c$$, tests.id_of('none'), :'t0'),
+  $$VALUES (true, 0)$$, 'placeholders for a user without a plan: a plain charge, no limit');
 
 -- Plans change at once for the next request.
 SELECT public.upsert_credit_plan('free', 10, 'month', 0, '{}');
