@@ -229,7 +229,7 @@ async fn multi_operate(
 /// and take from a token bucket with weights. Checked during the run: no
 /// snapshot ever shows a user with more than [`KINDS_CONCURRENCY`] open
 /// holds; a concurrency refusal reports that many open, a rate refusal
-/// names a refusing limit with a wait, a bucket refusal has fewer tokens
+/// names a refusing limit with a wait and less room than it asked, a bucket refusal has fewer tokens
 /// left than it asked for. At the end: each rate limit spent exactly the
 /// weights the model allowed (at most its limit), each unit window holds
 /// exactly what the model says (estimates of open and expired holds,
@@ -467,6 +467,13 @@ async fn kinds_operate(
                     && e["allowed"] == serde_json::json!(false)
                     && e["retry_after_seconds"].as_i64().unwrap_or(0) > 0
             });
+            // A refusing window had less room than the request asked of it.
+            for e in entries.iter().filter(|e| e["concurrency"] != serde_json::json!(true) && e["allowed"] == serde_json::json!(false)) {
+                let asked = if e["units"] == serde_json::json!(true) { estimate } else { weight };
+                if e["remaining"].as_i64().unwrap_or(i64::MAX) >= i64::from(asked) {
+                    bail!("a window refused {asked} with room for it: {e}");
+                }
+            }
             if refused_by_concurrency {
                 let open = concurrency.and_then(|e| e["open"].as_i64()).unwrap_or(-1);
                 if open < KINDS_CONCURRENCY {
