@@ -6,6 +6,7 @@
 
 use crate::error::{CreditError, ErrorCode};
 use crate::{
+    ChargeWithEntriesResult, LimitOutcome,
     BalanceResult, BlockResult, ChargeResult, ChargeWithLimitResult, ChargeWithLimitsResult, CompleteResult,
     JobId, LimitKeyRequest, LimitRequest, LimitUsage, PeekLimitRequest, RateLimitResult, ResetResult, UnblockResult,
 };
@@ -300,6 +301,69 @@ pub fn charge_with_limits(
         (true, _, _) => return Err(unexpected(function, "allowed but no job_id or new_balance")),
     };
     Ok(ChargeWithLimitsResult { charge, limits })
+}
+
+#[derive(Deserialize)]
+struct OutcomeRow {
+    key: String,
+    #[serde(flatten)]
+    limit: LimitRow,
+    #[serde(default)]
+    window_seconds: Option<u32>,
+    #[serde(default)]
+    concurrency: bool,
+    #[serde(default)]
+    units: bool,
+    #[serde(default)]
+    plan: Option<String>,
+    #[serde(default)]
+    from_plan: Option<String>,
+    #[serde(default)]
+    open: Option<u32>,
+}
+
+#[derive(Deserialize)]
+struct ChargeWithEntriesRow {
+    allowed: bool,
+    job_id: Option<String>,
+    new_balance: Option<i64>,
+    replayed: Option<bool>,
+    expires_at: Option<String>,
+    limits: Vec<OutcomeRow>,
+}
+
+/// `charge_credits_with_limits` called with [`crate::LimitEntry`]s: the
+/// limits as resolved, each describing itself.
+pub fn charge_with_entries(response: &Answer) -> Result<ChargeWithEntriesResult, CreditError> {
+    let function = "charge_credits_with_limits";
+    let row: ChargeWithEntriesRow = response.row(function)?;
+    let limits: Vec<LimitOutcome> = row
+        .limits
+        .into_iter()
+        .map(|outcome| LimitOutcome {
+            key: outcome.key,
+            concurrency: outcome.concurrency,
+            units: outcome.units,
+            plan: outcome.plan,
+            from_plan: outcome.from_plan,
+            open: outcome.open,
+            result: outcome.limit.into_window(if outcome.concurrency { None } else { outcome.window_seconds }),
+        })
+        .collect();
+    if row.allowed != limits.iter().all(|limit| limit.result.success) && !row.replayed.unwrap_or(false) {
+        return Err(unexpected(function, "allowed disagrees with the limits"));
+    }
+    let charge = match (row.allowed, row.job_id, row.new_balance) {
+        (false, _, _) => None,
+        (true, Some(id), Some(balance)) => Some(ChargeResult {
+            job_id: job_id(function, &id)?,
+            balance,
+            replayed: row.replayed.unwrap_or(false),
+            expires_at: row.expires_at,
+        }),
+        (true, _, _) => return Err(unexpected(function, "allowed but no job_id or new_balance")),
+    };
+    Ok(ChargeWithEntriesResult { charge, limits })
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //! the SQL `DEFAULT` applies (an explicit `null` would override it).
 
 use crate::{
+    ChargeWithEntriesRequest, LimitEntry,
     BlockRequest, ChargeRequest, ChargeWithLimitsRequest, CompleteRequest, GrantRequest, IdempotencyKey, JobId,
     LimitKeyRequest, LimitRequest, Metadata, PeekLimitRequest, PlanRequest, RefundRequest, RevokeLotRequest,
     SubscribeRequest, TokenBucketRequest, UsageRequest, UserId,
@@ -93,6 +94,7 @@ pub fn complete(request: &CompleteRequest) -> Rpc {
             "p_actual_cost",
             request.actual_cost.map(|cost| json!(cost.get())),
         ),
+        ("p_actual_units", request.actual_units.map(|units| json!(units.get()))),
     ]);
     Rpc::new("complete_generation_job", body)
 }
@@ -159,6 +161,7 @@ pub fn upsert_plan(request: &PlanRequest) -> Rpc {
             ("p_amount", Some(json!(request.amount.get()))),
             ("p_period", Some(json!(request.period.as_str()))),
             ("p_rollover_max", request.rollover_max.map(|max| json!(max.get()))),
+            ("p_limits", request.limits.clone().map(Value::Object)),
         ]),
     )
 }
@@ -262,6 +265,14 @@ pub fn charge_with_limits(request: &ChargeWithLimitsRequest) -> Rpc {
                    "window_seconds": limit.window_seconds.get(), "cost": limit.weight.get()})
         })
         .collect();
+    body.extend(args([("p_limits", Some(Value::Array(limits)))]));
+    Rpc::new("charge_credits_with_limits", body)
+}
+
+/// `charge_credits_with_limits` with [`LimitEntry`]s (concurrency, unit and plan limits).
+pub fn charge_with_entries(request: &ChargeWithEntriesRequest) -> Rpc {
+    let mut body = charge_args(&request.charge);
+    let limits: Vec<Value> = request.entries.iter().map(LimitEntry::to_json).collect();
     body.extend(args([("p_limits", Some(Value::Array(limits)))]));
     Rpc::new("charge_credits_with_limits", body)
 }

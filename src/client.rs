@@ -168,6 +168,25 @@ impl CreditClient {
     /// One limit and the charge in one transaction: the one-limit case of
     /// [`CreditClient::charge_with_limits`], in the flat shape JS gets.
     pub async fn charge_with_limit(&self, request: &ChargeWithLimitRequest) -> Result<ChargeWithLimitResult, CreditError> {
+        if request.units {
+            let entries = vec![crate::LimitEntry::Rate { limit: request.limit.clone(), units: true, plan: None }];
+            let result =
+                self.charge_with_entries(&crate::ChargeWithEntriesRequest { charge: request.charge.clone(), entries }).await?;
+            let rate_limit = result
+                .limits
+                .into_iter()
+                .next()
+                .ok_or_else(|| CreditError::new(crate::ErrorCode::Upstream, "charge_credits_with_limits answered no limit"))?
+                .result;
+            let charge = result.charge;
+            return Ok(ChargeWithLimitResult {
+                rate_limit,
+                job_id: charge.as_ref().map(|charge| charge.job_id),
+                balance: charge.as_ref().map(|charge| charge.balance),
+                replayed: charge.as_ref().map(|charge| charge.replayed),
+                expires_at: charge.and_then(|charge| charge.expires_at),
+            });
+        }
         let both = ChargeWithLimitsRequest { charge: request.charge.clone(), limits: vec![request.limit.clone()] };
         answers::charge_with_limit(&request.limit, &self.rpc(calls::charge_with_limits(&both)).await?)
     }
@@ -175,6 +194,15 @@ impl CreditClient {
     /// A charge and several limits in one transaction, all or nothing.
     pub async fn charge_with_limits(&self, request: &ChargeWithLimitsRequest) -> Result<ChargeWithLimitsResult, CreditError> {
         answers::charge_with_limits(&request.limits, &self.rpc(calls::charge_with_limits(request)).await?)
+    }
+
+    /// A charge under [`crate::LimitEntry`]s (concurrency, unit and plan
+    /// limits beside rate limits) in one transaction, all or nothing.
+    pub async fn charge_with_entries(
+        &self,
+        request: &crate::ChargeWithEntriesRequest,
+    ) -> Result<crate::ChargeWithEntriesResult, CreditError> {
+        answers::charge_with_entries(&self.rpc(calls::charge_with_entries(request)).await?)
     }
 
     /// A user's lots: spendable ones first, in spending order.
@@ -267,7 +295,8 @@ impl CreditClient {
         output: RunOutput,
         by: &str,
     ) -> Result<CompleteResult, (CreditError, Option<i64>)> {
-        let completing = CompleteRequest { job_id, result_url: output.result_url, actual_cost: output.actual_cost };
+        let completing =
+            CompleteRequest { job_id, result_url: output.result_url, actual_cost: output.actual_cost, actual_units: None };
         match self.complete(&completing).await {
             Ok(completion) => Ok(completion),
             Err(error) => Err((error, self.refund_quietly(user_id, job_id, &format!("{by}: completing the job failed")).await)),

@@ -42,6 +42,10 @@ pub enum ErrorCode {
     /// Over a rate limit. `limit()` returns this as a value; the HTTP layer
     /// raises it with `Retry-After`.
     RateLimited,
+    /// The user already has as many paid requests running (open holds) as
+    /// a concurrency limit allows (HTTP 429, `Retry-After: 1`; a slot frees
+    /// when a hold settles or expires). Retryable.
+    ConcurrencyLimited,
     /// A limit key of the request is blocked by an operator (PT403 with
     /// hint `blocked`; details `{key, until, reason}`): not retryable, the
     /// block ends when it ends.
@@ -55,7 +59,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in docs/design.md's order.
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 16] = [
         ErrorCode::InvalidArgument,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
@@ -68,6 +72,7 @@ impl ErrorCode {
         ErrorCode::JobAlreadySettled,
         ErrorCode::IdempotencyKeyReused,
         ErrorCode::RateLimited,
+        ErrorCode::ConcurrencyLimited,
         ErrorCode::Blocked,
         ErrorCode::Upstream,
         ErrorCode::Network,
@@ -88,6 +93,7 @@ impl ErrorCode {
             ErrorCode::JobAlreadySettled => "job_already_settled",
             ErrorCode::IdempotencyKeyReused => "idempotency_key_reused",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::ConcurrencyLimited => "concurrency_limited",
             ErrorCode::Blocked => "blocked",
             ErrorCode::Upstream => "upstream",
             ErrorCode::Network => "network",
@@ -117,7 +123,7 @@ impl ErrorCode {
             ErrorCode::UserNotFound | ErrorCode::JobNotFound | ErrorCode::LotNotFound | ErrorCode::PlanNotFound => 404,
             ErrorCode::IdempotencyInFlight | ErrorCode::JobAlreadySettled => 409,
             ErrorCode::IdempotencyKeyReused => 422,
-            ErrorCode::RateLimited => 429,
+            ErrorCode::RateLimited | ErrorCode::ConcurrencyLimited => 429,
             ErrorCode::Upstream => 502,
             ErrorCode::Network => 503,
         }
@@ -132,6 +138,7 @@ impl ErrorCode {
             self,
             ErrorCode::IdempotencyInFlight
                 | ErrorCode::RateLimited
+                | ErrorCode::ConcurrencyLimited
                 | ErrorCode::Upstream
                 | ErrorCode::Network
         )
@@ -484,6 +491,7 @@ mod tests {
             ("job_already_settled", 409),
             ("idempotency_key_reused", 422),
             ("rate_limited", 429),
+            ("concurrency_limited", 429),
             ("blocked", 403),
             ("upstream", 502),
             ("network", 503),
@@ -510,6 +518,7 @@ mod tests {
             [
                 "idempotency_in_flight",
                 "rate_limited",
+                "concurrency_limited",
                 "upstream",
                 "network"
             ]

@@ -44,6 +44,7 @@ export type CreditErrorCode =
   | "job_already_settled"     // 409: completed, refunded or expired already
   | "idempotency_key_reused"  // 422: same key, different request
   | "rate_limited"            // 429 (limit() returns denials as values; the HTTP API raises this)
+  | "concurrency_limited"     // 429 (the HTTP API: as many paid requests running as a concurrency limit allows)
   | "blocked"                 // 403: a limit key is blocked (details { key, until, reason }); not retryable
   | "upstream"                // 502: PostgREST/the database answered something unexpected
   | "network";                // 503: no answer at all
@@ -108,6 +109,9 @@ export interface CompleteRequest {
   resultUrl?: string;
   /** What the job really cost, 0 up to the hold; the difference is refunded. */
   actualCost?: number;
+  /** The units (tokens) the job really used, 0 to 1000000: the unit limits its
+   *  charge reserved an estimate in are corrected to it (absent: the estimate stands). */
+  actualUnits?: number;
 }
 
 export interface CompleteResult {
@@ -205,6 +209,25 @@ export interface PlanRequest {
   period: "day" | "week" | "month";
   /** How much of an expiring allowance carries into the next period (default 0). */
   rolloverMax?: number;
+  /** The plan's limits, replacing the function's defaults for subscribers
+   *  (with CREDITGATE_PLAN_LIMITS=on); absent: kept. */
+  limits?: PlanLimits;
+}
+
+/** A window of a plan's limit: `limit` per `window_seconds`. */
+export interface PlanWindow {
+  limit: number;
+  window_seconds: number;
+}
+
+/** A plan's limits; a section it leaves out falls back to the defaults, an empty list is "no limit". */
+export interface PlanLimits {
+  user?: PlanWindow[];
+  operations?: Record<string, PlanWindow[]>;
+  /** Paid requests running at once (1 to 1000). */
+  concurrency?: number;
+  /** Units (tokens) per window. */
+  units?: PlanWindow[];
 }
 
 export interface Plan {
@@ -340,6 +363,8 @@ export interface ChargeWithLimitRequest extends ChargeRequest {
   windowSeconds: number;
   /** This request's weight against the limit, 1 to `limit` (default 1). */
   weight?: number;
+  /** A unit (token) limit: `weight` is the estimate the job reserves; `complete({actualUnits})` corrects it. */
+  units?: boolean;
 }
 
 /** Allowed: the limit was counted and the charge made. Denied: nothing happened. */

@@ -179,12 +179,15 @@ pub struct CompleteRequest {
     pub job_id: JobId,
     pub result_url: Option<ResultUrl>,
     pub actual_cost: Option<ActualCost>,
+    /// The units (tokens) the job really used: its unit limits are
+    /// corrected to it (absent: the estimate stands).
+    pub actual_units: Option<ActualUnits>,
 }
 
 impl CompleteRequest {
-    /// Parses `{ jobId, resultUrl?, actualCost? }`.
+    /// Parses `{ jobId, resultUrl?, actualCost?, actualUnits? }`.
     pub fn from_json(value: &Value) -> Result<Self, CreditError> {
-        let fields = Fields::new("complete", value, &["jobId", "resultUrl", "actualCost"])?;
+        let fields = Fields::new("complete", value, &["jobId", "resultUrl", "actualCost", "actualUnits"])?;
         Ok(CompleteRequest {
             job_id: JobId::parse("jobId", fields.string("jobId")?)?,
             result_url: fields
@@ -195,6 +198,7 @@ impl CompleteRequest {
                 .optional_integer("actualCost")?
                 .map(ActualCost::new)
                 .transpose()?,
+            actual_units: fields.optional_integer("actualUnits")?.map(ActualUnits::new).transpose()?,
         })
     }
 }
@@ -314,17 +318,32 @@ pub struct PlanRequest {
     pub amount: Amount,
     pub period: Period,
     pub rollover_max: Option<RolloverMax>,
+    /// The plan's limits, `{user?, operations?, concurrency?, units?}`
+    /// (docs/rpc.md, `upsert_credit_plan`; the SQL checks the shape, naming
+    /// the field); absent: a plan's limits are kept.
+    pub limits: Option<Map<String, Value>>,
 }
 
 impl PlanRequest {
-    /// Parses `{ plan, amount, period: "day" | "week" | "month", rolloverMax? }`.
+    /// Parses `{ plan, amount, period: "day" | "week" | "month", rolloverMax?, limits? }`.
     pub fn from_json(value: &Value) -> Result<Self, CreditError> {
-        let fields = Fields::new("upsertPlan", value, &["plan", "amount", "period", "rolloverMax"])?;
+        let fields = Fields::new("upsertPlan", value, &["plan", "amount", "period", "rolloverMax", "limits"])?;
+        let limits = match fields.get("limits") {
+            None | Some(Value::Null) => None,
+            Some(Value::Object(map)) => Some(map.clone()),
+            Some(_) => {
+                return Err(CreditError::invalid_argument(
+                    "limits",
+                    "limits must be an object {user?, operations?, concurrency?, units?}",
+                ))
+            }
+        };
         Ok(PlanRequest {
             plan: PlanName::new(fields.string("plan")?)?,
             amount: Amount::new(fields.integer("amount")?)?,
             period: Period::parse(fields.string("period")?)?,
             rollover_max: fields.optional_integer("rolloverMax")?.map(RolloverMax::new).transpose()?,
+            limits,
         })
     }
 }
@@ -514,19 +533,28 @@ impl UsageRequest {
 pub struct ChargeWithLimitRequest {
     pub charge: ChargeRequest,
     pub limit: LimitRequest,
+    /// A unit limit: `weight` is the units estimate the job reserves,
+    /// corrected by `complete({actualUnits})` (docs/rpc.md).
+    pub units: bool,
 }
 
 impl ChargeWithLimitRequest {
-    /// Parses a charge's fields plus `limitKey, limit, windowSeconds, weight?`
+    /// Parses a charge's fields plus `limitKey, limit, windowSeconds, weight?, units?`
     /// (`cost` is the charge's credits; `weight` what the request counts
-    /// against the limit, default 1).
+    /// against the limit, default 1; `units: true` makes it a unit limit).
     pub fn from_json(value: &Value) -> Result<Self, CreditError> {
         let mut known: Vec<&str> = CHARGE_FIELDS.to_vec();
-        known.extend(["limitKey", "limit", "windowSeconds", "weight"]);
+        known.extend(["limitKey", "limit", "windowSeconds", "weight", "units"]);
         let fields = Fields::new("chargeWithLimit", value, &known)?;
+        let units = match fields.get("units") {
+            None => false,
+            Some(Value::Bool(units)) => *units,
+            Some(_) => return Err(CreditError::invalid_argument("units", "units must be true or false")),
+        };
         Ok(ChargeWithLimitRequest {
             charge: ChargeRequest::from_fields(&fields)?,
             limit: LimitRequest::from_fields(&fields, "limitKey")?,
+            units,
         })
     }
 }
@@ -541,6 +569,110 @@ pub struct ChargeWithLimitsRequest {
     pub limits: Vec<LimitRequest>,
 }
 
+
+/// The section of a plan's limits an entry stands for: the subscribed
+/// plan's section replaces it (`"plan"` in `charge_credits_with_limits`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlanSection {
+    User,
+    Operation,
+    Concurrency,
+    Units,
+}
+
+impl PlanSection {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PlanSection::User => "user",
+            PlanSection::Operation => "operation",
+            PlanSection::Concurrency => "concurrency",
+            PlanSection::Units => "units",
+        }
+    }
+}
+
+/// One entry of `charge_credits_with_limits`' `p_limits` beyond a plain
+/// rate limit (docs/rpc.md): a rate or unit limit, a concurrency limit, or
+/// a plan placeholder; each optionally standing for a plan section.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LimitEntry {
+    /// A rate limit; `units`: a unit limit whose weight is the estimate.
+    Rate { limit: LimitRequest, units: bool, plan: Option<PlanSection> },
+    /// At most `concurrency` open holds of the charged user.
+    Concurrency { key: LimitKey, concurrency: Concurrency, plan: Option<PlanSection> },
+    /// No default: the plan's section applies under `key` if it has one
+    /// (`estimate`: a units placeholder's estimate).
+    Placeholder { key: LimitKey, plan: PlanSection, estimate: Option<Weight> },
+}
+
+impl LimitEntry {
+    /// The entry as `p_limits` takes it.
+    pub fn to_json(&self) -> Value {
+        let mut map = Map::new();
+        let plan = match self {
+            LimitEntry::Rate { limit, units, plan } => {
+                map.insert("key".into(), limit.key.as_str().into());
+                map.insert("limit".into(), limit.limit.get().into());
+                map.insert("window_seconds".into(), limit.window_seconds.get().into());
+                map.insert("cost".into(), limit.weight.get().into());
+                if *units {
+                    map.insert("units".into(), true.into());
+                }
+                *plan
+            }
+            LimitEntry::Concurrency { key, concurrency, plan } => {
+                map.insert("key".into(), key.as_str().into());
+                map.insert("concurrency".into(), concurrency.get().into());
+                *plan
+            }
+            LimitEntry::Placeholder { key, plan, estimate } => {
+                map.insert("key".into(), key.as_str().into());
+                if let Some(estimate) = estimate {
+                    map.insert("units".into(), true.into());
+                    map.insert("cost".into(), estimate.get().into());
+                }
+                Some(*plan)
+            }
+        };
+        if let Some(plan) = plan {
+            map.insert("plan".into(), plan.as_str().into());
+        }
+        Value::Object(map)
+    }
+}
+
+/// `charge_credits_with_limits` with [`LimitEntry`]s: the limits that
+/// apply come back resolved (a plan's replace the defaults), each
+/// describing itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChargeWithEntriesRequest {
+    pub charge: ChargeRequest,
+    pub entries: Vec<LimitEntry>,
+}
+
+/// One limit that applied to a [`ChargeWithEntriesRequest`], as the SQL
+/// resolved it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimitOutcome {
+    pub key: String,
+    /// A concurrency limit (`result.limit` holds, no window).
+    pub concurrency: bool,
+    /// A unit limit.
+    pub units: bool,
+    /// The plan section it stands for, and the plan it came from (if not a default).
+    pub plan: Option<String>,
+    pub from_plan: Option<String>,
+    /// Holds open before this request (concurrency limits).
+    pub open: Option<u32>,
+    pub result: RateLimitResult,
+}
+
+/// `ChargeWithEntriesRequest`'s result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChargeWithEntriesResult {
+    pub charge: Option<ChargeResult>,
+    pub limits: Vec<LimitOutcome>,
+}
 
 /// `charge_credits_with_limits`' result: every limit's outcome, in the
 /// request's order, and the charge when every limit allowed it.

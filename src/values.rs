@@ -463,6 +463,16 @@ int_newtype!(
     /// the limit, checked by [`LimitRequest`]).
     Weight, "weight", 1, RATE_LIMIT_MAX
 );
+int_newtype!(
+    /// The units (tokens) a completed job really used, 0 to 1000000: the
+    /// unit limits its charge reserved an estimate in are corrected to it.
+    ActualUnits, "actualUnits", 0, RATE_LIMIT_MAX
+);
+int_newtype!(
+    /// A concurrency limit: at most this many open holds (paid requests
+    /// running) per user, 1 to 1000.
+    Concurrency, "concurrency", 1, 1000
+);
 
 /// A small JSON object stored with a job or ledger row.
 #[derive(Debug, Clone, PartialEq)]

@@ -125,6 +125,9 @@ fn db_suites(run: &mut Run) -> Result<()> {
     run.suite("db: concurrency, charges under two shared limits (charge_credits_with_limits)", || {
         db_checks::limits_model::multi_limit_concurrency(&cluster, FRESH)
     });
+    run.suite("db: concurrency, weighted rate, unit (corrected) and concurrency limits and a token bucket, against a model", || {
+        db_checks::limits_model::limit_kinds_concurrency(&cluster, FRESH)
+    });
     run.suite("db: pg_cron runs the sweeper and the cleanup (cron.job_run_details: succeeded)", || {
         db_checks::cron::cron_runs(&cluster, FRESH)
     });

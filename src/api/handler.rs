@@ -8,13 +8,16 @@ use super::http::{ApiRequest, ApiResponse};
 use super::input;
 use super::log::Trace;
 use super::routes::{route, Route};
-use super::settings::{NamedPolicy, PolicyKind, Settings, DEFAULT_GENERATE_OPERATION, GENERATE_HOLD_MARGIN_SECONDS};
+use super::settings::{
+    policy_names, LimitPolicy, NamedPolicy, PolicyKind, Settings, DEFAULT_GENERATE_OPERATION, GENERATE_HOLD_MARGIN_SECONDS,
+};
 use crate::client::CreditClient;
 use crate::error::{CreditError, ErrorCode};
 use crate::rate_limit_headers::rate_limit_headers;
 use crate::{
-    ChargeRequest, ChargeResult, ChargeWithLimitsRequest, HoldSeconds, JobId, JobView, LimitKey,
-    LimitRequest, RateLimitResult, RefundRequest, ResultUrl, RunOutput, UserId, Weight,
+    ChargeRequest, ChargeResult, ChargeWithEntriesRequest, ChargeWithLimitsRequest, HoldSeconds, JobId, JobView, Limit,
+    LimitEntry, LimitKey, LimitOutcome, LimitRequest, PlanSection, RateLimitResult, RefundRequest, ResultUrl, RunOutput,
+    UserId, Weight, WindowSeconds,
 };
 use crate::{BlockRequest, LimitKeyRequest, PeekLimitRequest, UsageRequest};
 use std::net::{IpAddr, Ipv6Addr};
@@ -160,6 +163,7 @@ impl Api {
         let body = input::charge(request)?;
         let idempotency_key = input::idempotency_key(request)?;
         let cost = self.settings.price(&body.operation)?;
+        let body_units = body.units;
         let charge = ChargeRequest {
             user_id: user,
             operation: body.operation,
@@ -168,7 +172,7 @@ impl Api {
             metadata: Some(body.metadata),
             hold_seconds: Some(self.settings.hold_seconds),
         };
-        let (charged, limits) = self.charge_within_limits(request, charge, trace).await?;
+        let (charged, limits) = self.charge_within_limits(request, charge, body_units, trace).await?;
         trace.job = Some(charged.job_id.to_string());
         trace.replayed = Some(charged.replayed);
         let body = json!({
@@ -183,6 +187,7 @@ impl Api {
         let body = input::generate(request, DEFAULT_GENERATE_OPERATION)?;
         let idempotency_key = input::idempotency_key(request)?;
         let cost = self.settings.price(&body.operation)?;
+        let body_units = body.units;
         // Refused before anything is charged: there is nowhere to send the work.
         let generator = self.settings.generator.clone().ok_or_else(|| {
             ApiError::from_code(ErrorCode::Upstream, "no generator is configured (set GENERATOR_URL)")
@@ -197,7 +202,7 @@ impl Api {
             metadata: Some(body.metadata),
             hold_seconds: Some(HoldSeconds::new(i64::from(hold_seconds))?),
         };
-        let (charged, limits) = self.charge_within_limits(request, charge, trace).await?;
+        let (charged, limits) = self.charge_within_limits(request, charge, body_units, trace).await?;
         trace.job = Some(charged.job_id.to_string());
         trace.replayed = Some(charged.replayed);
         let job_id = charged.job_id;
@@ -279,11 +284,15 @@ impl Api {
         &self,
         request: &ApiRequest,
         charge: ChargeRequest,
+        units: Option<Weight>,
         trace: &mut Trace,
     ) -> Result<(ChargeResult, Limits), ApiError> {
         let address = client_ip(request, self.settings.trusted_proxy_hops);
         if address.is_none() && !self.settings.ip_limits.is_empty() {
             trace.ip_limit_skipped = true;
+        }
+        if self.settings.user_concurrency.is_some() || !self.settings.unit_limits.is_empty() || self.settings.plan_limits {
+            return self.charge_within_limit_entries(address.as_deref(), charge, units).await;
         }
         let policies = self.settings.policies(&charge.operation, address.is_some());
         let mut limits = Vec::with_capacity(policies.len());
@@ -292,6 +301,9 @@ impl Api {
                 PolicyKind::User => format!("user:{}", charge.user_id),
                 PolicyKind::Ip => format!("ip:{}", address.as_deref().unwrap_or_default()),
                 PolicyKind::Operation(operation) => format!("op:{operation}:user:{}", charge.user_id),
+                // Never among `policies()`: these go through charge_within_limit_entries.
+                PolicyKind::Concurrency => format!("user:{}", charge.user_id),
+                PolicyKind::Units => format!("units:user:{}", charge.user_id),
             };
             limits.push(limit_request(&suffix, named)?);
         }
@@ -300,6 +312,99 @@ impl Api {
         match result.charge {
             Some(charged) => Ok((charged, limits)),
             None => Err(rate_limited(&limits)),
+        }
+    }
+
+    /// [`Self::charge_within_limits`] when a concurrency limit, a unit limit
+    /// or plan limits are configured: the same limits as [`LimitEntry`]s,
+    /// plus the user's concurrency limit (key `creditgate:user:<uuid>`) and
+    /// unit limits (`creditgate:units:user:<uuid>`, weighed by the request's
+    /// `units` estimate, 1 when absent). With `CREDITGATE_PLAN_LIMITS=on`
+    /// the user, operation, concurrency and unit entries stand for the plan's
+    /// sections (placeholders where no default is set), resolved by the SQL
+    /// in the same call; the answer lists the limits that applied, which
+    /// name the policies. A concurrency refusal is 429 `concurrency_limited`.
+    async fn charge_within_limit_entries(
+        &self,
+        address: Option<&str>,
+        charge: ChargeRequest,
+        units: Option<Weight>,
+    ) -> Result<(ChargeResult, Limits), ApiError> {
+        let settings = &self.settings;
+        let plan = |section: PlanSection| settings.plan_limits.then_some(section);
+        let user_key = LimitKey::reserved(&format!("user:{}", charge.user_id))?;
+        let operation = charge.operation.as_str().to_owned();
+        let operation_key = LimitKey::reserved(&format!("op:{operation}:user:{}", charge.user_id))?;
+        let units_key = LimitKey::reserved(&format!("units:user:{}", charge.user_id))?;
+        let rate = |key: &LimitKey, policy: &LimitPolicy, weight: Weight| LimitRequest {
+            key: key.clone(),
+            limit: policy.limit,
+            window_seconds: policy.window_seconds,
+            weight,
+        };
+        let one = Weight::new(1)?;
+        let mut entries = Vec::new();
+        for policy in &settings.user_limits {
+            entries.push(LimitEntry::Rate { limit: rate(&user_key, policy, one), units: false, plan: plan(PlanSection::User) });
+        }
+        if settings.user_limits.is_empty() && settings.plan_limits {
+            entries.push(LimitEntry::Placeholder { key: user_key.clone(), plan: PlanSection::User, estimate: None });
+        }
+        if let Some(address) = address {
+            let ip_key = LimitKey::reserved(&format!("ip:{address}"))?;
+            for policy in &settings.ip_limits {
+                entries.push(LimitEntry::Rate { limit: rate(&ip_key, policy, one), units: false, plan: None });
+            }
+        }
+        match settings.operation_limits.get(&operation) {
+            Some(policies) => {
+                for policy in policies {
+                    entries.push(LimitEntry::Rate {
+                        limit: rate(&operation_key, policy, one),
+                        units: false,
+                        plan: plan(PlanSection::Operation),
+                    });
+                }
+            }
+            None if settings.plan_limits => {
+                entries.push(LimitEntry::Placeholder { key: operation_key, plan: PlanSection::Operation, estimate: None });
+            }
+            None => {}
+        }
+        match settings.user_concurrency {
+            Some(concurrency) => entries.push(LimitEntry::Concurrency {
+                key: user_key.clone(),
+                concurrency,
+                plan: plan(PlanSection::Concurrency),
+            }),
+            None if settings.plan_limits => {
+                entries.push(LimitEntry::Placeholder { key: user_key.clone(), plan: PlanSection::Concurrency, estimate: None });
+            }
+            None => {}
+        }
+        let estimate = units.unwrap_or(one);
+        for policy in &settings.unit_limits {
+            if estimate.get() > policy.limit.get() {
+                return Err(ApiError::invalid(
+                    "units",
+                    format!("units ({}) must not exceed the unit limit ({} per {} s)", estimate.get(), policy.limit.get(),
+                        policy.window_seconds.get()),
+                ));
+            }
+            entries.push(LimitEntry::Rate { limit: rate(&units_key, policy, estimate), units: true, plan: plan(PlanSection::Units) });
+        }
+        if settings.unit_limits.is_empty() && settings.plan_limits {
+            entries.push(LimitEntry::Placeholder { key: units_key, plan: PlanSection::Units, estimate: Some(estimate) });
+        }
+
+        let result = self.client.charge_with_entries(&ChargeWithEntriesRequest { charge, entries }).await?;
+        let limits = named_outcomes(&result.limits);
+        match result.charge {
+            Some(charged) => Ok((charged, limits)),
+            None => match result.limits.iter().find(|outcome| outcome.concurrency && !outcome.result.success) {
+                Some(outcome) => Err(concurrency_limited(outcome, &limits)),
+                None => Err(rate_limited(&limits)),
+            },
         }
     }
 
@@ -512,6 +617,67 @@ fn rate_limited(limits: &Limits) -> ApiError {
     .with_detail("retryAfter", retry_after);
     if let PolicyKind::Operation(operation) = &named.kind {
         error = error.with_detail("operation", operation.clone());
+    }
+    if let Some(plan) = &named.plan {
+        error = error.with_detail("plan", plan.clone());
+    }
+    error.with_headers(limit_headers(limits))
+}
+
+/// The RateLimit policies of the limits a charge's SQL resolved: the kind
+/// from the entry (a concurrency or unit limit) or its key's prefix
+/// (`creditgate:ip:`, `creditgate:op:<operation>:`, else the user's); named
+/// as configured policies are (`user`, or `user-60`, `user-86400`, ... when
+/// the kind has several windows).
+fn named_outcomes(outcomes: &[LimitOutcome]) -> Limits {
+    let kind_of = |outcome: &LimitOutcome| {
+        if outcome.concurrency {
+            PolicyKind::Concurrency
+        } else if outcome.units {
+            PolicyKind::Units
+        } else if outcome.key.starts_with("creditgate:ip:") {
+            PolicyKind::Ip
+        } else if let Some(rest) = outcome.key.strip_prefix("creditgate:op:") {
+            PolicyKind::Operation(rest.rsplit_once(":user:").map_or(rest, |(operation, _)| operation).to_owned())
+        } else {
+            PolicyKind::User
+        }
+    };
+    let kinds: Vec<PolicyKind> = outcomes.iter().map(kind_of).collect();
+    outcomes
+        .iter()
+        .zip(&kinds)
+        .filter_map(|(outcome, kind)| {
+            let window = outcome.result.window_seconds.unwrap_or(1);
+            let policy = LimitPolicy {
+                limit: Limit::new(i64::from(outcome.result.limit)).ok()?,
+                window_seconds: WindowSeconds::new(i64::from(window)).ok()?,
+            };
+            let base = policy_names(kind.clone(), &[policy]).remove(0).name;
+            let several = kinds.iter().filter(|other| *other == kind).count() > 1;
+            let name = if several { format!("{base}-{window}") } else { base };
+            Some((NamedPolicy { kind: kind.clone(), name, policy, plan: outcome.from_plan.clone() }, outcome.result.clone()))
+        })
+        .collect()
+}
+
+/// The 429 of a request refused by a concurrency limit: the user already
+/// has `limit` paid requests running. `Retry-After: 1` (a slot frees when
+/// a hold settles, which no one can predict); `details: {policy:
+/// "concurrency", name, limit, open, retryAfter, plan?}`.
+fn concurrency_limited(outcome: &LimitOutcome, limits: &Limits) -> ApiError {
+    let open = outcome.open.unwrap_or(outcome.result.limit);
+    let mut error = ApiError::from_code(
+        ErrorCode::ConcurrencyLimited,
+        format!("too many paid requests running ({open} of {} at once); retry when one finishes", outcome.result.limit),
+    )
+    .with_detail("policy", "concurrency")
+    .with_detail("name", "concurrency")
+    .with_detail("limit", outcome.result.limit)
+    .with_detail("open", open)
+    .with_detail("retryAfter", 1);
+    if let Some(plan) = &outcome.from_plan {
+        error = error.with_detail("plan", plan.clone());
     }
     error.with_headers(limit_headers(limits))
 }

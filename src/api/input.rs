@@ -7,7 +7,7 @@
 
 use super::error::{cut, ApiError};
 use super::http::{ApiRequest, BODY_BYTES_MAX, HEADER_CHARS_MAX};
-use crate::{CompleteRequest, GrantRequest, IdempotencyKey, JobId, Metadata, Operation, Reason, PAGE_DEFAULT, PAGE_MAX};
+use crate::{CompleteRequest, GrantRequest, IdempotencyKey, JobId, Metadata, Operation, Reason, Weight, PAGE_DEFAULT, PAGE_MAX};
 use serde_json::{Map, Value};
 
 /// Prompts are instructions for a generator, not documents.
@@ -97,15 +97,32 @@ pub fn idempotency_key(request: &ApiRequest) -> Result<Option<IdempotencyKey>, A
 pub struct ChargeBody {
     pub operation: Operation,
     pub metadata: Metadata,
+    /// The units (tokens) estimate the unit limits reserve.
+    pub units: Option<Weight>,
 }
 
 pub fn charge(request: &ApiRequest) -> Result<ChargeBody, ApiError> {
     let map = body_object(request, false)?;
-    only(&map, &["operation", "metadata"])?;
+    only(&map, &["operation", "metadata", "units"])?;
     let operation = string(&map, "operation")?.ok_or_else(|| ApiError::invalid("operation", "operation is required"))?;
     let mut ours = Map::new();
     ours.insert("route".into(), "charge".into());
-    Ok(ChargeBody { operation: Operation::new(operation)?, metadata: metadata(&map, ours)? })
+    let units = units(&map, &mut ours)?;
+    Ok(ChargeBody { operation: Operation::new(operation)?, metadata: metadata(&map, ours)?, units })
+}
+
+/// The optional `units` estimate (1 to 1000000), also recorded with the
+/// job's metadata (`ours`), so a retry with another estimate is another
+/// request (`idempotency_key_reused`), not a replay.
+fn units(map: &Map<String, Value>, ours: &mut Map<String, Value>) -> Result<Option<Weight>, ApiError> {
+    let Some(value) = map.get("units") else { return Ok(None) };
+    let number = value
+        .as_i64()
+        .filter(|_| value.is_i64() || value.is_u64())
+        .ok_or_else(|| ApiError::invalid("units", "units must be a whole number from 1 to 1000000"))?;
+    let units = Weight::new(number).map_err(|_| ApiError::invalid("units", "units must be a whole number from 1 to 1000000"))?;
+    ours.insert("units".into(), units.get().into());
+    Ok(Some(units))
 }
 
 /// `POST /generate`: `{prompt, operation?, metadata?}`.
@@ -114,11 +131,12 @@ pub struct GenerateBody {
     pub prompt: String,
     pub operation: Operation,
     pub metadata: Metadata,
+    pub units: Option<Weight>,
 }
 
 pub fn generate(request: &ApiRequest, default_operation: &str) -> Result<GenerateBody, ApiError> {
     let map = body_object(request, false)?;
-    only(&map, &["prompt", "operation", "metadata"])?;
+    only(&map, &["prompt", "operation", "metadata", "units"])?;
     let prompt = string(&map, "prompt")?.ok_or_else(|| ApiError::invalid("prompt", "prompt is required"))?;
     let chars = prompt.chars().count();
     if prompt.trim().is_empty() {
@@ -137,7 +155,8 @@ pub fn generate(request: &ApiRequest, default_operation: &str) -> Result<Generat
     let mut ours = Map::new();
     ours.insert("route".into(), "generate".into());
     ours.insert("promptSha256".into(), sha256_hex(prompt.as_bytes()).into());
-    Ok(GenerateBody { prompt: prompt.to_owned(), operation, metadata: metadata(&map, ours)? })
+    let units = units(&map, &mut ours)?;
+    Ok(GenerateBody { prompt: prompt.to_owned(), operation, metadata: metadata(&map, ours)?, units })
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -148,7 +167,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
 /// `POST /jobs/:id/complete`: `{resultUrl?, actualCost?}`.
 pub fn complete(request: &ApiRequest, job_id: JobId) -> Result<CompleteRequest, ApiError> {
     let mut map = body_object(request, true)?;
-    only(&map, &["resultUrl", "actualCost"])?;
+    only(&map, &["resultUrl", "actualCost", "actualUnits"])?;
     map.insert("jobId".into(), Value::String(job_id.to_string()));
     CompleteRequest::from_json(&Value::Object(map)).map_err(ApiError::from)
 }
@@ -377,6 +396,16 @@ mod tests {
     #[test]
     fn complete_takes_an_optional_body() {
         let job = JobId::parse("jobId", JOB).expect("uuid");
+        let units = complete(&post(r#"{"actualUnits": 0}"#), job).expect("valid");
+        assert_eq!(units.actual_units.map(crate::ActualUnits::get), Some(0));
+        assert_eq!(field_of(complete(&post(r#"{"actualUnits": -1}"#), job)), "actualUnits");
+        assert_eq!(field_of(complete(&post(r#"{"actualUnits": 1000001}"#), job)), "actualUnits");
+        let charged = charge(&post(r#"{"operation": "text", "units": 4000}"#)).expect("valid");
+        assert_eq!(charged.units.map(Weight::get), Some(4000));
+        for bad in [r#"{"operation": "text", "units": 0}"#, r#"{"operation": "text", "units": 1.5}"#,
+                    r#"{"operation": "text", "units": "9"}"#, r#"{"operation": "text", "units": 1000001}"#] {
+            assert_eq!(field_of(charge(&post(bad))), "units", "{bad}");
+        }
         let bare = complete(&post(""), job).expect("valid");
         assert_eq!((bare.job_id, bare.result_url, bare.actual_cost), (job, None, None));
         let full = complete(&post(r#"{"resultUrl": "https://r/1.png", "actualCost": 3}"#), job).expect("valid");

@@ -23,7 +23,7 @@
 use crate::error::CreditError;
 use crate::config::Config;
 use super::keys::{parse_jwks, PublicKey};
-use crate::{Cost, HoldSeconds, Limit, Operation, WindowSeconds, LIMITS_PER_CALL_MAX};
+use crate::{Concurrency, Cost, HoldSeconds, Limit, Operation, WindowSeconds, LIMITS_PER_CALL_MAX};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
@@ -138,6 +138,10 @@ pub enum PolicyKind {
     User,
     Ip,
     Operation(String),
+    /// Open holds at once, per user (`CREDITGATE_USER_CONCURRENCY`, a plan's `concurrency`).
+    Concurrency,
+    /// Units (tokens) per window, per user (`CREDITGATE_UNIT_LIMIT`, a plan's `units`).
+    Units,
 }
 
 impl PolicyKind {
@@ -147,13 +151,15 @@ impl PolicyKind {
             PolicyKind::User => "user",
             PolicyKind::Ip => "ip",
             PolicyKind::Operation(_) => "operation",
+            PolicyKind::Concurrency => "concurrency",
+            PolicyKind::Units => "units",
         }
     }
 
     /// The RateLimit policy name's base: `user`, `ip`, `op-<operation>`.
     fn base(&self) -> String {
         match self {
-            PolicyKind::User | PolicyKind::Ip => self.as_str().to_owned(),
+            PolicyKind::User | PolicyKind::Ip | PolicyKind::Concurrency | PolicyKind::Units => self.as_str().to_owned(),
             PolicyKind::Operation(operation) => format!("op-{operation}"),
         }
     }
@@ -168,6 +174,8 @@ pub struct NamedPolicy {
     /// the base and the window (`user-60`, `user-86400`).
     pub name: String,
     pub policy: LimitPolicy,
+    /// The plan whose limit this is, when a subscribed plan's replaced the default.
+    pub plan: Option<String>,
 }
 
 /// The named policies of one kind, in the configured order.
@@ -188,6 +196,7 @@ pub fn policy_names(kind: PolicyKind, policies: &[LimitPolicy]) -> Vec<NamedPoli
             kind: kind.clone(),
             name: if policies.len() == 1 { base.clone() } else { format!("{base}-{}", policy.window_seconds.get()) },
             policy: *policy,
+            plan: None,
         })
         .collect()
 }
@@ -268,6 +277,15 @@ pub struct Settings {
     pub user_limits: Vec<LimitPolicy>,
     pub ip_limits: Vec<LimitPolicy>,
     pub operation_limits: BTreeMap<String, Vec<LimitPolicy>>,
+    /// At most this many paid requests running (open holds) per user
+    /// (`CREDITGATE_USER_CONCURRENCY`); `None`: off.
+    pub user_concurrency: Option<Concurrency>,
+    /// Units (tokens) per window per user (`CREDITGATE_UNIT_LIMIT`); a
+    /// request reserves its `units` estimate, completion corrects it.
+    pub unit_limits: Vec<LimitPolicy>,
+    /// `CREDITGATE_PLAN_LIMITS=on`: a subscribed plan's limits replace these
+    /// defaults, resolved in the charge's transaction.
+    pub plan_limits: bool,
     pub hold_seconds: HoldSeconds,
     pub generator: Option<GeneratorSettings>,
     pub webhook: Option<WebhookSettings>,
@@ -311,7 +329,20 @@ impl Settings {
             None => BTreeMap::new(),
             Some(text) => parse_operation_limits(text, &prices)?,
         };
-        check_limits_per_request(&user_limits, &ip_limits, &operation_limits)?;
+        let unit_limits = limits("CREDITGATE_UNIT_LIMIT", "off")?;
+        let user_concurrency = match env.get("CREDITGATE_USER_CONCURRENCY") {
+            None => None,
+            Some(off) if off.trim().eq_ignore_ascii_case("off") => None,
+            Some(_) => Some(Concurrency::new(env.number("CREDITGATE_USER_CONCURRENCY", 0, 1, 1000)?)?),
+        };
+        check_limits_per_request(&user_limits, &ip_limits, &operation_limits,
+            unit_limits.len() + usize::from(user_concurrency.is_some()))?;
+        let plan_limits = match env.get("CREDITGATE_PLAN_LIMITS").map(str::trim) {
+            None => false,
+            Some(on) if on.eq_ignore_ascii_case("on") => true,
+            Some(off) if off.eq_ignore_ascii_case("off") => false,
+            Some(_) => return Err(invalid("CREDITGATE_PLAN_LIMITS", "CREDITGATE_PLAN_LIMITS must be on or off")),
+        };
         Ok(Settings {
             service_keys,
             anonymous_keys,
@@ -329,6 +360,9 @@ impl Settings {
             user_limits,
             ip_limits,
             operation_limits,
+            user_concurrency,
+            unit_limits,
+            plan_limits,
             hold_seconds: HoldSeconds::new(env.number("CREDITGATE_HOLD_SECONDS", 900, 1, i64::from(HoldSeconds::MAX))?)?,
             generator: env.generator()?,
             webhook: env.webhook()?,
@@ -522,9 +556,11 @@ fn check_limits_per_request(
     user: &[LimitPolicy],
     ip: &[LimitPolicy],
     operations: &BTreeMap<String, Vec<LimitPolicy>>,
+    others: usize,
 ) -> Result<(), CreditError> {
     let most = operations.values().map(Vec::len).max().unwrap_or(0);
-    let total = user.len() + ip.len() + most;
+    // `others`: the unit limits' windows and the concurrency limit.
+    let total = user.len() + ip.len() + most + others;
     if total > LIMITS_PER_CALL_MAX {
         let variable = if most > 0 { "CREDITGATE_OPERATION_LIMITS" } else { "CREDITGATE_IP_LIMIT" };
         return Err(invalid(
@@ -655,6 +691,27 @@ pub(crate) mod tests {
         assert_eq!(error.details()["field"], "operation");
         assert_eq!(error.details()["known"], serde_json::json!(["image", "text"]));
         assert_eq!(settings.price(&Operation::new("text").expect("valid")).map(Cost::get), Ok(1));
+    }
+
+    #[test]
+    fn concurrency_unit_and_plan_limits_are_read_and_checked() {
+        let settings = Settings::from_env(&env(&[])).expect("valid");
+        assert_eq!((settings.user_concurrency, settings.unit_limits.is_empty(), settings.plan_limits), (None, true, false));
+        let settings = Settings::from_env(&env(&[
+            ("CREDITGATE_USER_CONCURRENCY", "2"),
+            ("CREDITGATE_UNIT_LIMIT", "100000/60,1000000/86400"),
+            ("CREDITGATE_PLAN_LIMITS", "on"),
+        ]))
+        .expect("valid");
+        assert_eq!(settings.user_concurrency.map(Concurrency::get), Some(2));
+        assert_eq!(windows(&settings.unit_limits), [(100_000, 60), (1_000_000, 86_400)]);
+        assert!(settings.plan_limits);
+        for (variable, bad) in [("CREDITGATE_USER_CONCURRENCY", "0"), ("CREDITGATE_USER_CONCURRENCY", "1001"),
+                                ("CREDITGATE_USER_CONCURRENCY", "two"), ("CREDITGATE_UNIT_LIMIT", "0/60"),
+                                ("CREDITGATE_PLAN_LIMITS", "yes")] {
+            assert_eq!(variable_of(Settings::from_env(&env(&[(variable, bad)]))), variable, "{variable}={bad}");
+        }
+        assert_eq!(Settings::from_env(&env(&[("CREDITGATE_USER_CONCURRENCY", "off")])).expect("valid").user_concurrency, None);
     }
 
     #[test]

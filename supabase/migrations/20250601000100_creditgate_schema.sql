@@ -187,13 +187,15 @@ CREATE TABLE IF NOT EXISTS public.generation_jobs (
   completed_at timestamptz,
   expires_at timestamptz NOT NULL,
   captured_credits integer,
-  refunded_credits integer
+  refunded_credits integer,
+  limit_units jsonb
 );
 
 -- Legacy upgrade (a database where the seed's first migration half ran).
 ALTER TABLE public.generation_jobs ADD COLUMN IF NOT EXISTS expires_at timestamptz;
 ALTER TABLE public.generation_jobs ADD COLUMN IF NOT EXISTS captured_credits integer;
 ALTER TABLE public.generation_jobs ADD COLUMN IF NOT EXISTS refunded_credits integer;
+ALTER TABLE public.generation_jobs ADD COLUMN IF NOT EXISTS limit_units jsonb;
 -- The seed had no way to complete a job, so its open jobs (the seed's
 -- 'pending' and 'processing') are mostly finished work: they are completed at
 -- upgrade rather than refunded by the sweeper, which would mint credits for
@@ -272,6 +274,8 @@ COMMENT ON COLUMN public.generation_jobs.cost IS 'Credits held by the charge.';
 COMMENT ON COLUMN public.generation_jobs.expires_at IS 'Deadline: an open hold past it is refunded (status expired).';
 COMMENT ON COLUMN public.generation_jobs.captured_credits IS 'Credits kept at settlement (0 for a refund or expiry).';
 COMMENT ON COLUMN public.generation_jobs.refunded_credits IS 'Credits returned at settlement.';
+COMMENT ON COLUMN public.generation_jobs.limit_units IS
+  'Unit limits the charge reserved an estimate in: [{key, limit, window_seconds, cost, bucket}], corrected once at settlement (NULL: none).';
 
 -- -----------------------------------------------------------------------------
 -- credit_ledger: append-only, one row per balance change. For each user, ids

@@ -708,6 +708,13 @@ BEGIN
     v_replay := creditgate.claim_idempotency_key(p_user_id, p_idempotency_key, 'charge', v_hash);
   END IF;
   IF pg_catalog.jsonb_array_length(p_limits) > 0 THEN
+    IF p_limits @? '$[*] ? (exists(@.units) || exists(@.concurrency) || exists(@.plan))' THEN
+      -- Concurrency, unit or plan limits: creditgate.charge_with_limit_kinds
+      -- (20250601000300); plain rate limits never take this path.
+      RETURN QUERY SELECT * FROM creditgate.charge_with_limit_kinds(p_user_id, p_operation_type, p_cost,
+        p_idempotency_key, v_hash, v_replay, p_metadata, p_hold_seconds, p_limits, p_now);
+      RETURN;
+    END IF;
     -- Rate limits live in 20250601000300_creditgate_rate_limits.sql.
     v_rates := creditgate.apply_rate_limits_at(p_limits, v_replay IS NULL, p_now);
   END IF;
@@ -822,8 +829,8 @@ SELECT creditgate.expose('public.atomic_charge_credits(uuid, text, integer, text
  * Errors: 22023 (p_actual_cost outside 0..cost, p_result_url not http(s)),
  * PT404 job_not_found, PT409 job_already_settled (completed or failed).
  */
-CREATE OR REPLACE FUNCTION creditgate.complete_generation_job_at(
-  p_job_id uuid, p_result_url text, p_actual_cost integer, p_now timestamptz)
+CREATE OR REPLACE FUNCTION creditgate.complete_job_at(
+  p_job_id uuid, p_result_url text, p_actual_cost integer, p_actual_units integer, p_now timestamptz)
 RETURNS TABLE (job_id uuid, status text, new_balance integer, refunded integer)
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -831,6 +838,8 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   v_user_id uuid;
+  v_units jsonb;
+  v_status text;
   v_job public.generation_jobs;
   v_kept integer;
   v_balance integer;
@@ -839,7 +848,8 @@ BEGIN
   IF NOT (p_job_id IS NOT NULL
           AND (p_result_url IS NULL OR (pg_catalog.char_length(p_result_url) BETWEEN 1 AND creditgate.result_url_length_max()
                                         AND p_result_url ~* '^https?://'))
-          AND (p_actual_cost IS NULL OR p_actual_cost BETWEEN 0 AND creditgate.cost_credits_max())) IS TRUE THEN
+          AND (p_actual_cost IS NULL OR p_actual_cost BETWEEN 0 AND creditgate.cost_credits_max())
+          AND (p_actual_units IS NULL OR p_actual_units BETWEEN 0 AND creditgate.rate_limit_max())) IS TRUE THEN
     PERFORM creditgate.require_id('p_job_id', p_job_id);
     PERFORM creditgate.require_text('p_result_url', p_result_url, creditgate.result_url_length_max(), true);
     PERFORM creditgate.require(p_result_url IS NULL OR p_result_url ~* '^https?://',
@@ -848,11 +858,19 @@ BEGIN
     IF p_actual_cost IS NOT NULL THEN
       PERFORM creditgate.require_range('p_actual_cost', p_actual_cost, 0, creditgate.cost_credits_max());
     END IF;
+    IF p_actual_units IS NOT NULL THEN
+      PERFORM creditgate.require_range('p_actual_units', p_actual_units, 0, creditgate.rate_limit_max());
+    END IF;
   END IF;
 
-  SELECT j.user_id INTO v_user_id FROM public.generation_jobs j WHERE j.id = p_job_id;
+  SELECT j.user_id, j.limit_units, j.status INTO v_user_id, v_units, v_status
+  FROM public.generation_jobs j WHERE j.id = p_job_id;
   IF NOT FOUND THEN
     PERFORM creditgate.fail('PT404', 'job_not_found', 'Job not found', pg_catalog.jsonb_build_object('job_id', p_job_id));
+  END IF;
+  IF v_units IS NOT NULL AND p_actual_units IS NOT NULL AND v_status = 'pending' THEN
+    -- The unit limits' rows before the user, in the order a charge takes them.
+    PERFORM creditgate.lock_unit_rows(v_units);
   END IF;
   v_balance := creditgate.lock_user(v_user_id, p_now, false);
   SELECT * INTO v_job FROM public.generation_jobs j WHERE j.id = p_job_id FOR UPDATE;
@@ -874,17 +892,33 @@ BEGIN
   v_kept := coalesce(p_actual_cost, v_job.cost);
   v_balance := creditgate.settle_job(v_job, 'completed', v_kept, 'completion',
     'Completion: unused part of the hold returned', NULL, p_result_url, p_now);
+  IF v_job.limit_units IS NOT NULL AND p_actual_units IS NOT NULL THEN
+    PERFORM creditgate.correct_units(v_job, p_actual_units);
+  END IF;
   RETURN QUERY SELECT v_job.id, 'completed'::text, v_balance, v_job.cost - v_kept;
 END;
 $$;
 
+/** complete_job_at without units: the clock twin tests call. */
+CREATE OR REPLACE FUNCTION creditgate.complete_generation_job_at(
+  p_job_id uuid, p_result_url text, p_actual_cost integer, p_now timestamptz)
+RETURNS TABLE (job_id uuid, status text, new_balance integer, refunded integer)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  RETURN QUERY SELECT * FROM creditgate.complete_job_at(p_job_id, p_result_url, p_actual_cost, NULL, p_now);
+END;
+$$;
+
 SELECT creditgate.drop_other_versions('complete_generation_job',
-  'p_job_id uuid, p_result_url text DEFAULT NULL::text, p_actual_cost integer DEFAULT NULL::integer',
+  'p_job_id uuid, p_result_url text DEFAULT NULL::text, p_actual_cost integer DEFAULT NULL::integer, p_actual_units integer DEFAULT NULL::integer',
   'TABLE(job_id uuid, status text, new_balance integer, refunded integer)');
 
 /** Complete a job: see creditgate.complete_generation_job_at. For service_role. */
 CREATE OR REPLACE FUNCTION public.complete_generation_job(
-  p_job_id uuid, p_result_url text DEFAULT NULL, p_actual_cost integer DEFAULT NULL)
+  p_job_id uuid, p_result_url text DEFAULT NULL, p_actual_cost integer DEFAULT NULL, p_actual_units integer DEFAULT NULL)
 RETURNS TABLE (job_id uuid, status text, new_balance integer, refunded integer)
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -892,13 +926,15 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
   RETURN QUERY
-    SELECT * FROM creditgate.complete_generation_job_at(p_job_id, p_result_url, p_actual_cost, pg_catalog.clock_timestamp());
+    SELECT * FROM creditgate.complete_job_at(p_job_id, p_result_url, p_actual_cost, p_actual_units,
+      pg_catalog.clock_timestamp());
 END;
 $$;
-SELECT creditgate.expose('public.complete_generation_job(uuid, text, integer)', 'service_role');
+SELECT creditgate.expose('public.complete_generation_job(uuid, text, integer, integer)', 'service_role');
 
 /**
- * Refunds an open job of this user: the whole hold goes back (status failed).
+ * Refunds an open job of this user: the whole hold goes back (status failed),
+ * and the whole units estimate to its unit limits (creditgate.correct_units).
  * p_amount must be NULL or exactly the held amount.
  * Locks: the users row (expiring due holds), then the job.
  * An expired hold (expired by this call or earlier) is not an error: the
@@ -916,6 +952,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   v_job public.generation_jobs;
+  v_units jsonb;
   v_balance integer;
   v_reason text := coalesce(p_reason, 'no reason given');
 BEGIN
@@ -931,6 +968,12 @@ BEGIN
     PERFORM creditgate.require_text('p_reason', p_reason, creditgate.reason_length_max(), true);
   END IF;
 
+  SELECT j.limit_units INTO v_units FROM public.generation_jobs j
+  WHERE j.id = p_job_id AND j.user_id = p_user_id AND j.status = 'pending';
+  IF v_units IS NOT NULL THEN
+    -- The unit limits' rows before the user, in the order a charge takes them.
+    PERFORM creditgate.lock_unit_rows(v_units);
+  END IF;
   v_balance := creditgate.lock_user(p_user_id, p_now, false);
   SELECT * INTO v_job FROM public.generation_jobs j WHERE j.id = p_job_id AND j.user_id = p_user_id FOR UPDATE;
   IF NOT FOUND THEN
@@ -950,7 +993,13 @@ BEGIN
       pg_catalog.jsonb_build_object('parameter', 'p_amount', 'value', p_amount, 'held', v_job.cost));
   END IF;
 
-  RETURN creditgate.settle_job(v_job, 'failed', 0, 'refund', 'Refund: ' || v_reason, 'Refunded: ' || v_reason, NULL, p_now);
+  v_balance := creditgate.settle_job(v_job, 'failed', 0, 'refund', 'Refund: ' || v_reason, 'Refunded: ' || v_reason,
+    NULL, p_now);
+  IF v_job.limit_units IS NOT NULL THEN
+    -- Nothing was used: the whole estimate goes back to the unit limits.
+    PERFORM creditgate.correct_units(v_job, 0);
+  END IF;
+  RETURN v_balance;
 END;
 $$;
 

@@ -431,11 +431,22 @@ SELECT creditgate.expose('public.cleanup_expired_rate_limits()', 'service_role')
 -- -----------------------------------------------------------------------------
 
 /**
- * Checks p_limits, a JSON array of {"key", "limit", "window_seconds", "cost"}
- * (cost optional, default 1; no other fields), p_min to
- * rate_limits_per_call_max() entries, and returns it normalised (every entry
- * with its cost). Keys follow creditgate.require_rate_limit_key (p_allow_reserved).
+ * Checks p_limits, a JSON array of entries, p_min to
+ * rate_limits_per_call_max() of them, and returns it normalised. An entry is
+ * - a rate limit {"key", "limit", "window_seconds", "cost"} (cost optional,
+ *   default 1), with "units": true a unit limit (cost is the estimate the
+ *   hold reserves, corrected at completion: see creditgate.correct_units);
+ * - a concurrency limit {"key", "concurrency"} (1 to 1000): at most that
+ *   many open holds of the charged user (at most one such entry);
+ * - either with "plan": "user" | "operation" | "concurrency" | "units": a
+ *   default that the subscribed plan's limits of that section replace
+ *   (creditgate.resolve_plan_limits); {"key", "plan"} alone (and "cost",
+ *   "units" for units) is a placeholder: no default, but the plan's limits
+ *   of that section apply under its key.
+ * No other fields. Keys follow creditgate.require_rate_limit_key (p_allow_reserved).
  * The same (key, limit, window_seconds) twice is refused: it would count twice.
+ * Normalised entries carry cost, and units/plan/concurrency only when given.
+ * Only charge_credits_with_limits (p_allow_reserved) accepts the last three kinds.
  * Errors: 22023 invalid_argument, naming the entry (p_limits[i], from 0).
  */
 CREATE OR REPLACE FUNCTION creditgate.parse_rate_limits(p_limits jsonb, p_min integer, p_allow_reserved boolean)
@@ -457,6 +468,8 @@ DECLARE
   v_out jsonb := '[]'::jsonb;
   v_seen text[] := '{}'::text[];
   v_identity text;
+  v_extra jsonb;
+  v_concurrency boolean := false;
 BEGIN
   PERFORM creditgate.require(pg_catalog.jsonb_typeof(p_limits) = 'array', 'p_limits must be a JSON array',
     pg_catalog.jsonb_build_object('parameter', 'p_limits', 'type', pg_catalog.jsonb_typeof(p_limits)));
@@ -473,13 +486,33 @@ BEGIN
       v_name || ' must be a JSON object {"key", "limit", "window_seconds", "cost"}',
       pg_catalog.jsonb_build_object('parameter', v_name, 'type', pg_catalog.jsonb_typeof(v_entry)));
     SELECT pg_catalog.min(k) INTO v_field FROM pg_catalog.jsonb_object_keys(v_entry) AS f(k)
-    WHERE k NOT IN ('key', 'limit', 'window_seconds', 'cost');
+    WHERE k NOT IN ('key', 'limit', 'window_seconds', 'cost')
+      AND (p_allow_reserved IS NOT TRUE OR k NOT IN ('units', 'concurrency', 'plan'));
     PERFORM creditgate.require(v_field IS NULL,
-      pg_catalog.format('%s has an unknown field "%s" (allowed: key, limit, window_seconds, cost)', v_name, v_field),
+      pg_catalog.format('%s has an unknown field "%s" (allowed: key, limit, window_seconds, cost%s)', v_name, v_field,
+        CASE WHEN p_allow_reserved IS TRUE THEN ', units, concurrency, plan' ELSE '' END),
       pg_catalog.jsonb_build_object('parameter', v_name || '.' || v_field));
     PERFORM creditgate.require(pg_catalog.jsonb_typeof(v_entry -> 'key') = 'string',
       v_name || '.key must be a string', pg_catalog.jsonb_build_object('parameter', v_name || '.key'));
     PERFORM creditgate.require_rate_limit_key(v_name || '.key', v_entry ->> 'key', p_allow_reserved);
+
+    v_extra := '{}'::jsonb;
+    IF p_allow_reserved IS TRUE AND (v_entry ? 'units' OR v_entry ? 'concurrency' OR v_entry ? 'plan') THEN
+      v_extra := creditgate.parse_limit_extras(v_entry, v_name);
+      IF v_extra ? 'concurrency' THEN
+        PERFORM creditgate.require(NOT v_concurrency,
+          v_name || ' is a second concurrency limit: one may appear', pg_catalog.jsonb_build_object('parameter', v_name));
+        v_concurrency := true;
+        v_out := v_out || pg_catalog.jsonb_build_array(
+          pg_catalog.jsonb_build_object('key', v_entry ->> 'key') || v_extra);
+        CONTINUE;
+      END IF;
+      IF v_extra ? 'placeholder' THEN
+        v_out := v_out || pg_catalog.jsonb_build_array(
+          pg_catalog.jsonb_build_object('key', v_entry ->> 'key') || v_extra);
+        CONTINUE;
+      END IF;
+    END IF;
 
     v_values := '{}'::integer[];
     FOREACH v_field IN ARRAY ARRAY['limit', 'window_seconds', 'cost'] LOOP
@@ -505,8 +538,83 @@ BEGIN
       pg_catalog.jsonb_build_object('parameter', v_name, 'same_as', pg_catalog.format('p_limits[%s]', v_position - 1)));
     v_seen := v_seen || v_identity;
     v_out := v_out || pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object(
-      'key', v_entry ->> 'key', 'limit', v_values[1], 'window_seconds', v_values[2], 'cost', v_values[3]));
+      'key', v_entry ->> 'key', 'limit', v_values[1], 'window_seconds', v_values[2], 'cost', v_values[3]) || v_extra);
   END LOOP;
+  RETURN v_out;
+END;
+$$;
+
+/**
+ * The units/concurrency/plan fields of a p_limits entry p_entry (named
+ * p_name in errors), normalised: {"units": true}, {"concurrency": n},
+ * {"plan": section}, and {"placeholder": true} for {"key", "plan"} with no
+ * limit (a units placeholder keeps its "cost", the estimate). A concurrency
+ * entry has no limit, window_seconds or cost; "units" is true or absent and
+ * needs a limit or a units placeholder; "plan" "concurrency" goes with a
+ * concurrency entry (or placeholder), "units" with a unit limit.
+ * Errors: 22023 invalid_argument.
+ */
+CREATE OR REPLACE FUNCTION creditgate.parse_limit_extras(p_entry jsonb, p_name text)
+RETURNS jsonb
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  v_out jsonb := '{}'::jsonb;
+  v_plan text;
+  v_number numeric;
+BEGIN
+  IF p_entry ? 'plan' THEN
+    PERFORM creditgate.require(p_entry ->> 'plan' IN ('user', 'operation', 'concurrency', 'units')
+        AND pg_catalog.jsonb_typeof(p_entry -> 'plan') = 'string',
+      p_name || '.plan must be "user", "operation", "concurrency" or "units"',
+      pg_catalog.jsonb_build_object('parameter', p_name || '.plan', 'value', p_entry -> 'plan'));
+    v_plan := p_entry ->> 'plan';
+    v_out := v_out || pg_catalog.jsonb_build_object('plan', v_plan);
+  END IF;
+  IF p_entry ? 'units' THEN
+    PERFORM creditgate.require(p_entry -> 'units' = 'true'::jsonb, p_name || '.units must be true (or absent)',
+      pg_catalog.jsonb_build_object('parameter', p_name || '.units', 'value', p_entry -> 'units'));
+    PERFORM creditgate.require(v_plan IS NULL OR v_plan = 'units', p_name || ': a unit limit''s plan section is "units"',
+      pg_catalog.jsonb_build_object('parameter', p_name || '.plan', 'value', v_plan));
+    v_out := v_out || '{"units": true}'::jsonb;
+  ELSIF v_plan = 'units' THEN
+    PERFORM creditgate.require(false, p_name || ': the plan section "units" needs "units": true',
+      pg_catalog.jsonb_build_object('parameter', p_name || '.units'));
+  END IF;
+  IF p_entry ? 'concurrency' THEN
+    PERFORM creditgate.require(NOT (p_entry ?| ARRAY['limit', 'window_seconds', 'cost', 'units']),
+      p_name || ': a concurrency limit has only "key", "concurrency" and "plan"',
+      pg_catalog.jsonb_build_object('parameter', p_name));
+    PERFORM creditgate.require(v_plan IS NULL OR v_plan = 'concurrency',
+      p_name || ': a concurrency limit''s plan section is "concurrency"',
+      pg_catalog.jsonb_build_object('parameter', p_name || '.plan', 'value', v_plan));
+    v_number := CASE WHEN pg_catalog.jsonb_typeof(p_entry -> 'concurrency') = 'number'
+                     THEN (p_entry ->> 'concurrency')::numeric END;
+    PERFORM creditgate.require(v_number = pg_catalog.trunc(v_number) AND v_number BETWEEN 1 AND 1000,
+      p_name || '.concurrency must be an integer from 1 to 1000',
+      pg_catalog.jsonb_build_object('parameter', p_name || '.concurrency', 'value', p_entry -> 'concurrency',
+        'min', 1, 'max', 1000));
+    RETURN v_out || pg_catalog.jsonb_build_object('concurrency', v_number::integer);
+  END IF;
+  PERFORM creditgate.require(v_plan IS DISTINCT FROM 'concurrency' OR NOT (p_entry ? 'limit'),
+    p_name || ': the plan section "concurrency" goes with a concurrency limit or a placeholder',
+    pg_catalog.jsonb_build_object('parameter', p_name || '.plan'));
+  IF v_plan IS NOT NULL AND NOT (p_entry ? 'limit') THEN
+    PERFORM creditgate.require(NOT (p_entry ? 'window_seconds') AND (v_plan = 'units' OR NOT (p_entry ? 'cost')),
+      p_name || ': a placeholder has only "key" and "plan" (and "units", "cost" for units)',
+      pg_catalog.jsonb_build_object('parameter', p_name));
+    IF v_plan = 'units' THEN
+      v_number := CASE WHEN pg_catalog.jsonb_typeof(p_entry -> 'cost') = 'number'
+                       THEN (p_entry ->> 'cost')::numeric END;
+      PERFORM creditgate.require(v_number = pg_catalog.trunc(v_number) AND v_number BETWEEN 1 AND creditgate.rate_limit_max(),
+        p_name || '.cost (the units estimate) must be an integer from 1 to ' || creditgate.rate_limit_max(),
+        pg_catalog.jsonb_build_object('parameter', p_name || '.cost', 'value', p_entry -> 'cost'));
+      v_out := v_out || pg_catalog.jsonb_build_object('cost', v_number::integer);
+    END IF;
+    RETURN v_out || '{"placeholder": true}'::jsonb;
+  END IF;
   RETURN v_out;
 END;
 $$;
@@ -622,6 +730,220 @@ BEGIN
     NULL;
   END;
   RETURN pg_catalog.jsonb_build_object('allowed', v_all, 'limits', pg_catalog.to_jsonb(v_entries));
+END;
+$$;
+
+/**
+ * charge_checked's path for limits beyond plain rate limits (p_limits
+ * normalised by parse_rate_limits, with an entry carrying "units",
+ * "concurrency" or "plan"); p_hash and p_replay as charge_checked computed
+ * them (the key claimed). In order:
+ * 1. "plan" entries are resolved against the user's plan
+ *    (creditgate.resolve_plan_limits).
+ * 2. A replay spends nothing and returns the original job.
+ * 3. The rate and unit limits are applied (apply_rate_limits_at); a refusal
+ *    returns allowed = false, nothing written.
+ * 4. With a concurrency limit of N: the user is locked and caught up
+ *    (creditgate.lock_user: expired holds are released first), and when N
+ *    holds are open (pending, deadline after p_now) the request is refused,
+ *    allowed = false, the rate limits of step 3 taken back (a
+ *    subtransaction, only on this path).
+ * 5. The hold opens (open_hold); unit limits are recorded on the job
+ *    (limit_units, with the bucket each estimate went into) for
+ *    creditgate.correct_units at settlement.
+ * Result entries are in the resolved order, each with window_seconds (rate
+ * limits), "plan", "from_plan", "units" when so; a concurrency entry is
+ * {"key", "allowed", "limit": N, "remaining", "reset_seconds": 0,
+ * "retry_after_seconds" (1 when refused: a slot frees when a hold settles),
+ * "concurrency": true, "open": holds open before this request}.
+ * Locks: as charge_checked; the users row before the hold when concurrency-limited.
+ */
+CREATE OR REPLACE FUNCTION creditgate.charge_with_limit_kinds(
+  p_user_id uuid, p_operation_type text, p_cost integer, p_idempotency_key text, p_hash text, p_replay jsonb,
+  p_metadata jsonb, p_hold_seconds integer, p_limits jsonb, p_now timestamptz)
+RETURNS TABLE (allowed boolean, job_id uuid, new_balance integer, replayed boolean, expires_at timestamptz,
+               limits jsonb)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  v_limits jsonb := p_limits;
+  v_rate_limits jsonb;
+  v_concurrency jsonb;
+  v_rates jsonb;
+  v_open integer;
+  v_refused boolean := false;
+  v_detail text;
+  v_hold record;
+  v_entries jsonb := '[]'::jsonb;
+  v_entry jsonb;
+  v_rate_index integer := 0;
+  v_allowed boolean;
+BEGIN
+  IF v_limits @? '$[*] ? (exists(@.plan))' THEN
+    v_limits := creditgate.resolve_plan_limits(p_user_id, p_operation_type, v_limits);
+  END IF;
+  SELECT coalesce(pg_catalog.jsonb_agg(e.value ORDER BY e.position) FILTER (WHERE e.value ? 'limit'), '[]'::jsonb),
+         (pg_catalog.array_agg(e.value) FILTER (WHERE e.value ? 'concurrency'))[1]
+  INTO v_rate_limits, v_concurrency
+  FROM pg_catalog.jsonb_array_elements(v_limits) WITH ORDINALITY AS e(value, position);
+  IF v_concurrency IS NOT NULL THEN
+    PERFORM creditgate.require_not_blocked(ARRAY[v_concurrency ->> 'key'], p_now);
+  END IF;
+
+  IF p_replay IS NOT NULL OR v_concurrency IS NULL THEN
+    v_rates := creditgate.apply_rate_limits_at(v_rate_limits, p_replay IS NULL, p_now);
+  ELSE
+    BEGIN
+      v_rates := creditgate.apply_rate_limits_at(v_rate_limits, true, p_now);
+      IF (v_rates ->> 'allowed')::boolean THEN
+        PERFORM creditgate.lock_user(p_user_id, p_now, true);
+        SELECT pg_catalog.count(*)::integer INTO v_open FROM public.generation_jobs j
+        WHERE j.user_id = p_user_id AND j.status = 'pending' AND j.expires_at > p_now;
+        IF v_open >= (v_concurrency ->> 'concurrency')::integer THEN
+          RAISE EXCEPTION USING ERRCODE = 'CGCC1', MESSAGE = 'creditgate: concurrency limit reached',
+            DETAIL = v_open::text;
+        END IF;
+      END IF;
+    EXCEPTION WHEN SQLSTATE 'CGCC1' THEN
+      GET STACKED DIAGNOSTICS v_detail = PG_EXCEPTION_DETAIL;
+      v_open := v_detail::integer;
+      v_refused := true;
+    END;
+  END IF;
+  IF v_concurrency IS NOT NULL AND v_open IS NULL THEN
+    -- A replay, or refused by a rate limit: the state, on a plain read.
+    SELECT pg_catalog.count(*)::integer INTO v_open FROM public.generation_jobs j
+    WHERE j.user_id = p_user_id AND j.status = 'pending' AND j.expires_at > p_now;
+  END IF;
+  v_allowed := p_replay IS NOT NULL OR ((v_rates ->> 'allowed')::boolean AND NOT v_refused);
+
+  FOR v_entry IN SELECT e.value FROM pg_catalog.jsonb_array_elements(v_limits) WITH ORDINALITY AS e(value, position)
+                 ORDER BY e.position LOOP
+    IF v_entry ? 'concurrency' THEN
+      v_entries := v_entries || pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object(
+        'key', v_entry ->> 'key',
+        'allowed', p_replay IS NOT NULL OR NOT v_refused AND v_open < (v_entry ->> 'concurrency')::integer,
+        'limit', (v_entry ->> 'concurrency')::integer,
+        'remaining', GREATEST((v_entry ->> 'concurrency')::integer - v_open
+                              - CASE WHEN v_allowed AND p_replay IS NULL THEN 1 ELSE 0 END, 0),
+        'reset_seconds', 0,
+        'retry_after_seconds', CASE WHEN v_refused THEN 1 ELSE 0 END,
+        'concurrency', true, 'open', v_open)
+        || pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object('plan', v_entry -> 'plan',
+             'from_plan', v_entry -> 'from_plan')));
+    ELSE
+      v_entries := v_entries || pg_catalog.jsonb_build_array((v_rates -> 'limits' -> v_rate_index)
+        || pg_catalog.jsonb_build_object('window_seconds', (v_entry ->> 'window_seconds')::integer)
+        || pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object('plan', v_entry -> 'plan',
+             'from_plan', v_entry -> 'from_plan', 'units', v_entry -> 'units')));
+      v_rate_index := v_rate_index + 1;
+    END IF;
+  END LOOP;
+
+  IF p_replay IS NOT NULL THEN
+    RETURN QUERY SELECT true, (p_replay ->> 'job_id')::uuid, (p_replay ->> 'new_balance')::integer, true,
+      (p_replay ->> 'expires_at')::timestamptz, v_entries;
+    RETURN;
+  END IF;
+  IF NOT v_allowed THEN
+    RETURN QUERY SELECT false, NULL::uuid, NULL::integer, false, NULL::timestamptz, v_entries;
+    RETURN;
+  END IF;
+
+  SELECT h.* INTO v_hold FROM creditgate.open_hold(p_user_id, p_operation_type, p_cost, p_idempotency_key, p_hash,
+    p_metadata, p_hold_seconds, p_now) h;
+  IF v_rate_limits @? '$[*] ? (exists(@.units))' THEN
+    UPDATE public.generation_jobs j
+    SET limit_units = (
+      SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object('key', e.value ->> 'key',
+               'limit', (e.value ->> 'limit')::integer, 'window_seconds', (e.value ->> 'window_seconds')::integer,
+               'cost', (e.value ->> 'cost')::integer,
+               -- The bucket rate_limit_at added the estimate to.
+               'bucket', pg_catalog.floor(EXTRACT(EPOCH FROM p_now) * 1000)::bigint
+                         / ((e.value ->> 'window_seconds')::bigint * 1000 / creditgate.rate_limit_buckets()))
+             ORDER BY e.position)
+      FROM pg_catalog.jsonb_array_elements(v_rate_limits) WITH ORDINALITY AS e(value, position)
+      WHERE e.value ? 'units')
+    WHERE j.id = v_hold.job_id;
+  END IF;
+  RETURN QUERY SELECT true, v_hold.job_id, v_hold.new_balance, false, v_hold.expires_at, v_entries;
+END;
+$$;
+
+/**
+ * Locks the rate_limits rows of a job's unit limits (p_units, a job's
+ * limit_units) in the canonical order (key in "C" collation, limit,
+ * window), as a charge does, before its settlement locks the user: so a
+ * settlement and a charge never wait for each other in a cycle.
+ */
+CREATE OR REPLACE FUNCTION creditgate.lock_unit_rows(p_units jsonb)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  PERFORM FROM public.rate_limits r
+  JOIN pg_catalog.jsonb_array_elements(p_units) AS e(value)
+    ON r.key = e.value ->> 'key' AND r.max_requests = (e.value ->> 'limit')::integer
+   AND r.window_seconds = (e.value ->> 'window_seconds')::integer
+  ORDER BY r.key COLLATE "C", r.max_requests, r.window_seconds
+  FOR UPDATE OF r;
+END;
+$$;
+
+/**
+ * Corrects a settling job's unit limits (p_job.limit_units) to p_actual
+ * units: each estimate's bucket (the one its charge counted it in) gets
+ * p_actual - estimate added, never going below zero, and at most one full
+ * window (the entry's limit) above what it was. A bucket already gone (its
+ * window passed and was pruned, or the key reset) is left alone: those
+ * units no longer count anyway. Called once per job, by its settlement
+ * (complete: the actual units; refund: 0, the whole estimate back), under
+ * the job's lock, so no correction counts twice. Returns the units given
+ * back (negative: taken).
+ * Locks: the rows (creditgate.lock_unit_rows took them first).
+ */
+CREATE OR REPLACE FUNCTION creditgate.correct_units(p_job public.generation_jobs, p_actual integer)
+RETURNS integer
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  v_entry jsonb;
+  v_ids bigint[];
+  v_costs integer[];
+  v_position integer;
+  v_old integer;
+  v_new integer;
+  v_back integer := 0;
+BEGIN
+  FOR v_entry IN SELECT e.value FROM pg_catalog.jsonb_array_elements(p_job.limit_units) AS e(value) LOOP
+    CONTINUE WHEN p_actual = (v_entry ->> 'cost')::integer;
+    SELECT r.bucket_ids, r.bucket_costs INTO v_ids, v_costs FROM public.rate_limits r
+    WHERE r.key = v_entry ->> 'key' AND r.max_requests = (v_entry ->> 'limit')::integer
+      AND r.window_seconds = (v_entry ->> 'window_seconds')::integer
+    FOR UPDATE;
+    CONTINUE WHEN NOT FOUND;
+    v_position := pg_catalog.array_position(v_ids, (v_entry ->> 'bucket')::bigint);
+    CONTINUE WHEN v_position IS NULL;
+    v_old := v_costs[v_position];
+    v_new := GREATEST(LEAST(v_old + p_actual - (v_entry ->> 'cost')::integer, v_old + (v_entry ->> 'limit')::integer), 0);
+    v_back := v_back + (v_old - v_new);
+    IF v_new = 0 THEN
+      v_ids := v_ids[1 : v_position - 1] || v_ids[v_position + 1 :];
+      v_costs := v_costs[1 : v_position - 1] || v_costs[v_position + 1 :];
+    ELSE
+      v_costs[v_position] := v_new;
+    END IF;
+    UPDATE public.rate_limits r SET bucket_ids = v_ids, bucket_costs = v_costs
+    WHERE r.key = v_entry ->> 'key' AND r.max_requests = (v_entry ->> 'limit')::integer
+      AND r.window_seconds = (v_entry ->> 'window_seconds')::integer;
+  END LOOP;
+  RETURN v_back;
 END;
 $$;
 

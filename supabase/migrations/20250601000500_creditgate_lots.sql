@@ -56,7 +56,7 @@ CREATE TABLE IF NOT EXISTS public.credit_plans (
   amount integer NOT NULL CHECK (amount BETWEEN 1 AND 1000000000),
   period text NOT NULL CHECK (period IN ('day', 'week', 'month')),
   rollover_max integer NOT NULL DEFAULT 0 CHECK (rollover_max BETWEEN 0 AND 1000000000),
-  -- Reserved for the plan's rate-limit settings.
+  -- The plan's rate, concurrency and unit limits (creditgate.check_plan_limits).
   limits jsonb NOT NULL DEFAULT '{}'::jsonb CHECK (jsonb_typeof(limits) = 'object'),
   created_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
   updated_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp()
@@ -704,32 +704,243 @@ END;
 $$;
 
 /**
- * Creates plan p_plan or changes it (from each subscriber's next period).
+ * Checks a plan's limits (upsert_credit_plan's p_limits) and returns them
+ * normalised. The shape, every field optional:
+ *   {"user": [{"limit", "window_seconds"}, ...],         -- replaces the user limit
+ *    "operations": {"<operation>": [{"limit", "window_seconds"}, ...]},
+ *    "concurrency": n,                                    -- open holds at once (1 to 1000)
+ *    "units": [{"limit", "window_seconds"}, ...]}         -- unit (token) budget
+ * Each list has 0 to 4 windows, distinct (an empty list: no such limit for
+ * the plan's subscribers). A section a plan does not name falls back to the
+ * caller's defaults (creditgate.resolve_plan_limits).
+ * Errors: 22023 invalid_argument naming the field (p_limits.user[0].limit, ...).
+ */
+CREATE OR REPLACE FUNCTION creditgate.check_plan_limits(p_limits jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  v_field text;
+  v_operation text;
+  v_out jsonb := '{}'::jsonb;
+  v_operations jsonb := '{}'::jsonb;
+BEGIN
+  PERFORM creditgate.require(pg_catalog.jsonb_typeof(p_limits) = 'object',
+    'p_limits must be a JSON object {"user", "operations", "concurrency", "units"}',
+    pg_catalog.jsonb_build_object('parameter', 'p_limits', 'type', pg_catalog.jsonb_typeof(p_limits)));
+  SELECT pg_catalog.min(k) INTO v_field FROM pg_catalog.jsonb_object_keys(p_limits) AS f(k)
+  WHERE k NOT IN ('user', 'operations', 'concurrency', 'units');
+  PERFORM creditgate.require(v_field IS NULL,
+    pg_catalog.format('p_limits has an unknown field "%s" (allowed: user, operations, concurrency, units)', v_field),
+    pg_catalog.jsonb_build_object('parameter', 'p_limits.' || v_field));
+  IF p_limits ? 'user' THEN
+    v_out := v_out || pg_catalog.jsonb_build_object('user', creditgate.check_plan_windows(p_limits -> 'user', 'p_limits.user'));
+  END IF;
+  IF p_limits ? 'units' THEN
+    v_out := v_out || pg_catalog.jsonb_build_object('units', creditgate.check_plan_windows(p_limits -> 'units', 'p_limits.units'));
+  END IF;
+  IF p_limits ? 'concurrency' THEN
+    PERFORM creditgate.require(pg_catalog.jsonb_typeof(p_limits -> 'concurrency') = 'number'
+        AND (p_limits ->> 'concurrency')::numeric = pg_catalog.trunc((p_limits ->> 'concurrency')::numeric)
+        AND (p_limits ->> 'concurrency')::numeric BETWEEN 1 AND 1000,
+      'p_limits.concurrency must be an integer from 1 to 1000',
+      pg_catalog.jsonb_build_object('parameter', 'p_limits.concurrency', 'value', p_limits -> 'concurrency',
+        'min', 1, 'max', 1000));
+    v_out := v_out || pg_catalog.jsonb_build_object('concurrency', (p_limits ->> 'concurrency')::integer);
+  END IF;
+  IF p_limits ? 'operations' THEN
+    PERFORM creditgate.require(pg_catalog.jsonb_typeof(p_limits -> 'operations') = 'object',
+      'p_limits.operations must be a JSON object {"<operation>": [windows]}',
+      pg_catalog.jsonb_build_object('parameter', 'p_limits.operations'));
+    FOR v_operation IN SELECT k FROM pg_catalog.jsonb_object_keys(p_limits -> 'operations') AS f(k) ORDER BY k LOOP
+      PERFORM creditgate.require(pg_catalog.char_length(v_operation) BETWEEN 1 AND creditgate.operation_type_length_max(),
+        pg_catalog.format('p_limits.operations: an operation name is 1 to %s characters', creditgate.operation_type_length_max()),
+        pg_catalog.jsonb_build_object('parameter', 'p_limits.operations', 'operation', pg_catalog.left(v_operation, 80)));
+      v_operations := v_operations || pg_catalog.jsonb_build_object(v_operation,
+        creditgate.check_plan_windows(p_limits -> 'operations' -> v_operation, 'p_limits.operations.' || v_operation));
+    END LOOP;
+    v_out := v_out || pg_catalog.jsonb_build_object('operations', v_operations);
+  END IF;
+  RETURN v_out;
+END;
+$$;
+
+/**
+ * A plan's list of windows p_windows (named p_name): 0 to 4 distinct
+ * {"limit" (1 to rate_limit_max()), "window_seconds" (1 to 86400)},
+ * returned normalised. Errors: 22023 invalid_argument.
+ */
+CREATE OR REPLACE FUNCTION creditgate.check_plan_windows(p_windows jsonb, p_name text)
+RETURNS jsonb
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  v_index integer;
+  v_entry jsonb;
+  v_name text;
+  v_field text;
+  v_values integer[];
+  v_number numeric;
+  v_out jsonb := '[]'::jsonb;
+BEGIN
+  PERFORM creditgate.require(pg_catalog.jsonb_typeof(p_windows) = 'array'
+      AND pg_catalog.jsonb_array_length(p_windows) <= 4,
+    p_name || ' must be a JSON array of 0 to 4 {"limit", "window_seconds"}',
+    pg_catalog.jsonb_build_object('parameter', p_name, 'max', 4));
+  FOR v_index IN 0 .. pg_catalog.jsonb_array_length(p_windows) - 1 LOOP
+    v_entry := p_windows -> v_index;
+    v_name := pg_catalog.format('%s[%s]', p_name, v_index);
+    PERFORM creditgate.require(pg_catalog.jsonb_typeof(v_entry) = 'object'
+        AND NOT EXISTS (SELECT FROM pg_catalog.jsonb_object_keys(v_entry) AS f(k) WHERE k NOT IN ('limit', 'window_seconds')),
+      v_name || ' must be {"limit", "window_seconds"}', pg_catalog.jsonb_build_object('parameter', v_name));
+    v_values := '{}'::integer[];
+    FOREACH v_field IN ARRAY ARRAY['limit', 'window_seconds'] LOOP
+      v_number := CASE WHEN pg_catalog.jsonb_typeof(v_entry -> v_field) = 'number' THEN (v_entry ->> v_field)::numeric END;
+      PERFORM creditgate.require(v_number = pg_catalog.trunc(v_number) AND v_number BETWEEN 1 AND 1000000000,
+        pg_catalog.format('%s.%s must be an integer', v_name, v_field),
+        pg_catalog.jsonb_build_object('parameter', v_name || '.' || v_field, 'value', v_entry -> v_field));
+      v_values := v_values || v_number::integer;
+    END LOOP;
+    PERFORM creditgate.require_range(v_name || '.limit', v_values[1], 1, creditgate.rate_limit_max());
+    PERFORM creditgate.require_range(v_name || '.window_seconds', v_values[2], 1, creditgate.window_seconds_max());
+    PERFORM creditgate.require(NOT v_out @> pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object(
+        'limit', v_values[1], 'window_seconds', v_values[2])),
+      v_name || ' repeats a window of ' || p_name, pg_catalog.jsonb_build_object('parameter', v_name));
+    v_out := v_out || pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object('limit', v_values[1],
+      'window_seconds', v_values[2]));
+  END LOOP;
+  RETURN v_out;
+END;
+$$;
+
+/**
+ * The limits of a charge by p_user_id for p_operation_type, p_limits
+ * normalised by creditgate.parse_rate_limits, with the user's plan applied:
+ * entries tagged "plan": s are replaced by the plan's section s (user,
+ * operations.<p_operation_type>, concurrency, units) when the plan names it,
+ * under the key of the section's first entry (a unit limit keeps its
+ * cost, the estimate); else they stay, and placeholders go. Untagged
+ * entries stay. Entries from the plan carry "from_plan": the plan's name.
+ * One index lookup (the subscription and its plan). No user or plan: the
+ * defaults, placeholders dropped.
+ * Errors: 22023 when the plan's limits make more than
+ * rate_limits_per_call_max() entries, or a units estimate (cost) above a
+ * plan's unit limit.
+ */
+CREATE OR REPLACE FUNCTION creditgate.resolve_plan_limits(p_user_id uuid, p_operation_type text, p_limits jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  v_plan text;
+  v_plan_limits jsonb;
+  v_entry jsonb;
+  v_section text;
+  v_windows jsonb;
+  v_window jsonb;
+  v_done text[] := '{}'::text[];
+  v_out jsonb := '[]'::jsonb;
+  v_index integer;
+BEGIN
+  SELECT p.plan, p.limits INTO v_plan, v_plan_limits
+  FROM public.credit_plan_subscriptions s JOIN public.credit_plans p ON p.plan = s.plan
+  WHERE s.user_id = p_user_id;
+  v_plan_limits := coalesce(v_plan_limits, '{}'::jsonb);
+  FOR v_index IN 0 .. pg_catalog.jsonb_array_length(p_limits) - 1 LOOP
+    v_entry := p_limits -> v_index;
+    v_section := v_entry ->> 'plan';
+    IF v_section IS NULL THEN
+      v_out := v_out || pg_catalog.jsonb_build_array(v_entry);
+      CONTINUE;
+    END IF;
+    v_windows := CASE v_section WHEN 'operation' THEN v_plan_limits -> 'operations' -> p_operation_type
+                                WHEN 'user' THEN v_plan_limits -> 'user'
+                                WHEN 'units' THEN v_plan_limits -> 'units'
+                                ELSE v_plan_limits -> 'concurrency' END;
+    IF v_windows IS NULL THEN
+      IF NOT v_entry ? 'placeholder' THEN
+        v_out := v_out || pg_catalog.jsonb_build_array(v_entry);
+      END IF;
+      CONTINUE;
+    END IF;
+    IF v_section = ANY (v_done) THEN
+      CONTINUE;
+    END IF;
+    v_done := v_done || v_section;
+    IF v_section = 'concurrency' THEN
+      v_out := v_out || pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object('key', v_entry ->> 'key',
+        'concurrency', (v_windows #>> '{}')::integer, 'plan', v_section, 'from_plan', v_plan));
+      CONTINUE;
+    END IF;
+    FOR v_window IN SELECT w.value FROM pg_catalog.jsonb_array_elements(v_windows) WITH ORDINALITY AS w(value, position)
+                    ORDER BY w.position LOOP
+      IF (v_entry ->> 'cost')::integer > (v_window ->> 'limit')::integer THEN
+        PERFORM creditgate.require(false,
+          pg_catalog.format('the estimate (%s) exceeds the %s limit of plan %s (%s per %s s)', v_entry ->> 'cost',
+            v_section, v_plan, v_window ->> 'limit', v_window ->> 'window_seconds'),
+          pg_catalog.jsonb_build_object('parameter', 'cost', 'value', (v_entry ->> 'cost')::integer,
+            'limit', (v_window ->> 'limit')::integer, 'plan', v_plan));
+      END IF;
+      v_out := v_out || pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object('key', v_entry ->> 'key',
+        'limit', (v_window ->> 'limit')::integer, 'window_seconds', (v_window ->> 'window_seconds')::integer,
+        'cost', coalesce((v_entry ->> 'cost')::integer, 1), 'plan', v_section, 'from_plan', v_plan)
+        || CASE WHEN v_section = 'units' THEN '{"units": true}'::jsonb ELSE '{}'::jsonb END);
+    END LOOP;
+  END LOOP;
+  PERFORM creditgate.require(pg_catalog.jsonb_array_length(v_out) <= creditgate.rate_limits_per_call_max(),
+    pg_catalog.format('with plan %s''s limits the request has more than %s limits', v_plan,
+      creditgate.rate_limits_per_call_max()),
+    pg_catalog.jsonb_build_object('parameter', 'p_limits', 'entries', pg_catalog.jsonb_array_length(v_out),
+      'max', creditgate.rate_limits_per_call_max(), 'plan', v_plan));
+  RETURN v_out;
+END;
+$$;
+
+SELECT creditgate.drop_other_versions('upsert_credit_plan',
+  'p_plan text, p_amount integer, p_period text, p_rollover_max integer DEFAULT 0, p_limits jsonb DEFAULT NULL::jsonb',
+  'TABLE(plan text, amount integer, period text, rollover_max integer, limits jsonb)');
+
+/**
+ * Creates plan p_plan or changes it (from each subscriber's next period;
+ * its limits at once). p_limits: the plan's rate, concurrency and unit
+ * limits (creditgate.check_plan_limits); NULL keeps a plan's limits ({} for
+ * a new plan), {} clears them.
  * Errors: 22023.
  */
 CREATE OR REPLACE FUNCTION public.upsert_credit_plan(
-  p_plan text, p_amount integer, p_period text, p_rollover_max integer DEFAULT 0)
+  p_plan text, p_amount integer, p_period text, p_rollover_max integer DEFAULT 0, p_limits jsonb DEFAULT NULL)
 RETURNS TABLE (plan text, amount integer, period text, rollover_max integer, limits jsonb)
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+  v_limits jsonb;
 BEGIN
   PERFORM creditgate.require_text('p_plan', p_plan, 64, false);
   PERFORM creditgate.require_range('p_amount', p_amount, 1, creditgate.cost_credits_max());
   PERFORM creditgate.require(p_period IN ('day', 'week', 'month'), 'p_period must be day, week or month',
     pg_catalog.jsonb_build_object('parameter', 'p_period', 'value', p_period));
   PERFORM creditgate.require_range('p_rollover_max', p_rollover_max, 0, creditgate.cost_credits_max());
+  IF p_limits IS NOT NULL THEN
+    v_limits := creditgate.check_plan_limits(p_limits);
+  END IF;
   RETURN QUERY
-    INSERT INTO public.credit_plans AS p (plan, amount, period, rollover_max)
-    VALUES (p_plan, p_amount, p_period, p_rollover_max)
+    INSERT INTO public.credit_plans AS p (plan, amount, period, rollover_max, limits)
+    VALUES (p_plan, p_amount, p_period, p_rollover_max, coalesce(v_limits, '{}'::jsonb))
     ON CONFLICT ON CONSTRAINT credit_plans_pkey DO UPDATE
       SET amount = excluded.amount, period = excluded.period, rollover_max = excluded.rollover_max,
-          updated_at = pg_catalog.clock_timestamp()
+          limits = coalesce(v_limits, p.limits), updated_at = pg_catalog.clock_timestamp()
     RETURNING p.plan, p.amount, p.period, p.rollover_max, p.limits;
 END;
 $$;
-SELECT creditgate.expose('public.upsert_credit_plan(text, integer, text, integer)', 'service_role');
+SELECT creditgate.expose('public.upsert_credit_plan(text, integer, text, integer, jsonb)', 'service_role');
 
 /**
  * Subscribes the user to plan p_plan with periods from p_anchor (at most

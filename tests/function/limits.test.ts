@@ -158,3 +158,94 @@ Deno.test("service routes: peek spends nothing, usage lists the windows, reset f
   assert.equal(bad.status, 400, "a block in the past");
   assert.equal(bad.body.error.code, "invalid_argument");
 });
+
+const chargeUnits = (handler: Handler, user: string, ip: string, units: number) =>
+  call(handler, request("/charge", userToken(user), { json: { operation: "text", units }, headers: { "X-Forwarded-For": ip } }));
+
+Deno.test("concurrency: the N+1-th paid request running is 429 concurrency_limited, nothing charged; a completion frees a slot", async () => {
+  const handler = createHandler(env({ CREDITGATE_USER_LIMIT: "100/60", CREDITGATE_IP_LIMIT: "off", CREDITGATE_USER_CONCURRENCY: "2" }));
+  const user = await makeUser(100);
+  const ip = freshIp();
+  const first = await charge(handler, user, ip);
+  assert.equal(first.status, 200, JSON.stringify(first.body));
+  assert.equal(first.headers.get("RateLimit-Policy"), '"user";q=100;w=60, "concurrency";q=2');
+  assert.equal((await charge(handler, user, ip)).status, 200);
+  const rows = await ledgerRows(user);
+  const refused = await charge(handler, user, ip);
+  assert.equal(refused.status, 429, JSON.stringify(refused.body));
+  assert.equal(refused.body.error.code, "concurrency_limited");
+  assert.deepEqual([refused.body.error.details.policy, refused.body.error.details.limit, refused.body.error.details.open], ["concurrency", 2, 2]);
+  assert.equal(refused.headers.get("Retry-After"), "1");
+  assert.match(refused.headers.get("RateLimit") ?? "", /"user";r=\d+;t=\d+, "concurrency";r=0;t=0/);
+  assert.equal(await balanceOf(user), 80, "two charges, not three");
+  assert.equal(await ledgerRows(user), rows, "and no ledger row for the refusal");
+  const done = await service(handler, `/jobs/${first.body.jobId}/complete`, {});
+  assert.equal(done.status, 200, JSON.stringify(done.body));
+  const next = await charge(handler, user, ip);
+  assert.equal(next.status, 200, "a completed job frees its slot");
+  assert.match(next.headers.get("RateLimit") ?? "", /"user";r=97;/, "the refusal spent no rate limit: three counted, not four");
+});
+
+Deno.test("unit limits: /charge reserves `units`, /jobs/:id/complete corrects with actualUnits", async () => {
+  const handler = createHandler(env({ CREDITGATE_USER_LIMIT: "100/60", CREDITGATE_IP_LIMIT: "off", CREDITGATE_UNIT_LIMIT: "1000/60" }));
+  const user = await makeUser(100);
+  const ip = freshIp();
+  const first = await chargeUnits(handler, user, ip, 600);
+  assert.equal(first.status, 200, JSON.stringify(first.body));
+  assert.equal(first.headers.get("RateLimit-Policy"), '"user";q=100;w=60, "units";q=1000;w=60');
+  assert.match(first.headers.get("RateLimit") ?? "", /"units";r=400;/);
+  const over = await chargeUnits(handler, user, ip, 600);
+  assert.equal(over.status, 429, JSON.stringify(over.body));
+  assert.equal(over.body.error.code, "rate_limited");
+  assert.equal(over.body.error.details.policy, "units");
+  const done = await service(handler, `/jobs/${first.body.jobId}/complete`, { actualUnits: 100 });
+  assert.equal(done.status, 200, JSON.stringify(done.body));
+  const after = await chargeUnits(handler, user, ip, 600);
+  assert.equal(after.status, 200, "500 units came back: 100 + 600 fit in 1000");
+  assert.match(after.headers.get("RateLimit") ?? "", /"units";r=300;/);
+  const again = await service(handler, `/jobs/${first.body.jobId}/complete`, { actualUnits: 0 });
+  assert.equal(again.body.error.code, "job_already_settled", "a second completion corrects nothing");
+  assert.equal((await chargeUnits(handler, user, ip, 400)).status, 429, "still 700 counted");
+  const bad = await chargeUnits(handler, user, ip, 2000);
+  assert.deepEqual([bad.status, bad.body.error.code, bad.body.error.details.field], [400, "invalid_argument", "units"]);
+});
+
+Deno.test("plan limits: a subscriber's plan replaces the defaults in the charge's transaction; bad plan limits are 400", async () => {
+  const handler = createHandler(env({
+    CREDITGATE_USER_LIMIT: "100/60", CREDITGATE_IP_LIMIT: "off", CREDITGATE_USER_CONCURRENCY: "3", CREDITGATE_PLAN_LIMITS: "on",
+  }));
+  const plan = `fn-free-${crypto.randomUUID().slice(0, 8)}`;
+  const made = await service(handler, "/plans", { plan, amount: 5, period: "month", limits: { concurrency: 1, user: [{ limit: 50, window_seconds: 60 }] } });
+  assert.equal(made.status, 200, JSON.stringify(made.body));
+  const subscriber = await makeUser(100);
+  const other = await makeUser(100);
+  assert.equal((await service(handler, "/plans/subscribe", { userId: subscriber, plan })).status, 200);
+  const ip = freshIp();
+  const first = await charge(handler, subscriber, ip);
+  assert.equal(first.status, 200, JSON.stringify(first.body));
+  assert.equal(first.headers.get("RateLimit-Policy"), '"user";q=50;w=60, "concurrency";q=1');
+  const second = await charge(handler, subscriber, ip);
+  assert.equal(second.status, 429, JSON.stringify(second.body));
+  assert.deepEqual([second.body.error.code, second.body.error.details.plan], ["concurrency_limited", plan]);
+  for (let i = 0; i < 3; i++) assert.equal((await charge(handler, other, ip)).status, 200, "without a plan: the defaults (3 at once)");
+  const bad = await service(handler, "/plans", { plan, amount: 5, period: "month", limits: { concurrency: 0 } });
+  assert.deepEqual([bad.status, bad.body.error.code], [400, "invalid_argument"]);
+  assert.equal((await charge(handler, subscriber, ip)).status, 429, "the refused change left the plan's limits as they were");
+});
+
+Deno.test("plan limits with no concurrency or unit default: the plan's apply to its subscribers, nothing to others", async () => {
+  const handler = createHandler(env({ CREDITGATE_IP_LIMIT: "off", CREDITGATE_PLAN_LIMITS: "on" }));
+  const plan = `fn-one-${crypto.randomUUID().slice(0, 8)}`;
+  assert.equal((await service(handler, "/plans", { plan, amount: 5, period: "month", limits: { concurrency: 1, units: [{ limit: 10, window_seconds: 60 }] } })).status, 200);
+  const subscriber = await makeUser(100);
+  assert.equal((await service(handler, "/plans/subscribe", { userId: subscriber, plan })).status, 200);
+  const ip = freshIp();
+  const first = await chargeUnits(handler, subscriber, ip, 4);
+  assert.equal(first.status, 200, JSON.stringify(first.body));
+  assert.equal(first.headers.get("RateLimit-Policy"), '"user";q=5;w=60, "concurrency";q=1, "units";q=10;w=60');
+  assert.equal((await chargeUnits(handler, subscriber, ip, 4)).body.error.code, "concurrency_limited");
+  const other = await makeUser(100);
+  const free = await chargeUnits(handler, other, ip, 4);
+  assert.equal(free.status, 200, JSON.stringify(free.body));
+  assert.equal(free.headers.get("RateLimit-Policy"), '"user";q=5;w=60', "no plan: the default user limit only");
+});

@@ -172,6 +172,20 @@ export const scenarios = [
     assert.equal(await credits.balance(userId), 7, "a denial charges nothing");
   }],
 
+  ["a unit limit reserves the estimate; complete({actualUnits}) gives the difference back", async ({ CreditClient }) => {
+    const credits = new CreditClient({ url: API_URL, serviceRoleKey: SERVICE_ROLE_KEY });
+    const userId = await userWith(10, credits);
+    const request = { userId, operation: "text", cost: 1, limitKey: `tokens:${userId}`, limit: 1000, windowSeconds: 60, weight: 800, units: true };
+    const first = await credits.chargeWithLimit(request);
+    assert.equal(first.success, true);
+    assert.equal(first.remaining, 200);
+    assert.equal((await credits.chargeWithLimit(request)).success, false, "800 more do not fit");
+    await credits.complete({ jobId: first.jobId, actualUnits: 150 });
+    const again = await credits.chargeWithLimit(request);
+    assert.equal(again.success, true, "650 came back: 150 + 800 fit");
+    assert.equal(again.remaining, 50);
+  }],
+
   ["run completes the job with what the callback returned", async ({ CreditClient }) => {
     const credits = new CreditClient({ url: API_URL, serviceRoleKey: SERVICE_ROLE_KEY });
     const userId = await userWith(10, credits);

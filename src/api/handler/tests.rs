@@ -283,3 +283,40 @@ async fn service_routes_for_limits_refuse_users_and_check_input_before_the_netwo
         assert_eq!(handled.response.status, 400, "{path}?{query} {body}");
     }
 }
+
+#[test]
+fn resolved_limits_name_their_policies_and_a_concurrency_refusal_is_concurrency_limited() {
+    let outcome = |key: &str, window: Option<u32>, success: bool, concurrency: bool, units: bool| LimitOutcome {
+        key: key.to_owned(),
+        concurrency,
+        units,
+        plan: None,
+        from_plan: concurrency.then(|| "free".to_owned()),
+        open: concurrency.then_some(2),
+        result: RateLimitResult {
+            success,
+            limit: 2,
+            remaining: 0,
+            reset: 0,
+            retry_after: if success { 0 } else { 1 },
+            window_seconds: window,
+        },
+    };
+    let outcomes = vec![
+        outcome("creditgate:user:u", Some(60), true, false, false),
+        outcome("creditgate:op:image:user:u", Some(60), true, false, false),
+        outcome("creditgate:op:image:user:u", Some(86400), true, false, false),
+        outcome("creditgate:user:u", None, false, true, false),
+        outcome("creditgate:units:user:u", Some(60), true, false, true),
+    ];
+    let limits = named_outcomes(&outcomes);
+    let names: Vec<&str> = limits.iter().map(|(named, _)| named.name.as_str()).collect();
+    assert_eq!(names, ["user", "op-image-60", "op-image-86400", "concurrency", "units"]);
+    let error = concurrency_limited(&outcomes[3], &limits);
+    assert_eq!((error.status, error.code), (429, "concurrency_limited"));
+    assert_eq!(error.details["open"], 2);
+    assert_eq!(error.details["plan"], "free");
+    let headers: BTreeMap<String, String> = error.headers.iter().cloned().collect();
+    assert_eq!(headers["retry-after"], "1");
+    assert!(headers["ratelimit-policy"].contains("\"concurrency\";q=2,"), "{headers:?}");
+}
