@@ -37,9 +37,16 @@ AS $$ BEGIN RETURN ((p_milliseconds + 999) / 1000)::integer; END $$;
  * and consumed), what remains, when the window is empty again (reset_ms) and,
  * when refused, when this request would be allowed (retry_after_ms).
  * A refusal is decided on a plain read: no lock, no write, no transaction id,
- * so nothing to wait for at commit.
- * Locks: the (key, limit, window) row, FOR UPDATE, only when consuming a
- * request that fits.
+ * so nothing to wait for at commit. A request that fits writes the state it
+ * computed from that read with one guarded statement: an UPDATE whose WHERE
+ * requires the buckets still be the ones read (PostgreSQL re-checks it on
+ * the newest row version when another transaction changed the row
+ * meanwhile), or, for a key with no row, an INSERT ... ON CONFLICT DO
+ * NOTHING. Equal buckets are an equal state, so that write is exactly what a
+ * locked read-modify-write would write; only when the guard fails does it
+ * lock the row and decide again. Common cases: two statements.
+ * Locks: the (key, limit, window) row: the guarded write's; FOR UPDATE only
+ * when the guard failed.
  * Errors: 22023 (also p_cost above p_limit: such a request can never pass).
  */
 CREATE OR REPLACE FUNCTION creditgate.rate_limit_at(
@@ -65,6 +72,8 @@ DECLARE
   v_retry_ms bigint := 0::bigint;
   v_newest bigint;
   v_locked boolean := false;
+  v_read_ids bigint[];
+  v_read_costs integer[];
 BEGIN
   -- Callers check a caller's key against rate_limit_key_length_max() (255);
   -- here the bound is that of a stored key (check_rate_limit's encoded pairs).
@@ -86,46 +95,28 @@ BEGIN
   -- A plain read first. For a fixed p_now a key's count in the window only
   -- grows (allowed requests add to it; cleanup deletes only keys with nothing
   -- in their window), so a request that does not fit in this snapshot does
-  -- not fit under the lock either: it is refused here, with no lock and no
-  -- write. Only a request that fits locks the row and decides again.
-  LOOP
-    IF v_locked THEN
-      SELECT r.bucket_ids, r.bucket_costs INTO v_ids, v_costs
-      FROM public.rate_limits r
-      WHERE r.key = p_key AND r.max_requests = p_limit AND r.window_seconds = p_window_seconds
-      FOR UPDATE;
-      IF NOT FOUND THEN
-        INSERT INTO public.rate_limits AS r (key, max_requests, window_seconds, expires_at)
-        VALUES (p_key, p_limit, p_window_seconds, p_now)
-        ON CONFLICT DO NOTHING;
-        SELECT r.bucket_ids, r.bucket_costs INTO v_ids, v_costs
-        FROM public.rate_limits r
-        WHERE r.key = p_key AND r.max_requests = p_limit AND r.window_seconds = p_window_seconds
-        FOR UPDATE;
-      END IF;
-    ELSE
-      SELECT r.bucket_ids, r.bucket_costs INTO v_ids, v_costs
-      FROM public.rate_limits r
-      WHERE r.key = p_key AND r.max_requests = p_limit AND r.window_seconds = p_window_seconds;
+  -- not fit later either: it is refused here, with no lock and no write. A
+  -- request that fits tries the guarded write (below); if the row changed
+  -- since the read, it locks the row and decides again.
+  SELECT r.bucket_ids, r.bucket_costs INTO v_ids, v_costs
+  FROM public.rate_limits r
+  WHERE r.key = p_key AND r.max_requests = p_limit AND r.window_seconds = p_window_seconds;
+  -- What the guarded write requires unchanged (NULL: there was no row).
+  v_read_ids := v_ids;
+  v_read_costs := v_costs;
+
+  -- Buckets overlapping [now - W, now]: bucket k covers [k, k+1) * bucket_ms.
+  FOR v_position IN 1 .. coalesce(pg_catalog.array_length(v_ids, 1), 0) LOOP
+    IF v_ids[v_position] >= v_current - v_buckets THEN
+      v_kept_ids := v_kept_ids || v_ids[v_position];
+      v_kept_costs := v_kept_costs || v_costs[v_position];
+      v_used := v_used + v_costs[v_position];
     END IF;
-
-    -- Buckets overlapping [now - W, now]: bucket k covers [k, k+1) * bucket_ms.
-    v_kept_ids := '{}'::bigint[];
-    v_kept_costs := '{}'::integer[];
-    v_used := 0;
-    FOR v_position IN 1 .. coalesce(pg_catalog.array_length(v_ids, 1), 0) LOOP
-      IF v_ids[v_position] >= v_current - v_buckets THEN
-        v_kept_ids := v_kept_ids || v_ids[v_position];
-        v_kept_costs := v_kept_costs || v_costs[v_position];
-        v_used := v_used + v_costs[v_position];
-      END IF;
-    END LOOP;
-
-    EXIT WHEN v_locked OR p_consume IS NOT TRUE OR v_used + p_cost > p_limit;
-    v_locked := true;
   END LOOP;
 
-  IF v_used + p_cost <= p_limit AND p_consume IS TRUE THEN
+  -- At most twice: the guarded write, then (the row changed since the read)
+  -- the write under the row's lock.
+  WHILE v_used + p_cost <= p_limit AND p_consume IS TRUE LOOP
     -- Add the cost to the current bucket, keeping the buckets in id order.
     v_count := coalesce(pg_catalog.array_length(v_kept_ids, 1), 0);
     v_position := pg_catalog.array_position(v_kept_ids, v_current);
@@ -141,16 +132,54 @@ BEGIN
       FROM (SELECT * FROM ROWS FROM (pg_catalog.unnest(v_kept_ids), pg_catalog.unnest(v_kept_costs))
             UNION ALL SELECT v_current, p_cost) AS b(id, cost);
     END IF;
-    v_used := v_used + p_cost;
     v_newest := v_kept_ids[pg_catalog.array_length(v_kept_ids, 1)];
-    UPDATE public.rate_limits r
-    SET bucket_ids = v_kept_ids,
-        bucket_costs = v_kept_costs,
-        expires_at = pg_catalog.to_timestamp((v_newest + v_buckets + 1) * v_bucket_ms / 1000.0)
-    WHERE r.key = p_key AND r.max_requests = p_limit AND r.window_seconds = p_window_seconds;
-    RETURN QUERY SELECT true, v_used, p_limit - v_used, (v_newest + v_buckets + 1) * v_bucket_ms - v_now_ms, 0::bigint;
-    RETURN;
-  END IF;
+    IF v_locked THEN
+      UPDATE public.rate_limits r
+      SET bucket_ids = v_kept_ids,
+          bucket_costs = v_kept_costs,
+          expires_at = pg_catalog.to_timestamp((v_newest + v_buckets + 1) * v_bucket_ms / 1000.0)
+      WHERE r.key = p_key AND r.max_requests = p_limit AND r.window_seconds = p_window_seconds;
+    ELSIF v_read_ids IS NULL THEN
+      INSERT INTO public.rate_limits AS r (key, max_requests, window_seconds, bucket_ids, bucket_costs, expires_at)
+      VALUES (p_key, p_limit, p_window_seconds, v_kept_ids, v_kept_costs,
+              pg_catalog.to_timestamp((v_newest + v_buckets + 1) * v_bucket_ms / 1000.0))
+      ON CONFLICT DO NOTHING;
+    ELSE
+      UPDATE public.rate_limits r
+      SET bucket_ids = v_kept_ids,
+          bucket_costs = v_kept_costs,
+          expires_at = pg_catalog.to_timestamp((v_newest + v_buckets + 1) * v_bucket_ms / 1000.0)
+      WHERE r.key = p_key AND r.max_requests = p_limit AND r.window_seconds = p_window_seconds
+        AND r.bucket_ids = v_read_ids AND r.bucket_costs = v_read_costs;
+    END IF;
+    IF v_locked OR FOUND THEN
+      v_used := v_used + p_cost;
+      RETURN QUERY SELECT true, v_used, p_limit - v_used, (v_newest + v_buckets + 1) * v_bucket_ms - v_now_ms, 0::bigint;
+      RETURN;
+    END IF;
+    -- The row changed (or appeared) since the read: lock it and decide again.
+    v_locked := true;
+    LOOP
+      SELECT r.bucket_ids, r.bucket_costs INTO v_ids, v_costs
+      FROM public.rate_limits r
+      WHERE r.key = p_key AND r.max_requests = p_limit AND r.window_seconds = p_window_seconds
+      FOR UPDATE;
+      EXIT WHEN FOUND;
+      INSERT INTO public.rate_limits AS r (key, max_requests, window_seconds, expires_at)
+      VALUES (p_key, p_limit, p_window_seconds, p_now)
+      ON CONFLICT DO NOTHING;
+    END LOOP;
+    v_kept_ids := '{}'::bigint[];
+    v_kept_costs := '{}'::integer[];
+    v_used := 0;
+    FOR v_position IN 1 .. coalesce(pg_catalog.array_length(v_ids, 1), 0) LOOP
+      IF v_ids[v_position] >= v_current - v_buckets THEN
+        v_kept_ids := v_kept_ids || v_ids[v_position];
+        v_kept_costs := v_kept_costs || v_costs[v_position];
+        v_used := v_used + v_costs[v_position];
+      END IF;
+    END LOOP;
+  END LOOP;
 
   v_count := coalesce(pg_catalog.array_length(v_kept_ids, 1), 0);
   v_newest := CASE WHEN v_count > 0 THEN v_kept_ids[v_count] END;
@@ -355,10 +384,13 @@ BEGIN
     PERFORM creditgate.require_text('p_identifier', p_identifier, creditgate.rate_limit_identifier_length_max(), false);
     PERFORM creditgate.require_text('p_type', p_type, creditgate.rate_limit_type_length_max(), false);
   END IF;
+  -- The key as creditgate.check_rate_limit_key builds it, written out: one
+  -- function call less on the hottest path (a pgTAP test keeps them equal).
   RETURN QUERY
   SELECT r.allowed, r.used, p_now + pg_catalog.make_interval(secs => r.reset_ms / 1000.0), r.remaining
-  FROM creditgate.rate_limit_at(creditgate.check_rate_limit_key(p_type, p_identifier), p_max_requests,
-    p_window_seconds, 1, true, p_now) r;
+  FROM creditgate.rate_limit_at(
+    'creditgate:check:' || pg_catalog.char_length(p_type) || ':' || p_type || ':' || p_identifier,
+    p_max_requests, p_window_seconds, 1, true, p_now) r;
 END;
 $$;
 
@@ -366,7 +398,11 @@ SELECT creditgate.drop_other_versions('check_rate_limit',
   'p_identifier text, p_type text, p_max_requests integer, p_window_seconds integer',
   'TABLE(allowed boolean, current_count integer, window_end timestamp with time zone, remaining integer)');
 
-/** The seed's check_rate_limit, same signature and result, correct semantics. For service_role. */
+/**
+ * The seed's check_rate_limit, same signature and result, correct semantics.
+ * For service_role. The body of creditgate.check_rate_limit_at at the clock's
+ * time, written out (one SECURITY DEFINER call less per decision).
+ */
 CREATE OR REPLACE FUNCTION public.check_rate_limit(
   p_identifier text, p_type text, p_max_requests integer, p_window_seconds integer)
 RETURNS TABLE (allowed boolean, current_count integer, window_end timestamptz, remaining integer)
@@ -374,10 +410,19 @@ LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+  v_now timestamptz := pg_catalog.clock_timestamp();
 BEGIN
+  IF NOT (pg_catalog.char_length(p_identifier) BETWEEN 1 AND creditgate.rate_limit_identifier_length_max()
+          AND pg_catalog.char_length(p_type) BETWEEN 1 AND creditgate.rate_limit_type_length_max()) IS TRUE THEN
+    PERFORM creditgate.require_text('p_identifier', p_identifier, creditgate.rate_limit_identifier_length_max(), false);
+    PERFORM creditgate.require_text('p_type', p_type, creditgate.rate_limit_type_length_max(), false);
+  END IF;
   RETURN QUERY
-    SELECT * FROM creditgate.check_rate_limit_at(p_identifier, p_type, p_max_requests, p_window_seconds,
-      pg_catalog.clock_timestamp());
+  SELECT r.allowed, r.used, v_now + pg_catalog.make_interval(secs => r.reset_ms / 1000.0), r.remaining
+  FROM creditgate.rate_limit_at(
+    'creditgate:check:' || pg_catalog.char_length(p_type) || ':' || p_type || ':' || p_identifier,
+    p_max_requests, p_window_seconds, 1, true, v_now) r;
 END;
 $$;
 SELECT creditgate.expose('public.check_rate_limit(text, text, integer, integer)', 'service_role');
