@@ -319,7 +319,7 @@ BEGIN
   END IF;
   PERFORM creditgate.require_not_blocked(ARRAY[p_key], p_now);
   RETURN QUERY
-    SELECT r.allowed, p_limit, r.remaining, creditgate.seconds_ceil(r.reset_ms), creditgate.seconds_ceil(r.retry_after_ms)
+    SELECT r.allowed, p_limit, r.remaining, ((r.reset_ms + 999) / 1000)::integer, ((r.retry_after_ms + 999) / 1000)::integer
     FROM creditgate.rate_limit_at(p_key, p_limit, p_window_seconds, p_cost, true, p_now) r;
 END;
 $$;
@@ -502,52 +502,92 @@ DECLARE
   v_out jsonb := '[]'::jsonb;
   v_seen text[] := '{}'::text[];
   v_identity text;
+  v_ok boolean;
+  v_key text;
+  v_limit numeric;
+  v_window numeric;
+  v_cost numeric;
 BEGIN
-  PERFORM creditgate.require(pg_catalog.jsonb_typeof(p_limits) = 'array', 'p_limits must be a JSON array',
-    pg_catalog.jsonb_build_object('parameter', 'p_limits', 'type', pg_catalog.jsonb_typeof(p_limits)));
+  -- Each check is first one inline expression; the checks that name the
+  -- offending field (creditgate.require and friends, a SECURITY DEFINER call
+  -- each) run only when it fails, to raise the error.
+  IF pg_catalog.jsonb_typeof(p_limits) IS DISTINCT FROM 'array' THEN
+    PERFORM creditgate.require(false, 'p_limits must be a JSON array',
+      pg_catalog.jsonb_build_object('parameter', 'p_limits', 'type', pg_catalog.jsonb_typeof(p_limits)));
+  END IF;
   v_count := pg_catalog.jsonb_array_length(p_limits);
-  PERFORM creditgate.require(v_count BETWEEN p_min AND creditgate.rate_limits_per_call_max(),
-    pg_catalog.format('p_limits must have %s to %s entries', p_min, creditgate.rate_limits_per_call_max()),
-    pg_catalog.jsonb_build_object('parameter', 'p_limits', 'entries', v_count, 'min', p_min,
-      'max', creditgate.rate_limits_per_call_max()));
+  IF NOT (v_count BETWEEN p_min AND creditgate.rate_limits_per_call_max()) IS TRUE THEN
+    PERFORM creditgate.require(false,
+      pg_catalog.format('p_limits must have %s to %s entries', p_min, creditgate.rate_limits_per_call_max()),
+      pg_catalog.jsonb_build_object('parameter', 'p_limits', 'entries', v_count, 'min', p_min,
+        'max', creditgate.rate_limits_per_call_max()));
+  END IF;
 
   FOR v_index IN 0 .. v_count - 1 LOOP
     v_entry := p_limits -> v_index;
-    v_name := pg_catalog.format('p_limits[%s]', v_index);
-    PERFORM creditgate.require(pg_catalog.jsonb_typeof(v_entry) = 'object',
-      v_name || ' must be a JSON object {"key", "limit", "window_seconds", "cost"}',
-      pg_catalog.jsonb_build_object('parameter', v_name, 'type', pg_catalog.jsonb_typeof(v_entry)));
-    SELECT pg_catalog.min(k) INTO v_field FROM pg_catalog.jsonb_object_keys(v_entry) AS f(k)
-    WHERE k NOT IN ('key', 'limit', 'window_seconds', 'cost');
-    PERFORM creditgate.require(v_field IS NULL,
-      pg_catalog.format('%s has an unknown field "%s" (allowed: key, limit, window_seconds, cost)', v_name, v_field),
-      pg_catalog.jsonb_build_object('parameter', v_name || '.' || v_field));
-    PERFORM creditgate.require(pg_catalog.jsonb_typeof(v_entry -> 'key') = 'string',
-      v_name || '.key must be a string', pg_catalog.jsonb_build_object('parameter', v_name || '.key'));
-    PERFORM creditgate.require_rate_limit_key(v_name || '.key', v_entry ->> 'key', p_allow_reserved);
+    -- The fast check: an object of known fields, a key as require_rate_limit_key
+    -- wants it, whole numbers in range.
+    v_ok := CASE WHEN pg_catalog.jsonb_typeof(v_entry) = 'object'
+                   AND (v_entry - 'key' - 'limit' - 'window_seconds' - 'cost') = '{}'::jsonb
+                   AND pg_catalog.jsonb_typeof(v_entry -> 'key') = 'string'
+                   AND pg_catalog.jsonb_typeof(v_entry -> 'limit') = 'number'
+                   AND pg_catalog.jsonb_typeof(v_entry -> 'window_seconds') = 'number'
+                   AND pg_catalog.jsonb_typeof(coalesce(v_entry -> 'cost', '1'::jsonb)) = 'number'
+                 THEN true ELSE false END;
+    IF v_ok THEN
+      v_key := v_entry ->> 'key';
+      v_limit := (v_entry ->> 'limit')::numeric;
+      v_window := (v_entry ->> 'window_seconds')::numeric;
+      v_cost := coalesce((v_entry ->> 'cost')::numeric, 1);
+      v_ok := pg_catalog.char_length(v_key) BETWEEN 1 AND creditgate.rate_limit_key_length_max()
+        AND (NOT pg_catalog.starts_with(v_key, 'creditgate:')
+             OR (p_allow_reserved IS TRUE AND NOT pg_catalog.starts_with(v_key, 'creditgate:check:')))
+        AND v_limit = pg_catalog.trunc(v_limit) AND v_limit BETWEEN 1 AND creditgate.rate_limit_max()
+        AND v_window = pg_catalog.trunc(v_window) AND v_window BETWEEN 1 AND creditgate.window_seconds_max()
+        AND v_cost = pg_catalog.trunc(v_cost) AND v_cost BETWEEN 1 AND v_limit;
+    END IF;
+    IF v_ok IS TRUE THEN
+      v_values := ARRAY[v_limit::integer, v_window::integer, v_cost::integer];
+    ELSE
+      v_name := pg_catalog.format('p_limits[%s]', v_index);
+      PERFORM creditgate.require(pg_catalog.jsonb_typeof(v_entry) = 'object',
+        v_name || ' must be a JSON object {"key", "limit", "window_seconds", "cost"}',
+        pg_catalog.jsonb_build_object('parameter', v_name, 'type', pg_catalog.jsonb_typeof(v_entry)));
+      SELECT pg_catalog.min(k) INTO v_field FROM pg_catalog.jsonb_object_keys(v_entry) AS f(k)
+      WHERE k NOT IN ('key', 'limit', 'window_seconds', 'cost');
+      PERFORM creditgate.require(v_field IS NULL,
+        pg_catalog.format('%s has an unknown field "%s" (allowed: key, limit, window_seconds, cost)', v_name, v_field),
+        pg_catalog.jsonb_build_object('parameter', v_name || '.' || v_field));
+      PERFORM creditgate.require(pg_catalog.jsonb_typeof(v_entry -> 'key') = 'string',
+        v_name || '.key must be a string', pg_catalog.jsonb_build_object('parameter', v_name || '.key'));
+      PERFORM creditgate.require_rate_limit_key(v_name || '.key', v_entry ->> 'key', p_allow_reserved);
 
-    v_values := '{}'::integer[];
-    FOREACH v_field IN ARRAY ARRAY['limit', 'window_seconds', 'cost'] LOOP
-      v_value := coalesce(v_entry -> v_field, CASE WHEN v_field = 'cost' THEN '1'::jsonb END);
-      PERFORM creditgate.require(pg_catalog.jsonb_typeof(v_value) = 'number',
-        pg_catalog.format('%s.%s must be an integer', v_name, v_field),
-        pg_catalog.jsonb_build_object('parameter', v_name || '.' || v_field, 'value', v_value));
-      v_number := (v_value #>> '{}')::numeric;
-      PERFORM creditgate.require(v_number = pg_catalog.trunc(v_number) AND v_number BETWEEN 1 AND 1000000000,
-        pg_catalog.format('%s.%s must be an integer', v_name, v_field),
-        pg_catalog.jsonb_build_object('parameter', v_name || '.' || v_field, 'value', v_value));
-      v_values := v_values || v_number::integer;
-    END LOOP;
-    PERFORM creditgate.require_range(v_name || '.limit', v_values[1], 1, creditgate.rate_limit_max());
-    PERFORM creditgate.require_range(v_name || '.window_seconds', v_values[2], 1, creditgate.window_seconds_max());
-    PERFORM creditgate.require_range(v_name || '.cost', v_values[3], 1, v_values[1]);
+      v_values := '{}'::integer[];
+      FOREACH v_field IN ARRAY ARRAY['limit', 'window_seconds', 'cost'] LOOP
+        v_value := coalesce(v_entry -> v_field, CASE WHEN v_field = 'cost' THEN '1'::jsonb END);
+        PERFORM creditgate.require(pg_catalog.jsonb_typeof(v_value) = 'number',
+          pg_catalog.format('%s.%s must be an integer', v_name, v_field),
+          pg_catalog.jsonb_build_object('parameter', v_name || '.' || v_field, 'value', v_value));
+        v_number := (v_value #>> '{}')::numeric;
+        PERFORM creditgate.require(v_number = pg_catalog.trunc(v_number) AND v_number BETWEEN 1 AND 1000000000,
+          pg_catalog.format('%s.%s must be an integer', v_name, v_field),
+          pg_catalog.jsonb_build_object('parameter', v_name || '.' || v_field, 'value', v_value));
+        v_values := v_values || v_number::integer;
+      END LOOP;
+      PERFORM creditgate.require_range(v_name || '.limit', v_values[1], 1, creditgate.rate_limit_max());
+      PERFORM creditgate.require_range(v_name || '.window_seconds', v_values[2], 1, creditgate.window_seconds_max());
+      PERFORM creditgate.require_range(v_name || '.cost', v_values[3], 1, v_values[1]);
+    END IF;
 
     v_identity := pg_catalog.jsonb_build_array(v_entry ->> 'key', v_values[1], v_values[2])::text;
     v_position := pg_catalog.array_position(v_seen, v_identity);
-    PERFORM creditgate.require(v_position IS NULL,
-      pg_catalog.format('%s repeats p_limits[%s]: the same key, limit and window_seconds may appear once',
-        v_name, v_position - 1),
-      pg_catalog.jsonb_build_object('parameter', v_name, 'same_as', pg_catalog.format('p_limits[%s]', v_position - 1)));
+    IF v_position IS NOT NULL THEN
+      v_name := pg_catalog.format('p_limits[%s]', v_index);
+      PERFORM creditgate.require(false,
+        pg_catalog.format('%s repeats p_limits[%s]: the same key, limit and window_seconds may appear once',
+          v_name, v_position - 1),
+        pg_catalog.jsonb_build_object('parameter', v_name, 'same_as', pg_catalog.format('p_limits[%s]', v_position - 1)));
+    END IF;
     v_seen := v_seen || v_identity;
     v_out := v_out || pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object(
       'key', v_entry ->> 'key', 'limit', v_values[1], 'window_seconds', v_values[2], 'cost', v_values[3]));
@@ -590,9 +630,10 @@ BEGIN
     'allowed', p_allowed OR p_mode = 'peek',
     'limit', v_limit,
     'remaining', v_remaining,
-    'reset_seconds', creditgate.seconds_ceil(v_reset_ms),
+    -- creditgate.seconds_ceil, written out (a call each, on every limit of every request).
+    'reset_seconds', ((v_reset_ms + 999) / 1000)::integer,
     'retry_after_seconds', CASE WHEN p_allowed OR p_mode = 'peek' THEN 0
-                                ELSE creditgate.seconds_ceil(p_retry_after_ms) END);
+                                ELSE ((p_retry_after_ms + 999) / 1000)::integer END);
 END;
 $$;
 
