@@ -666,25 +666,43 @@ DECLARE
   v_rate record;
   v_all boolean := true;
   v_index integer;
+  v_allowed boolean[];
+  v_remaining integer[];
+  v_reset_ms bigint[];
+  v_retry_ms bigint[];
 BEGIN
   IF v_count = 0 THEN
     RETURN '{"allowed": true, "limits": []}'::jsonb;
   END IF;
-  -- A blocked key refuses the whole call, before any limit is read.
-  PERFORM creditgate.require_not_blocked(
-    ARRAY(SELECT e.value ->> 'key' FROM pg_catalog.jsonb_array_elements(p_limits) WITH ORDINALITY AS e(value, position)
-          ORDER BY e.position), p_now);
+  -- A blocked key refuses the whole call, before any limit is read
+  -- (require_not_blocked, which names the first, runs only if one is).
+  IF EXISTS (SELECT FROM creditgate.rate_limit_blocks b
+             WHERE b.key IN (SELECT e ->> 'key' FROM pg_catalog.jsonb_array_elements(p_limits) AS e)
+               AND b.blocked_until > p_now) THEN
+    PERFORM creditgate.require_not_blocked(
+      ARRAY(SELECT e.value ->> 'key' FROM pg_catalog.jsonb_array_elements(p_limits) WITH ORDINALITY AS e(value, position)
+            ORDER BY e.position), p_now);
+  END IF;
   v_entries := pg_catalog.array_fill(NULL::jsonb, ARRAY[v_count]);
 
+  -- The plain reads; the entries they answer are built only when they are
+  -- the answer (a refusal or a replay), not on the way to consuming.
   FOR v_index IN 1 .. v_count LOOP
     v_entry := p_limits -> (v_index - 1);
     SELECT r.* INTO v_rate FROM creditgate.rate_limit_at(v_entry ->> 'key', (v_entry ->> 'limit')::integer,
       (v_entry ->> 'window_seconds')::integer, (v_entry ->> 'cost')::integer, false, p_now) r;
-    v_entries[v_index] := creditgate.rate_limit_entry(v_entry, v_rate.allowed, v_rate.remaining, v_rate.reset_ms,
-      v_rate.retry_after_ms, CASE WHEN p_consume THEN 'would' ELSE 'peek' END, p_now);
+    v_allowed[v_index] := v_rate.allowed;
+    v_remaining[v_index] := v_rate.remaining;
+    v_reset_ms[v_index] := v_rate.reset_ms;
+    v_retry_ms[v_index] := v_rate.retry_after_ms;
     v_all := v_all AND v_rate.allowed;
   END LOOP;
   IF NOT v_all OR NOT p_consume THEN
+    FOR v_index IN 1 .. v_count LOOP
+      v_entries[v_index] := creditgate.rate_limit_entry(p_limits -> (v_index - 1), v_allowed[v_index],
+        v_remaining[v_index], v_reset_ms[v_index], v_retry_ms[v_index],
+        CASE WHEN p_consume THEN 'would' ELSE 'peek' END, p_now);
+    END LOOP;
     RETURN pg_catalog.jsonb_build_object('allowed', v_all OR NOT p_consume, 'limits', pg_catalog.to_jsonb(v_entries));
   END IF;
 
