@@ -656,8 +656,8 @@ BEGIN
   -- The charge is the hottest path: the helpers it would call
   -- (creditgate.lock_user, user_due, apply_delta, note_balance_drop,
   -- draw_lots' common case, record_idempotency_key) are written out here,
-  -- statement for statement, saving a SECURITY DEFINER call each (the cost
-  -- that dominated, docs/scaling.md "Where the time goes"). Rare branches
+  -- statement for statement, saving a SECURITY DEFINER call each
+  -- (docs/scaling.md, "Where the time goes"). Rare branches
   -- (catch-up, a balance event, a charge spanning lots) still call them.
   -- lock_user (p_open): the users row, then the catch-up if anything is due.
   SELECT u.closed_at, u.credits INTO v_closed_at, v_balance
