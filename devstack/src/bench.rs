@@ -11,7 +11,11 @@
 //! - `seed`: the seed's SQL (bench/seed_baseline.sql), the baseline;
 //! - `creditgate`: bootstrap + the migrations;
 //! - `growth_empty` / `growth_full`: creditgate, empty and after a long life
-//!   (bench/growth_fill.sql: a million ledger rows, 100 000 rate-limit keys).
+//!   (bench/growth_fill.sql: a million ledger rows, 100 000 rate-limit keys,
+//!   100 000 lots).
+//!
+//! Every bench user has three lots of different priority and expiry
+//! (bench/harness_creditgate.sql), so charges spend from lots in order.
 //!
 //! SQL level: pgbench with the custom scripts in bench/ (8 clients,
 //! 2 threads), every figure in two disk regimes ([`Regime`]): as configured
