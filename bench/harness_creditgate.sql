@@ -2,13 +2,20 @@
 -- bench/harness_creditgate.sql: bench users in a creditgate database (after
 -- the migrations and bench/harness_common.sql). psql variable :users.
 -- Each user gets a billion credits through grant_credits (so the ledger
--- explains every balance), far more than any run spends.
+-- explains every balance), far more than any run spends, in three lots of
+-- different priority and expiry, as a user with a promotion, a plan
+-- allowance and a purchase has: a charge spends from the lots in order.
 -- =============================================================================
 INSERT INTO auth.users (id, email, aud, role)
 SELECT bench.user_id(g), 'bench-' || g || '@bench.local', 'authenticated', 'authenticated'
 FROM generate_series(1, :users) g;
 
-SELECT count(public.grant_credits(bench.user_id(g), 1000000000, 'bench opening balance'))
+SELECT count(public.grant_credits(bench.user_id(g), 400000000, 'bench promotion', NULL, '{}',
+         now() + interval '30 days', 'promo', 10)),
+       count(public.grant_credits(bench.user_id(g), 300000000, 'bench allowance', NULL, '{}',
+         now() + interval '90 days', 'allowance', 30)),
+       count(public.grant_credits(bench.user_id(g), 300000000, 'bench purchase', NULL, '{}',
+         NULL, 'paid', 50))
 FROM generate_series(1, :users) g;
 
 /**

@@ -11,12 +11,22 @@
 //! - `seed`: the seed's SQL (bench/seed_baseline.sql), the baseline;
 //! - `creditgate`: bootstrap + the migrations;
 //! - `growth_empty` / `growth_full`: creditgate, empty and after a long life
-//!   (bench/growth_fill.sql: a million ledger rows, 100 000 rate-limit keys).
+//!   (bench/growth_fill.sql: a million ledger rows, 100 000 rate-limit keys,
+//!   100 000 lots).
+//!
+//! Every bench user has three lots of different priority and expiry
+//! (bench/harness_creditgate.sql), so charges spend from lots in order.
 //!
 //! SQL level: pgbench with the custom scripts in bench/ (8 clients,
-//! 2 threads). The HTTP level and the wasm figures are in [`http`].
+//! 2 threads), every figure in two disk regimes ([`Regime`]): as configured
+//! (each commit waits for its WAL flush) and CPU-bound (`synchronous_commit
+//! = off` on both sides' databases, standing in for a fast disk). A target
+//! holds only if it holds in both. The HTTP level and the wasm figures are
+//! in [`http`]. A full run rewrites the README's benchmark table
+//! ([`readme_table`]).
 
 mod http;
+mod readme_table;
 
 use crate::pg::Cluster;
 use crate::support::{free_ports, pg_prove, pgtap_files};
@@ -39,6 +49,36 @@ const IDENTIFIERS: u32 = 10_000;
 /// The growth database's size.
 const GROWTH_LEDGER_ROWS: u32 = 1_000_000;
 const GROWTH_RATE_LIMIT_KEYS: u32 = 100_000;
+const GROWTH_LOTS: u32 = 100_000;
+
+/// The two disk regimes every SQL figure is measured in, both sides alike.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Regime {
+    /// As configured: fsync and synchronous_commit on, commits wait for the disk.
+    Durable,
+    /// `synchronous_commit = off` for both databases of a ratio: no commit
+    /// waits for its flush, so the figure is the SQL's CPU cost.
+    CpuBound,
+}
+
+impl Regime {
+    const ALL: [Regime; 2] = [Regime::Durable, Regime::CpuBound];
+
+    fn label(self) -> &'static str {
+        match self {
+            Regime::Durable => "as configured",
+            Regime::CpuBound => "CPU-bound",
+        }
+    }
+
+    fn synchronous_commit(self) -> &'static str {
+        match self {
+            Regime::Durable => "on",
+            Regime::CpuBound => "off",
+        }
+    }
+}
 
 #[derive(Clone)]
 struct Options {
@@ -46,7 +86,10 @@ struct Options {
     seconds: u32,
     growth_rows: u32,
     growth_keys: u32,
+    growth_lots: u32,
     only: Option<String>,
+    regimes: Vec<Regime>,
+    quick: bool,
     analyze: bool,
     http: bool,
     patch: Option<PathBuf>,
@@ -60,7 +103,7 @@ pub struct BenchArgs {
     /// Runs per series (default 3; 1 with --quick); the figure is the median.
     #[arg(long, value_name = "N")]
     runs: Option<usize>,
-    /// Seconds per pgbench run (default 6; 3 with --quick).
+    /// Seconds per pgbench run (default 5; 3 with --quick).
     #[arg(long, value_name = "S", value_parser = clap::value_parser!(u32).range(1..))]
     seconds: Option<u32>,
     /// 1 run of 3 s each, a smaller growth database: checks the bench itself.
@@ -69,6 +112,9 @@ pub struct BenchArgs {
     /// Only the metrics whose name contains NAME (`--only http`: only HTTP and wasm).
     #[arg(long, value_name = "NAME")]
     only: Option<String>,
+    /// Only this disk regime (default: both; the README table needs both).
+    #[arg(long, value_enum)]
+    regime: Option<Regime>,
     /// Also the metrics beyond the issue's (growth of the combined call).
     #[arg(long)]
     extra: bool,
@@ -98,10 +144,13 @@ impl BenchArgs {
         }
         Ok(Options {
             runs: self.runs.unwrap_or(if self.quick { 1 } else { 3 }),
-            seconds: self.seconds.unwrap_or(if self.quick { 3 } else { 6 }),
+            seconds: self.seconds.unwrap_or(if self.quick { 3 } else { 5 }),
             growth_rows: if self.quick { 100_000 } else { GROWTH_LEDGER_ROWS },
             growth_keys: if self.quick { 10_000 } else { GROWTH_RATE_LIMIT_KEYS },
+            growth_lots: if self.quick { 10_000 } else { GROWTH_LOTS },
             only: self.only,
+            regimes: self.regime.map_or(Regime::ALL.to_vec(), |regime| vec![regime]),
+            quick: self.quick,
             analyze: self.analyze,
             http: !self.no_http,
             patch: canonical(self.patch)?,
@@ -139,6 +188,14 @@ pub fn main(args: BenchArgs) -> Result<()> {
     report.seconds_total = started.elapsed().as_secs_f64();
     report.patch = options.patch.as_ref().map(|path| path.display().to_string());
     report.print();
+    // Only a run of everything, in both regimes, as the defaults measure it,
+    // rewrites the README's table.
+    if options.only.is_none() && options.patch.is_none() && !options.quick && options.regimes.len() == 2 {
+        match readme_table::write(&root.join("README.md"), &report.readme_rows(), &report.table_note()) {
+            Ok(()) => eprintln!("README.md: benchmark table rewritten"),
+            Err(error) => eprintln!("README.md: benchmark table not rewritten: {error:#}"),
+        }
+    }
     let path = root.join("target/devstack/bench.json");
     std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
     eprintln!("\nwritten: {}", path.display());
@@ -172,14 +229,18 @@ fn measure_sql(dir: &Path, options: &Options, report: &mut Report) -> Result<()>
         if scenario.growth && !bench.growth_loaded() {
             bench.load_growth()?;
         }
-        eprintln!("\nbench: {}", scenario.name);
-        match bench.measure(&scenario) {
-            Ok(metric) => report.metrics.push(metric),
-            Err(error) => {
-                eprintln!("bench: {} could not be measured: {error:#}", scenario.name);
-                report.errors.push(format!("{}: {error:#}", scenario.name));
+        for regime in &options.regimes {
+            eprintln!("\nbench: {} ({})", scenario.name, regime.label());
+            let measured = bench.set_regime(&scenario, *regime).and_then(|()| bench.measure(&scenario, *regime));
+            match measured {
+                Ok(metric) => report.metrics.push(metric),
+                Err(error) => {
+                    eprintln!("bench: {} ({}) could not be measured: {error:#}", scenario.name, regime.label());
+                    report.errors.push(format!("{} ({}): {error:#}", scenario.name, regime.label()));
+                }
             }
         }
+        bench.set_regime(&scenario, Regime::Durable)?;
     }
     if options.analyze {
         bench.analyze()?;
@@ -281,7 +342,7 @@ fn scenarios() -> Vec<Scenario> {
     vec![
         Scenario {
             name: "charge, 1000 users",
-            what: "atomic_charge_credits with a fresh idempotency key, random user of 1000",
+            what: "atomic_charge_credits with a fresh idempotency key, random user of 1000 (3 lots each on creditgate)",
             creditgate: series("creditgate", "creditgate", "charge.pgbench", users),
             baseline: series("seed", "seed", "charge.pgbench", users),
             target: Some(1.0),
@@ -291,31 +352,11 @@ fn scenarios() -> Vec<Scenario> {
         },
         Scenario {
             name: "charge, one hot user",
-            what: "atomic_charge_credits with a fresh idempotency key, always the same user",
+            what: "atomic_charge_credits with a fresh idempotency key, always the same user (3 lots)",
             creditgate: series("creditgate", "creditgate", "charge.pgbench", hot),
             baseline: series("seed", "seed", "charge.pgbench", hot),
             target: Some(1.0),
             aim: Some(1.3),
-            growth: false,
-            extra: false,
-        },
-        Scenario {
-            name: "refund",
-            what: "refund_credits of an open one-credit job (1000 users)",
-            creditgate: settling(series("creditgate", "creditgate", "refund.pgbench", &[])),
-            baseline: settling(series("seed", "seed", "refund.pgbench", &[])),
-            target: None,
-            aim: None,
-            growth: false,
-            extra: false,
-        },
-        Scenario {
-            name: "complete",
-            what: "complete_generation_job (full capture) vs the seed's refund_credits, its only settlement",
-            creditgate: settling(series("creditgate", "creditgate", "complete.pgbench", &[])),
-            baseline: settling(series("seed refund", "seed", "refund.pgbench", &[])),
-            target: None,
-            aim: None,
             growth: false,
             extra: false,
         },
@@ -340,10 +381,10 @@ fn scenarios() -> Vec<Scenario> {
             extra: false,
         },
         Scenario {
-            name: "limit+charge, one call",
-            what: "charge_credits_with_limit vs apply_rate_limit then charge_credits (two transactions), creditgate both",
-            creditgate: series("one call", "creditgate", "charge_with_limit.pgbench", users),
-            baseline: series("two calls", "creditgate", "limit_then_charge.pgbench", users),
+            name: "paid request, one call",
+            what: "charge_credits_with_limits (user + IP limits) vs apply_rate_limit x2 then charge_credits (three transactions), creditgate both",
+            creditgate: series("one call", "creditgate", "paid_request.pgbench", users),
+            baseline: series("3 calls", "creditgate", "paid_request_calls.pgbench", users),
             target: Some(1.3),
             aim: None,
             growth: false,
@@ -351,7 +392,7 @@ fn scenarios() -> Vec<Scenario> {
         },
         Scenario {
             name: "growth, charge",
-            what: "charge.pgbench (1000 users) with 1M ledger rows and 100k rate-limit keys vs an empty database",
+            what: "charge.pgbench (1000 users) with 1M ledger rows, 100k rate-limit keys and 100k lots vs an empty database",
             creditgate: series("grown", "growth_full", "charge.pgbench", users),
             baseline: series("empty", "growth_empty", "charge.pgbench", users),
             target: Some(0.9),
@@ -360,10 +401,40 @@ fn scenarios() -> Vec<Scenario> {
             extra: false,
         },
         Scenario {
-            name: "growth, limit+charge",
-            what: "charge_with_limit.pgbench (1000 users) with 1M ledger rows and 100k rate-limit keys vs empty",
-            creditgate: series("grown", "growth_full", "charge_with_limit.pgbench", users),
-            baseline: series("empty", "growth_empty", "charge_with_limit.pgbench", users),
+            name: "refund",
+            what: "refund_credits of an open one-credit job (1000 users)",
+            creditgate: settling(series("creditgate", "creditgate", "refund.pgbench", &[])),
+            baseline: settling(series("seed", "seed", "refund.pgbench", &[])),
+            target: None,
+            aim: None,
+            growth: false,
+            extra: true,
+        },
+        Scenario {
+            name: "complete",
+            what: "complete_generation_job (full capture) vs the seed's refund_credits, its only settlement",
+            creditgate: settling(series("creditgate", "creditgate", "complete.pgbench", &[])),
+            baseline: settling(series("seed refund", "seed", "refund.pgbench", &[])),
+            target: None,
+            aim: None,
+            growth: false,
+            extra: true,
+        },
+        Scenario {
+            name: "limit+charge, one call",
+            what: "charge_credits_with_limit (one limit) vs apply_rate_limit then charge_credits (two transactions)",
+            creditgate: series("one call", "creditgate", "charge_with_limit.pgbench", users),
+            baseline: series("two calls", "creditgate", "limit_then_charge.pgbench", users),
+            target: None,
+            aim: None,
+            growth: false,
+            extra: true,
+        },
+        Scenario {
+            name: "growth, paid request",
+            what: "paid_request.pgbench (1000 users) in the grown database vs empty",
+            creditgate: series("grown", "growth_full", "paid_request.pgbench", users),
+            baseline: series("empty", "growth_empty", "paid_request.pgbench", users),
             target: Some(0.9),
             aim: None,
             growth: true,
@@ -383,6 +454,7 @@ struct Run {
 #[derive(Serialize)]
 struct Metric {
     name: String,
+    regime: Regime,
     what: String,
     creditgate_label: String,
     baseline_label: String,
@@ -463,6 +535,7 @@ impl Bench<'_> {
                 ("users", USERS.to_string()),
                 ("rows", rows.to_string()),
                 ("keys", self.options.growth_keys.to_string()),
+                ("lots", (self.options.growth_lots - self.options.growth_lots % USERS).to_string()),
             ],
         )?;
         self.vacuum("growth_full")?;
@@ -474,6 +547,7 @@ impl Bench<'_> {
             "growth_full",
             "SELECT (SELECT count(*) FROM public.credit_ledger) || ' ledger rows, '
                  || (SELECT count(*) FROM public.rate_limits) || ' rate-limit keys, '
+                 || (SELECT count(*) FROM public.credit_lots) || ' lots, '
                  || pg_size_pretty(pg_database_size(current_database()))",
         )?;
         eprintln!("bench: growth databases loaded in {:.1} s ({sizes})", clock.elapsed().as_secs_f64());
@@ -485,7 +559,19 @@ impl Bench<'_> {
         Ok(())
     }
 
-    fn measure(&self, scenario: &Scenario) -> Result<Metric> {
+    /// Both databases of `scenario` in `regime`: new sessions (each pgbench
+    /// run connects afresh) get its synchronous_commit.
+    fn set_regime(&self, scenario: &Scenario, regime: Regime) -> Result<()> {
+        for database in [scenario.creditgate.database, scenario.baseline.database] {
+            self.cluster.query(
+                "postgres",
+                &format!("ALTER DATABASE {database} SET synchronous_commit = {}", regime.synchronous_commit()),
+            )?;
+        }
+        Ok(())
+    }
+
+    fn measure(&self, scenario: &Scenario, regime: Regime) -> Result<Metric> {
         let mut creditgate_runs = Vec::new();
         let mut baseline_runs = Vec::new();
         for round in 0..self.options.runs {
@@ -513,6 +599,7 @@ impl Bench<'_> {
         let ratio = if baseline_tps > 0.0 { creditgate_tps / baseline_tps } else { 0.0 };
         Ok(Metric {
             name: scenario.name.to_string(),
+            regime,
             what: scenario.what.to_string(),
             creditgate_label: scenario.creditgate.label.to_string(),
             baseline_label: scenario.baseline.label.to_string(),
@@ -601,6 +688,14 @@ impl Bench<'_> {
     }
 }
 
+fn target_text(target: Option<f64>, aim: Option<f64>) -> String {
+    match (target, aim) {
+        (Some(target), Some(aim)) => format!(">={target:.1}x ({aim:.1}x)"),
+        (Some(target), None) => format!(">={target:.1}x"),
+        _ => "report".to_string(),
+    }
+}
+
 fn parse_pgbench(stdout: &str) -> Result<Run> {
     let number_after = |prefix: &str| -> Option<f64> {
         stdout.lines().find_map(|line| {
@@ -656,8 +751,10 @@ impl Report {
                 "identifiers": IDENTIFIERS,
                 "growth_ledger_rows": options.growth_rows,
                 "growth_rate_limit_keys": options.growth_keys,
+                "growth_lots": options.growth_lots,
+                "regimes": options.regimes.iter().map(|regime| regime.label()).collect::<Vec<_>>(),
                 "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-                "postgres": "15 (fsync on, synchronous_commit on)",
+                "postgres": "15 (fsync on; synchronous_commit on, or off for both sides in the CPU-bound regime)",
             }),
             patch: None,
             metrics: Vec::new(),
@@ -690,17 +787,67 @@ impl Report {
         println!("(bench took {:.0} s)", self.seconds_total);
     }
 
+    /// The README table's rows: one per SQL figure, its two regimes side by
+    /// side. The HTTP and module figures add their rows here too (each part
+    /// of the bench returns its own `Vec<readme_table::Row>`).
+    fn readme_rows(&self) -> Vec<readme_table::Row> {
+        let mut rows: Vec<readme_table::Row> = Vec::new();
+        for metric in &self.metrics {
+            let cell = format!(
+                "{:.2}x ({:.0} / {:.0})",
+                metric.ratio, metric.creditgate_tps, metric.baseline_tps
+            );
+            let column = match metric.regime {
+                Regime::Durable => 0,
+                Regime::CpuBound => 1,
+            };
+            let index = match rows.iter().position(|row| row.figure == metric.name) {
+                Some(index) => index,
+                None => {
+                    rows.push(readme_table::Row {
+                        figure: metric.name.clone(),
+                        versus: format!("{} vs {}", metric.creditgate_label, metric.baseline_label),
+                        target: target_text(metric.target, metric.aim),
+                        regimes: [String::from("-"), String::from("-")],
+                        met: String::new(),
+                    });
+                    rows.len() - 1
+                }
+            };
+            rows[index].regimes[column] = cell;
+        }
+        for row in &mut rows {
+            let verdicts: Vec<Option<bool>> =
+                self.metrics.iter().filter(|metric| metric.name == row.figure).map(|metric| metric.met).collect();
+            row.met = if verdicts.iter().any(|met| met.is_none()) {
+                "-".to_string()
+            } else if verdicts.len() == 2 && verdicts.iter().all(|met| *met == Some(true)) {
+                "yes".to_string()
+            } else {
+                "**no**".to_string()
+            };
+        }
+        rows
+    }
+
+    fn table_note(&self) -> String {
+        let load = std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|text| text.split_whitespace().next().map(str::to_string))
+            .unwrap_or_else(|| "?".to_string());
+        format!(
+            "pgbench -c {CLIENTS} -j {THREADS}, {} runs x {} s per side and regime, medians; {} CPUs, load average {load} at the end; the bench took {:.0} s",
+            self.settings["runs"], self.settings["seconds_per_run"], self.settings["cpus"], self.seconds_total
+        )
+    }
+
     fn print_metrics(&self) {
         println!(
-            "{:<24} {:>15} {:>21} {:>7} {:>13} {:>5}",
-            "metric", "creditgate tps", "baseline tps", "ratio", "target", "met?"
+            "{:<24} {:<13} {:>15} {:>21} {:>7} {:>13} {:>5}",
+            "metric", "regime", "creditgate tps", "baseline tps", "ratio", "target", "met?"
         );
         for metric in &self.metrics {
-            let target = match (metric.target, metric.aim) {
-                (Some(target), Some(aim)) => format!(">={target:.1}x ({aim:.1}x)"),
-                (Some(target), None) => format!(">={target:.1}x"),
-                _ => "report".to_string(),
-            };
+            let target = target_text(metric.target, metric.aim);
             let met = match metric.met {
                 Some(true) => "yes",
                 Some(false) => "NO",
@@ -713,8 +860,14 @@ impl Report {
                 format!("{:.0} ({})", metric.creditgate_tps, metric.creditgate_label)
             };
             println!(
-                "{:<24} {:>15} {:>21} {:>6.2}x {:>13} {:>5}",
-                metric.name, creditgate, baseline, metric.ratio, target, met
+                "{:<24} {:<13} {:>15} {:>21} {:>6.2}x {:>13} {:>5}",
+                metric.name,
+                metric.regime.label(),
+                creditgate,
+                baseline,
+                metric.ratio,
+                target,
+                met
             );
         }
     }

@@ -456,18 +456,25 @@ SELECT creditgate.ensure_constraint('public.credit_ledger', 'credit_ledger_metad
 CREATE INDEX IF NOT EXISTS credit_ledger_user_id_id ON public.credit_ledger (user_id, id);
 -- Exactly once, enforced by the database: one charge and at most one
 -- settlement entry per job.
-CREATE UNIQUE INDEX IF NOT EXISTS credit_ledger_one_charge_per_job
-  ON public.credit_ledger (job_id) WHERE entry_type = 'charge';
+-- Keyed (user_id, job_id), as every per-user key is (docs/scaling.md): a job
+-- has one user, so this is the same rule as (job_id) alone, and a table
+-- distributed by user_id can keep it.
 DO $$
 BEGIN
-  -- Earlier versions' predicate named 'capture'.
-  IF pg_catalog.pg_get_indexdef(to_regclass('public.credit_ledger_one_settlement_per_job')) LIKE '%capture%' THEN
+  -- Earlier versions' predicate named 'capture', and their key was (job_id).
+  IF pg_catalog.pg_get_indexdef(to_regclass('public.credit_ledger_one_settlement_per_job')) LIKE '%capture%'
+     OR pg_catalog.pg_get_indexdef(to_regclass('public.credit_ledger_one_settlement_per_job')) NOT LIKE '%(user_id, job_id)%' THEN
     DROP INDEX public.credit_ledger_one_settlement_per_job;
+  END IF;
+  IF pg_catalog.pg_get_indexdef(to_regclass('public.credit_ledger_one_charge_per_job')) NOT LIKE '%(user_id, job_id)%' THEN
+    DROP INDEX public.credit_ledger_one_charge_per_job;
   END IF;
 END
 $$;
+CREATE UNIQUE INDEX IF NOT EXISTS credit_ledger_one_charge_per_job
+  ON public.credit_ledger (user_id, job_id) WHERE entry_type = 'charge';
 CREATE UNIQUE INDEX IF NOT EXISTS credit_ledger_one_settlement_per_job
-  ON public.credit_ledger (job_id) WHERE entry_type IN ('refund', 'expiry', 'completion');
+  ON public.credit_ledger (user_id, job_id) WHERE entry_type IN ('refund', 'expiry', 'completion');
 
 COMMENT ON TABLE public.credit_ledger IS
   'Append-only: one row per balance change. Per user: ids increase in commit order, balance_after = previous + delta, sum(delta) = users.credits.';

@@ -646,11 +646,35 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   v_balance integer;
+  v_closed_at timestamptz;
+  v_threshold integer;
   v_entry_id bigint;
   v_job_id uuid;
+  v_lot_id uuid;
   v_expires_at timestamptz;
 BEGIN
-  v_balance := creditgate.lock_user(p_user_id, p_now, true);
+  -- The charge is the hottest path: the helpers it would call
+  -- (creditgate.lock_user, user_due, apply_delta, note_balance_drop,
+  -- draw_lots' common case, record_idempotency_key) are written out here,
+  -- statement for statement, saving a SECURITY DEFINER call each
+  -- (docs/scaling.md, "Where the time goes"). Rare branches
+  -- (catch-up, a balance event, a charge spanning lots) still call them.
+  -- lock_user (p_open): the users row, then the catch-up if anything is due.
+  SELECT u.closed_at, u.credits INTO v_closed_at, v_balance
+  FROM public.users u WHERE u.id = p_user_id FOR UPDATE;
+  IF NOT FOUND OR v_closed_at IS NOT NULL THEN
+    PERFORM creditgate.fail('PT404', 'user_not_found', 'User not found',
+      pg_catalog.jsonb_build_object('user_id', p_user_id));
+  END IF;
+  IF EXISTS (SELECT FROM public.generation_jobs j
+             WHERE j.user_id = p_user_id AND j.status = 'pending' AND j.expires_at <= p_now)
+     OR EXISTS (SELECT FROM public.credit_lots l
+                WHERE l.user_id = p_user_id AND l.spendable AND l.expires_at <= p_now)
+     OR EXISTS (SELECT FROM public.credit_plan_subscriptions s
+                WHERE s.user_id = p_user_id AND s.next_period_start <= p_now) THEN
+    PERFORM creditgate.catch_up(p_user_id, p_now);
+    SELECT u.credits INTO v_balance FROM public.users u WHERE u.id = p_user_id;
+  END IF;
   IF v_balance < p_cost THEN
     PERFORM creditgate.fail('PT402', 'insufficient_credits',
       pg_catalog.format('Insufficient credits: has %s needs %s', v_balance, p_cost),
@@ -664,15 +688,45 @@ BEGIN
     (p_user_id, p_operation_type, 'pending', p_cost, p_idempotency_key, p_metadata, p_now, v_expires_at)
   RETURNING j.id INTO v_job_id;
 
-  SELECT d.new_balance, d.entry_id INTO v_balance, v_entry_id
-  FROM creditgate.apply_delta(p_user_id, -p_cost, 'charge', p_operation_type,
-    p_operation_type || ' generation',
-    p_metadata || pg_catalog.jsonb_build_object('job_id', v_job_id, 'idempotency_key', p_idempotency_key),
-    v_job_id) d;
-  PERFORM creditgate.draw_lots(p_user_id, p_cost, v_entry_id);
-  PERFORM creditgate.record_idempotency_key(p_user_id, p_idempotency_key, 'charge', p_request_hash,
-    pg_catalog.jsonb_build_object('job_id', v_job_id, 'new_balance', v_balance, 'expires_at', v_expires_at),
-    v_job_id);
+  -- apply_delta: the balance and its ledger entry; the low-balance threshold
+  -- read in the same statement (note_balance_drop runs only on a crossing).
+  UPDATE public.users u SET credits = u.credits - p_cost WHERE u.id = p_user_id
+  RETURNING u.credits,
+    (SELECT coalesce(us.low_balance_threshold, cs.low_balance_threshold)
+     FROM public.credit_settings cs LEFT JOIN public.credit_user_settings us ON us.user_id = p_user_id
+     WHERE cs.id)
+  INTO v_balance, v_threshold;
+  INSERT INTO public.credit_ledger AS l
+    (user_id, delta, balance_after, operation_type, description, metadata, job_id, entry_type)
+  VALUES
+    (p_user_id, -p_cost, v_balance, p_operation_type, p_operation_type || ' generation',
+     p_metadata || pg_catalog.jsonb_build_object('job_id', v_job_id, 'idempotency_key', p_idempotency_key),
+     v_job_id, 'charge')
+  RETURNING l.id INTO v_entry_id;
+  IF v_balance + p_cost > 0 AND (v_balance = 0 OR (v_balance + p_cost >= v_threshold AND v_balance < v_threshold)) THEN
+    PERFORM creditgate.note_balance_drop(p_user_id, v_balance + p_cost, v_balance, v_entry_id);
+  END IF;
+
+  -- draw_lots' common case: the first lot in spending order covers it (the
+  -- users row lock keeps other writers off the user's lots).
+  UPDATE public.credit_lots l SET remaining = l.remaining - p_cost
+  WHERE l.id = (SELECT f.id FROM public.credit_lots f WHERE f.user_id = p_user_id AND f.spendable
+                ORDER BY f.priority, f.expires_at, f.created_at, f.id LIMIT 1)
+    AND l.remaining >= p_cost
+  RETURNING l.id INTO v_lot_id;
+  IF v_lot_id IS NOT NULL THEN
+    INSERT INTO public.credit_lot_movements (ledger_id, lot_id, delta) VALUES (v_entry_id, v_lot_id, -p_cost);
+  ELSE
+    PERFORM creditgate.draw_lots(p_user_id, p_cost, v_entry_id);
+  END IF;
+
+  -- record_idempotency_key for the 'charge' scope.
+  IF p_idempotency_key IS NOT NULL THEN
+    INSERT INTO public.idempotency_keys (user_id, key, operation, status, request_hash, response, job_id)
+    VALUES (p_user_id, p_idempotency_key, 'charge', 'completed', p_request_hash,
+            pg_catalog.jsonb_build_object('job_id', v_job_id, 'new_balance', v_balance, 'expires_at', v_expires_at),
+            v_job_id);
+  END IF;
   RETURN QUERY SELECT v_job_id, v_balance, v_expires_at;
 END;
 $$;
@@ -704,7 +758,10 @@ DECLARE
   v_hold record;
 BEGIN
   IF p_idempotency_key IS NOT NULL THEN
-    v_hash := creditgate.charge_request_hash(p_operation_type, p_cost, p_metadata, p_hold_seconds);
+    -- creditgate.charge_request_hash, written out (a pgTAP test keeps them equal).
+    v_hash := pg_catalog.md5(pg_catalog.jsonb_build_object(
+      'operation_type', p_operation_type, 'cost', p_cost,
+      'metadata', p_metadata, 'hold_seconds', p_hold_seconds)::text);
     v_replay := creditgate.claim_idempotency_key(p_user_id, p_idempotency_key, 'charge', v_hash);
   END IF;
   IF pg_catalog.jsonb_array_length(p_limits) > 0 THEN
@@ -779,10 +836,16 @@ LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+  -- creditgate.charge_credits_at's body at the clock's time (one call less).
+  v_now timestamptz := pg_catalog.clock_timestamp();
+  v_metadata jsonb := creditgate.check_charge_arguments(p_user_id, p_operation_type, p_cost, p_idempotency_key,
+    p_metadata, p_hold_seconds);
 BEGIN
   RETURN QUERY
-    SELECT * FROM creditgate.charge_credits_at(p_user_id, p_operation_type, p_cost, p_idempotency_key,
-      p_metadata, p_hold_seconds, pg_catalog.clock_timestamp());
+    SELECT c.job_id, c.new_balance, c.replayed, c.expires_at
+    FROM creditgate.charge_checked(p_user_id, p_operation_type, p_cost, p_idempotency_key, v_metadata,
+      p_hold_seconds, '[]'::jsonb, v_now) c;
 END;
 $$;
 SELECT creditgate.expose('public.charge_credits(uuid, text, integer, text, jsonb, integer)', 'service_role');
@@ -793,8 +856,8 @@ SELECT creditgate.drop_other_versions('atomic_charge_credits',
 
 /**
  * The seed's charge, same signature and result: charge_credits with the
- * default hold (900 s), calling creditgate.charge_credits_at directly (one
- * SECURITY DEFINER call less). A retry with the same key returns the
+ * default hold (900 s), with creditgate.charge_credits_at's body written out
+ * (one SECURITY DEFINER call less). A retry with the same key returns the
  * original row.
  */
 CREATE OR REPLACE FUNCTION public.atomic_charge_credits(
@@ -805,11 +868,16 @@ LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+  -- creditgate.charge_credits_at's body at the clock's time (one call less).
+  v_now timestamptz := pg_catalog.clock_timestamp();
+  v_metadata jsonb := creditgate.check_charge_arguments(p_user_id, p_operation_type, p_cost, p_idempotency_key,
+    p_metadata, 900);
 BEGIN
   RETURN QUERY
     SELECT c.job_id, c.new_balance
-    FROM creditgate.charge_credits_at(p_user_id, p_operation_type, p_cost, p_idempotency_key, p_metadata, 900,
-      pg_catalog.clock_timestamp()) c;
+    FROM creditgate.charge_checked(p_user_id, p_operation_type, p_cost, p_idempotency_key, v_metadata,
+      900, '[]'::jsonb, v_now) c;
 END;
 $$;
 SELECT creditgate.expose('public.atomic_charge_credits(uuid, text, integer, text, jsonb)', 'service_role');

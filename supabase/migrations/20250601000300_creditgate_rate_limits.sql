@@ -37,9 +37,16 @@ AS $$ BEGIN RETURN ((p_milliseconds + 999) / 1000)::integer; END $$;
  * and consumed), what remains, when the window is empty again (reset_ms) and,
  * when refused, when this request would be allowed (retry_after_ms).
  * A refusal is decided on a plain read: no lock, no write, no transaction id,
- * so nothing to wait for at commit.
- * Locks: the (key, limit, window) row, FOR UPDATE, only when consuming a
- * request that fits.
+ * so nothing to wait for at commit. A request that fits writes the state it
+ * computed from that read with one guarded statement: an UPDATE whose WHERE
+ * requires the buckets still be the ones read (PostgreSQL re-checks it on
+ * the newest row version when another transaction changed the row
+ * meanwhile), or, for a key with no row, an INSERT ... ON CONFLICT DO
+ * NOTHING. Equal buckets are an equal state, so that write is exactly what a
+ * locked read-modify-write would write; only when the guard fails does it
+ * lock the row and decide again. Common cases: two statements.
+ * Locks: the (key, limit, window) row: the guarded write's; FOR UPDATE only
+ * when the guard failed.
  * Errors: 22023 (also p_cost above p_limit: such a request can never pass).
  */
 CREATE OR REPLACE FUNCTION creditgate.rate_limit_at(
@@ -65,6 +72,8 @@ DECLARE
   v_retry_ms bigint := 0::bigint;
   v_newest bigint;
   v_locked boolean := false;
+  v_read_ids bigint[];
+  v_read_costs integer[];
 BEGIN
   -- Callers check a caller's key against rate_limit_key_length_max() (255);
   -- here the bound is that of a stored key (check_rate_limit's encoded pairs).
@@ -86,46 +95,28 @@ BEGIN
   -- A plain read first. For a fixed p_now a key's count in the window only
   -- grows (allowed requests add to it; cleanup deletes only keys with nothing
   -- in their window), so a request that does not fit in this snapshot does
-  -- not fit under the lock either: it is refused here, with no lock and no
-  -- write. Only a request that fits locks the row and decides again.
-  LOOP
-    IF v_locked THEN
-      SELECT r.bucket_ids, r.bucket_costs INTO v_ids, v_costs
-      FROM public.rate_limits r
-      WHERE r.key = p_key AND r.max_requests = p_limit AND r.window_seconds = p_window_seconds
-      FOR UPDATE;
-      IF NOT FOUND THEN
-        INSERT INTO public.rate_limits AS r (key, max_requests, window_seconds, expires_at)
-        VALUES (p_key, p_limit, p_window_seconds, p_now)
-        ON CONFLICT DO NOTHING;
-        SELECT r.bucket_ids, r.bucket_costs INTO v_ids, v_costs
-        FROM public.rate_limits r
-        WHERE r.key = p_key AND r.max_requests = p_limit AND r.window_seconds = p_window_seconds
-        FOR UPDATE;
-      END IF;
-    ELSE
-      SELECT r.bucket_ids, r.bucket_costs INTO v_ids, v_costs
-      FROM public.rate_limits r
-      WHERE r.key = p_key AND r.max_requests = p_limit AND r.window_seconds = p_window_seconds;
+  -- not fit later either: it is refused here, with no lock and no write. A
+  -- request that fits tries the guarded write (below); if the row changed
+  -- since the read, it locks the row and decides again.
+  SELECT r.bucket_ids, r.bucket_costs INTO v_ids, v_costs
+  FROM public.rate_limits r
+  WHERE r.key = p_key AND r.max_requests = p_limit AND r.window_seconds = p_window_seconds;
+  -- What the guarded write requires unchanged (NULL: there was no row).
+  v_read_ids := v_ids;
+  v_read_costs := v_costs;
+
+  -- Buckets overlapping [now - W, now]: bucket k covers [k, k+1) * bucket_ms.
+  FOR v_position IN 1 .. coalesce(pg_catalog.array_length(v_ids, 1), 0) LOOP
+    IF v_ids[v_position] >= v_current - v_buckets THEN
+      v_kept_ids := v_kept_ids || v_ids[v_position];
+      v_kept_costs := v_kept_costs || v_costs[v_position];
+      v_used := v_used + v_costs[v_position];
     END IF;
-
-    -- Buckets overlapping [now - W, now]: bucket k covers [k, k+1) * bucket_ms.
-    v_kept_ids := '{}'::bigint[];
-    v_kept_costs := '{}'::integer[];
-    v_used := 0;
-    FOR v_position IN 1 .. coalesce(pg_catalog.array_length(v_ids, 1), 0) LOOP
-      IF v_ids[v_position] >= v_current - v_buckets THEN
-        v_kept_ids := v_kept_ids || v_ids[v_position];
-        v_kept_costs := v_kept_costs || v_costs[v_position];
-        v_used := v_used + v_costs[v_position];
-      END IF;
-    END LOOP;
-
-    EXIT WHEN v_locked OR p_consume IS NOT TRUE OR v_used + p_cost > p_limit;
-    v_locked := true;
   END LOOP;
 
-  IF v_used + p_cost <= p_limit AND p_consume IS TRUE THEN
+  -- At most twice: the guarded write, then (the row changed since the read)
+  -- the write under the row's lock.
+  WHILE v_used + p_cost <= p_limit AND p_consume IS TRUE LOOP
     -- Add the cost to the current bucket, keeping the buckets in id order.
     v_count := coalesce(pg_catalog.array_length(v_kept_ids, 1), 0);
     v_position := pg_catalog.array_position(v_kept_ids, v_current);
@@ -141,16 +132,54 @@ BEGIN
       FROM (SELECT * FROM ROWS FROM (pg_catalog.unnest(v_kept_ids), pg_catalog.unnest(v_kept_costs))
             UNION ALL SELECT v_current, p_cost) AS b(id, cost);
     END IF;
-    v_used := v_used + p_cost;
     v_newest := v_kept_ids[pg_catalog.array_length(v_kept_ids, 1)];
-    UPDATE public.rate_limits r
-    SET bucket_ids = v_kept_ids,
-        bucket_costs = v_kept_costs,
-        expires_at = pg_catalog.to_timestamp((v_newest + v_buckets + 1) * v_bucket_ms / 1000.0)
-    WHERE r.key = p_key AND r.max_requests = p_limit AND r.window_seconds = p_window_seconds;
-    RETURN QUERY SELECT true, v_used, p_limit - v_used, (v_newest + v_buckets + 1) * v_bucket_ms - v_now_ms, 0::bigint;
-    RETURN;
-  END IF;
+    IF v_locked THEN
+      UPDATE public.rate_limits r
+      SET bucket_ids = v_kept_ids,
+          bucket_costs = v_kept_costs,
+          expires_at = pg_catalog.to_timestamp((v_newest + v_buckets + 1) * v_bucket_ms / 1000.0)
+      WHERE r.key = p_key AND r.max_requests = p_limit AND r.window_seconds = p_window_seconds;
+    ELSIF v_read_ids IS NULL THEN
+      INSERT INTO public.rate_limits AS r (key, max_requests, window_seconds, bucket_ids, bucket_costs, expires_at)
+      VALUES (p_key, p_limit, p_window_seconds, v_kept_ids, v_kept_costs,
+              pg_catalog.to_timestamp((v_newest + v_buckets + 1) * v_bucket_ms / 1000.0))
+      ON CONFLICT DO NOTHING;
+    ELSE
+      UPDATE public.rate_limits r
+      SET bucket_ids = v_kept_ids,
+          bucket_costs = v_kept_costs,
+          expires_at = pg_catalog.to_timestamp((v_newest + v_buckets + 1) * v_bucket_ms / 1000.0)
+      WHERE r.key = p_key AND r.max_requests = p_limit AND r.window_seconds = p_window_seconds
+        AND r.bucket_ids = v_read_ids AND r.bucket_costs = v_read_costs;
+    END IF;
+    IF v_locked OR FOUND THEN
+      v_used := v_used + p_cost;
+      RETURN QUERY SELECT true, v_used, p_limit - v_used, (v_newest + v_buckets + 1) * v_bucket_ms - v_now_ms, 0::bigint;
+      RETURN;
+    END IF;
+    -- The row changed (or appeared) since the read: lock it and decide again.
+    v_locked := true;
+    LOOP
+      SELECT r.bucket_ids, r.bucket_costs INTO v_ids, v_costs
+      FROM public.rate_limits r
+      WHERE r.key = p_key AND r.max_requests = p_limit AND r.window_seconds = p_window_seconds
+      FOR UPDATE;
+      EXIT WHEN FOUND;
+      INSERT INTO public.rate_limits AS r (key, max_requests, window_seconds, expires_at)
+      VALUES (p_key, p_limit, p_window_seconds, p_now)
+      ON CONFLICT DO NOTHING;
+    END LOOP;
+    v_kept_ids := '{}'::bigint[];
+    v_kept_costs := '{}'::integer[];
+    v_used := 0;
+    FOR v_position IN 1 .. coalesce(pg_catalog.array_length(v_ids, 1), 0) LOOP
+      IF v_ids[v_position] >= v_current - v_buckets THEN
+        v_kept_ids := v_kept_ids || v_ids[v_position];
+        v_kept_costs := v_kept_costs || v_costs[v_position];
+        v_used := v_used + v_costs[v_position];
+      END IF;
+    END LOOP;
+  END LOOP;
 
   v_count := coalesce(pg_catalog.array_length(v_kept_ids, 1), 0);
   v_newest := CASE WHEN v_count > 0 THEN v_kept_ids[v_count] END;
@@ -290,7 +319,7 @@ BEGIN
   END IF;
   PERFORM creditgate.require_not_blocked(ARRAY[p_key], p_now);
   RETURN QUERY
-    SELECT r.allowed, p_limit, r.remaining, creditgate.seconds_ceil(r.reset_ms), creditgate.seconds_ceil(r.retry_after_ms)
+    SELECT r.allowed, p_limit, r.remaining, ((r.reset_ms + 999) / 1000)::integer, ((r.retry_after_ms + 999) / 1000)::integer
     FROM creditgate.rate_limit_at(p_key, p_limit, p_window_seconds, p_cost, true, p_now) r;
 END;
 $$;
@@ -355,10 +384,13 @@ BEGIN
     PERFORM creditgate.require_text('p_identifier', p_identifier, creditgate.rate_limit_identifier_length_max(), false);
     PERFORM creditgate.require_text('p_type', p_type, creditgate.rate_limit_type_length_max(), false);
   END IF;
+  -- The key as creditgate.check_rate_limit_key builds it, written out: one
+  -- function call less on the hottest path (a pgTAP test keeps them equal).
   RETURN QUERY
   SELECT r.allowed, r.used, p_now + pg_catalog.make_interval(secs => r.reset_ms / 1000.0), r.remaining
-  FROM creditgate.rate_limit_at(creditgate.check_rate_limit_key(p_type, p_identifier), p_max_requests,
-    p_window_seconds, 1, true, p_now) r;
+  FROM creditgate.rate_limit_at(
+    'creditgate:check:' || pg_catalog.char_length(p_type) || ':' || p_type || ':' || p_identifier,
+    p_max_requests, p_window_seconds, 1, true, p_now) r;
 END;
 $$;
 
@@ -366,7 +398,11 @@ SELECT creditgate.drop_other_versions('check_rate_limit',
   'p_identifier text, p_type text, p_max_requests integer, p_window_seconds integer',
   'TABLE(allowed boolean, current_count integer, window_end timestamp with time zone, remaining integer)');
 
-/** The seed's check_rate_limit, same signature and result, correct semantics. For service_role. */
+/**
+ * The seed's check_rate_limit, same signature and result, correct semantics.
+ * For service_role. The body of creditgate.check_rate_limit_at at the clock's
+ * time, written out (one SECURITY DEFINER call less per decision).
+ */
 CREATE OR REPLACE FUNCTION public.check_rate_limit(
   p_identifier text, p_type text, p_max_requests integer, p_window_seconds integer)
 RETURNS TABLE (allowed boolean, current_count integer, window_end timestamptz, remaining integer)
@@ -374,10 +410,19 @@ LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+  v_now timestamptz := pg_catalog.clock_timestamp();
 BEGIN
+  IF NOT (pg_catalog.char_length(p_identifier) BETWEEN 1 AND creditgate.rate_limit_identifier_length_max()
+          AND pg_catalog.char_length(p_type) BETWEEN 1 AND creditgate.rate_limit_type_length_max()) IS TRUE THEN
+    PERFORM creditgate.require_text('p_identifier', p_identifier, creditgate.rate_limit_identifier_length_max(), false);
+    PERFORM creditgate.require_text('p_type', p_type, creditgate.rate_limit_type_length_max(), false);
+  END IF;
   RETURN QUERY
-    SELECT * FROM creditgate.check_rate_limit_at(p_identifier, p_type, p_max_requests, p_window_seconds,
-      pg_catalog.clock_timestamp());
+  SELECT r.allowed, r.used, v_now + pg_catalog.make_interval(secs => r.reset_ms / 1000.0), r.remaining
+  FROM creditgate.rate_limit_at(
+    'creditgate:check:' || pg_catalog.char_length(p_type) || ':' || p_type || ':' || p_identifier,
+    p_max_requests, p_window_seconds, 1, true, v_now) r;
 END;
 $$;
 SELECT creditgate.expose('public.check_rate_limit(text, text, integer, integer)', 'service_role');
@@ -470,72 +515,112 @@ DECLARE
   v_identity text;
   v_extra jsonb;
   v_concurrency boolean := false;
+  v_ok boolean;
+  v_key text;
+  v_limit numeric;
+  v_window numeric;
+  v_cost numeric;
 BEGIN
-  PERFORM creditgate.require(pg_catalog.jsonb_typeof(p_limits) = 'array', 'p_limits must be a JSON array',
-    pg_catalog.jsonb_build_object('parameter', 'p_limits', 'type', pg_catalog.jsonb_typeof(p_limits)));
+  -- Each check is first one inline expression; the checks that name the
+  -- offending field (creditgate.require and friends, a SECURITY DEFINER call
+  -- each) run only when it fails, to raise the error.
+  IF pg_catalog.jsonb_typeof(p_limits) IS DISTINCT FROM 'array' THEN
+    PERFORM creditgate.require(false, 'p_limits must be a JSON array',
+      pg_catalog.jsonb_build_object('parameter', 'p_limits', 'type', pg_catalog.jsonb_typeof(p_limits)));
+  END IF;
   v_count := pg_catalog.jsonb_array_length(p_limits);
-  PERFORM creditgate.require(v_count BETWEEN p_min AND creditgate.rate_limits_per_call_max(),
-    pg_catalog.format('p_limits must have %s to %s entries', p_min, creditgate.rate_limits_per_call_max()),
-    pg_catalog.jsonb_build_object('parameter', 'p_limits', 'entries', v_count, 'min', p_min,
-      'max', creditgate.rate_limits_per_call_max()));
+  IF NOT (v_count BETWEEN p_min AND creditgate.rate_limits_per_call_max()) IS TRUE THEN
+    PERFORM creditgate.require(false,
+      pg_catalog.format('p_limits must have %s to %s entries', p_min, creditgate.rate_limits_per_call_max()),
+      pg_catalog.jsonb_build_object('parameter', 'p_limits', 'entries', v_count, 'min', p_min,
+        'max', creditgate.rate_limits_per_call_max()));
+  END IF;
 
   FOR v_index IN 0 .. v_count - 1 LOOP
     v_entry := p_limits -> v_index;
-    v_name := pg_catalog.format('p_limits[%s]', v_index);
-    PERFORM creditgate.require(pg_catalog.jsonb_typeof(v_entry) = 'object',
-      v_name || ' must be a JSON object {"key", "limit", "window_seconds", "cost"}',
-      pg_catalog.jsonb_build_object('parameter', v_name, 'type', pg_catalog.jsonb_typeof(v_entry)));
-    SELECT pg_catalog.min(k) INTO v_field FROM pg_catalog.jsonb_object_keys(v_entry) AS f(k)
-    WHERE k NOT IN ('key', 'limit', 'window_seconds', 'cost')
-      AND (p_allow_reserved IS NOT TRUE OR k NOT IN ('units', 'concurrency', 'plan'));
-    PERFORM creditgate.require(v_field IS NULL,
-      pg_catalog.format('%s has an unknown field "%s" (allowed: key, limit, window_seconds, cost%s)', v_name, v_field,
-        CASE WHEN p_allow_reserved IS TRUE THEN ', units, concurrency, plan' ELSE '' END),
-      pg_catalog.jsonb_build_object('parameter', v_name || '.' || v_field));
-    PERFORM creditgate.require(pg_catalog.jsonb_typeof(v_entry -> 'key') = 'string',
-      v_name || '.key must be a string', pg_catalog.jsonb_build_object('parameter', v_name || '.key'));
-    PERFORM creditgate.require_rate_limit_key(v_name || '.key', v_entry ->> 'key', p_allow_reserved);
-
     v_extra := '{}'::jsonb;
-    IF p_allow_reserved IS TRUE AND (v_entry ? 'units' OR v_entry ? 'concurrency' OR v_entry ? 'plan') THEN
-      v_extra := creditgate.parse_limit_extras(v_entry, v_name);
-      IF v_extra ? 'concurrency' THEN
-        PERFORM creditgate.require(NOT v_concurrency,
-          v_name || ' is a second concurrency limit: one may appear', pg_catalog.jsonb_build_object('parameter', v_name));
-        v_concurrency := true;
-        v_out := v_out || pg_catalog.jsonb_build_array(
-          pg_catalog.jsonb_build_object('key', v_entry ->> 'key') || v_extra);
-        CONTINUE;
-      END IF;
-      IF v_extra ? 'placeholder' THEN
-        v_out := v_out || pg_catalog.jsonb_build_array(
-          pg_catalog.jsonb_build_object('key', v_entry ->> 'key') || v_extra);
-        CONTINUE;
-      END IF;
+    -- The fast check: an object of known fields, a key as require_rate_limit_key
+    -- wants it, whole numbers in range.
+    v_ok := CASE WHEN pg_catalog.jsonb_typeof(v_entry) = 'object'
+                   AND (v_entry - 'key' - 'limit' - 'window_seconds' - 'cost') = '{}'::jsonb
+                   AND pg_catalog.jsonb_typeof(v_entry -> 'key') = 'string'
+                   AND pg_catalog.jsonb_typeof(v_entry -> 'limit') = 'number'
+                   AND pg_catalog.jsonb_typeof(v_entry -> 'window_seconds') = 'number'
+                   AND pg_catalog.jsonb_typeof(coalesce(v_entry -> 'cost', '1'::jsonb)) = 'number'
+                 THEN true ELSE false END;
+    IF v_ok THEN
+      v_key := v_entry ->> 'key';
+      v_limit := (v_entry ->> 'limit')::numeric;
+      v_window := (v_entry ->> 'window_seconds')::numeric;
+      v_cost := coalesce((v_entry ->> 'cost')::numeric, 1);
+      v_ok := pg_catalog.char_length(v_key) BETWEEN 1 AND creditgate.rate_limit_key_length_max()
+        AND (NOT pg_catalog.starts_with(v_key, 'creditgate:')
+             OR (p_allow_reserved IS TRUE AND NOT pg_catalog.starts_with(v_key, 'creditgate:check:')))
+        AND v_limit = pg_catalog.trunc(v_limit) AND v_limit BETWEEN 1 AND creditgate.rate_limit_max()
+        AND v_window = pg_catalog.trunc(v_window) AND v_window BETWEEN 1 AND creditgate.window_seconds_max()
+        AND v_cost = pg_catalog.trunc(v_cost) AND v_cost BETWEEN 1 AND v_limit;
     END IF;
+    IF v_ok IS TRUE THEN
+      v_values := ARRAY[v_limit::integer, v_window::integer, v_cost::integer];
+    ELSE
+      v_name := pg_catalog.format('p_limits[%s]', v_index);
+      PERFORM creditgate.require(pg_catalog.jsonb_typeof(v_entry) = 'object',
+        v_name || ' must be a JSON object {"key", "limit", "window_seconds", "cost"}',
+        pg_catalog.jsonb_build_object('parameter', v_name, 'type', pg_catalog.jsonb_typeof(v_entry)));
+      SELECT pg_catalog.min(k) INTO v_field FROM pg_catalog.jsonb_object_keys(v_entry) AS f(k)
+      WHERE k NOT IN ('key', 'limit', 'window_seconds', 'cost')
+        AND (p_allow_reserved IS NOT TRUE OR k NOT IN ('units', 'concurrency', 'plan'));
+      PERFORM creditgate.require(v_field IS NULL,
+        pg_catalog.format('%s has an unknown field "%s" (allowed: key, limit, window_seconds, cost%s)', v_name, v_field,
+          CASE WHEN p_allow_reserved IS TRUE THEN ', units, concurrency, plan' ELSE '' END),
+        pg_catalog.jsonb_build_object('parameter', v_name || '.' || v_field));
+      PERFORM creditgate.require(pg_catalog.jsonb_typeof(v_entry -> 'key') = 'string',
+        v_name || '.key must be a string', pg_catalog.jsonb_build_object('parameter', v_name || '.key'));
+      PERFORM creditgate.require_rate_limit_key(v_name || '.key', v_entry ->> 'key', p_allow_reserved);
 
-    v_values := '{}'::integer[];
-    FOREACH v_field IN ARRAY ARRAY['limit', 'window_seconds', 'cost'] LOOP
-      v_value := coalesce(v_entry -> v_field, CASE WHEN v_field = 'cost' THEN '1'::jsonb END);
-      PERFORM creditgate.require(pg_catalog.jsonb_typeof(v_value) = 'number',
-        pg_catalog.format('%s.%s must be an integer', v_name, v_field),
-        pg_catalog.jsonb_build_object('parameter', v_name || '.' || v_field, 'value', v_value));
-      v_number := (v_value #>> '{}')::numeric;
-      PERFORM creditgate.require(v_number = pg_catalog.trunc(v_number) AND v_number BETWEEN 1 AND 1000000000,
-        pg_catalog.format('%s.%s must be an integer', v_name, v_field),
-        pg_catalog.jsonb_build_object('parameter', v_name || '.' || v_field, 'value', v_value));
-      v_values := v_values || v_number::integer;
-    END LOOP;
-    PERFORM creditgate.require_range(v_name || '.limit', v_values[1], 1, creditgate.rate_limit_max());
-    PERFORM creditgate.require_range(v_name || '.window_seconds', v_values[2], 1, creditgate.window_seconds_max());
-    PERFORM creditgate.require_range(v_name || '.cost', v_values[3], 1, v_values[1]);
+      IF p_allow_reserved IS TRUE AND (v_entry ? 'units' OR v_entry ? 'concurrency' OR v_entry ? 'plan') THEN
+        v_extra := creditgate.parse_limit_extras(v_entry, v_name);
+        IF v_extra ? 'concurrency' THEN
+          PERFORM creditgate.require(NOT v_concurrency,
+            v_name || ' is a second concurrency limit: one may appear', pg_catalog.jsonb_build_object('parameter', v_name));
+          v_concurrency := true;
+          v_out := v_out || pg_catalog.jsonb_build_array(
+            pg_catalog.jsonb_build_object('key', v_entry ->> 'key') || v_extra);
+          CONTINUE;
+        END IF;
+        IF v_extra ? 'placeholder' THEN
+          v_out := v_out || pg_catalog.jsonb_build_array(
+            pg_catalog.jsonb_build_object('key', v_entry ->> 'key') || v_extra);
+          CONTINUE;
+        END IF;
+      END IF;
+
+      v_values := '{}'::integer[];
+      FOREACH v_field IN ARRAY ARRAY['limit', 'window_seconds', 'cost'] LOOP
+        v_value := coalesce(v_entry -> v_field, CASE WHEN v_field = 'cost' THEN '1'::jsonb END);
+        PERFORM creditgate.require(pg_catalog.jsonb_typeof(v_value) = 'number',
+          pg_catalog.format('%s.%s must be an integer', v_name, v_field),
+          pg_catalog.jsonb_build_object('parameter', v_name || '.' || v_field, 'value', v_value));
+        v_number := (v_value #>> '{}')::numeric;
+        PERFORM creditgate.require(v_number = pg_catalog.trunc(v_number) AND v_number BETWEEN 1 AND 1000000000,
+          pg_catalog.format('%s.%s must be an integer', v_name, v_field),
+          pg_catalog.jsonb_build_object('parameter', v_name || '.' || v_field, 'value', v_value));
+        v_values := v_values || v_number::integer;
+      END LOOP;
+      PERFORM creditgate.require_range(v_name || '.limit', v_values[1], 1, creditgate.rate_limit_max());
+      PERFORM creditgate.require_range(v_name || '.window_seconds', v_values[2], 1, creditgate.window_seconds_max());
+      PERFORM creditgate.require_range(v_name || '.cost', v_values[3], 1, v_values[1]);
+    END IF;
 
     v_identity := pg_catalog.jsonb_build_array(v_entry ->> 'key', v_values[1], v_values[2])::text;
     v_position := pg_catalog.array_position(v_seen, v_identity);
-    PERFORM creditgate.require(v_position IS NULL,
-      pg_catalog.format('%s repeats p_limits[%s]: the same key, limit and window_seconds may appear once',
-        v_name, v_position - 1),
-      pg_catalog.jsonb_build_object('parameter', v_name, 'same_as', pg_catalog.format('p_limits[%s]', v_position - 1)));
+    IF v_position IS NOT NULL THEN
+      v_name := pg_catalog.format('p_limits[%s]', v_index);
+      PERFORM creditgate.require(false,
+        pg_catalog.format('%s repeats p_limits[%s]: the same key, limit and window_seconds may appear once',
+          v_name, v_position - 1),
+        pg_catalog.jsonb_build_object('parameter', v_name, 'same_as', pg_catalog.format('p_limits[%s]', v_position - 1)));
+    END IF;
     v_seen := v_seen || v_identity;
     v_out := v_out || pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object(
       'key', v_entry ->> 'key', 'limit', v_values[1], 'window_seconds', v_values[2], 'cost', v_values[3]) || v_extra);
@@ -653,9 +738,10 @@ BEGIN
     'allowed', p_allowed OR p_mode = 'peek',
     'limit', v_limit,
     'remaining', v_remaining,
-    'reset_seconds', creditgate.seconds_ceil(v_reset_ms),
+    -- creditgate.seconds_ceil, written out (a call each, on every limit of every request).
+    'reset_seconds', ((v_reset_ms + 999) / 1000)::integer,
     'retry_after_seconds', CASE WHEN p_allowed OR p_mode = 'peek' THEN 0
-                                ELSE creditgate.seconds_ceil(p_retry_after_ms) END);
+                                ELSE ((p_retry_after_ms + 999) / 1000)::integer END);
 END;
 $$;
 
@@ -688,25 +774,43 @@ DECLARE
   v_rate record;
   v_all boolean := true;
   v_index integer;
+  v_allowed boolean[];
+  v_remaining integer[];
+  v_reset_ms bigint[];
+  v_retry_ms bigint[];
 BEGIN
   IF v_count = 0 THEN
     RETURN '{"allowed": true, "limits": []}'::jsonb;
   END IF;
-  -- A blocked key refuses the whole call, before any limit is read.
-  PERFORM creditgate.require_not_blocked(
-    ARRAY(SELECT e.value ->> 'key' FROM pg_catalog.jsonb_array_elements(p_limits) WITH ORDINALITY AS e(value, position)
-          ORDER BY e.position), p_now);
+  -- A blocked key refuses the whole call, before any limit is read
+  -- (require_not_blocked, which names the first, runs only if one is).
+  IF EXISTS (SELECT FROM creditgate.rate_limit_blocks b
+             WHERE b.key IN (SELECT e ->> 'key' FROM pg_catalog.jsonb_array_elements(p_limits) AS e)
+               AND b.blocked_until > p_now) THEN
+    PERFORM creditgate.require_not_blocked(
+      ARRAY(SELECT e.value ->> 'key' FROM pg_catalog.jsonb_array_elements(p_limits) WITH ORDINALITY AS e(value, position)
+            ORDER BY e.position), p_now);
+  END IF;
   v_entries := pg_catalog.array_fill(NULL::jsonb, ARRAY[v_count]);
 
+  -- The plain reads; the entries they answer are built only when they are
+  -- the answer (a refusal or a replay), not on the way to consuming.
   FOR v_index IN 1 .. v_count LOOP
     v_entry := p_limits -> (v_index - 1);
     SELECT r.* INTO v_rate FROM creditgate.rate_limit_at(v_entry ->> 'key', (v_entry ->> 'limit')::integer,
       (v_entry ->> 'window_seconds')::integer, (v_entry ->> 'cost')::integer, false, p_now) r;
-    v_entries[v_index] := creditgate.rate_limit_entry(v_entry, v_rate.allowed, v_rate.remaining, v_rate.reset_ms,
-      v_rate.retry_after_ms, CASE WHEN p_consume THEN 'would' ELSE 'peek' END, p_now);
+    v_allowed[v_index] := v_rate.allowed;
+    v_remaining[v_index] := v_rate.remaining;
+    v_reset_ms[v_index] := v_rate.reset_ms;
+    v_retry_ms[v_index] := v_rate.retry_after_ms;
     v_all := v_all AND v_rate.allowed;
   END LOOP;
   IF NOT v_all OR NOT p_consume THEN
+    FOR v_index IN 1 .. v_count LOOP
+      v_entries[v_index] := creditgate.rate_limit_entry(p_limits -> (v_index - 1), v_allowed[v_index],
+        v_remaining[v_index], v_reset_ms[v_index], v_retry_ms[v_index],
+        CASE WHEN p_consume THEN 'would' ELSE 'peek' END, p_now);
+    END LOOP;
     RETURN pg_catalog.jsonb_build_object('allowed', v_all OR NOT p_consume, 'limits', pg_catalog.to_jsonb(v_entries));
   END IF;
 

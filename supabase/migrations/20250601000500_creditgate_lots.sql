@@ -126,15 +126,29 @@ CREATE TABLE IF NOT EXISTS public.credit_plan_subscriptions (
 CREATE INDEX IF NOT EXISTS credit_plan_subscriptions_due ON public.credit_plan_subscriptions (next_period_start);
 
 /** Balance events, written in the transaction of the change that caused them. */
+-- Keyed (user_id, id): every read is a user's events in id order, and a
+-- table distributed by user_id can keep the key (docs/scaling.md). One
+-- index, where (id) plus (user_id, id) were two.
 CREATE TABLE IF NOT EXISTS public.credit_events (
-  id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  id bigint GENERATED ALWAYS AS IDENTITY,
   user_id uuid NOT NULL REFERENCES public.users (id),
   type text NOT NULL CHECK (type IN ('low_balance', 'depleted', 'lot_expiring', 'lot_expired', 'hold_expired',
                                      'allowance_granted')),
   payload jsonb NOT NULL DEFAULT '{}'::jsonb CHECK (jsonb_typeof(payload) = 'object'),
-  created_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp()
+  created_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+  CONSTRAINT credit_events_pkey PRIMARY KEY (user_id, id)
 );
-CREATE INDEX IF NOT EXISTS credit_events_user_id ON public.credit_events (user_id, id);
+DO $$
+BEGIN
+  -- Earlier versions: PRIMARY KEY (id) and an index on (user_id, id).
+  IF pg_catalog.pg_get_constraintdef((SELECT c.oid FROM pg_catalog.pg_constraint c
+        WHERE c.conrelid = 'public.credit_events'::regclass AND c.contype = 'p')) = 'PRIMARY KEY (id)' THEN
+    ALTER TABLE public.credit_events DROP CONSTRAINT credit_events_pkey;
+    ALTER TABLE public.credit_events ADD CONSTRAINT credit_events_pkey PRIMARY KEY (user_id, id);
+  END IF;
+END
+$$;
+DROP INDEX IF EXISTS public.credit_events_user_id;
 
 COMMENT ON TABLE public.credit_lots IS
   'One lot per grant. Per user: sum(remaining) = users.credits; per lot: remaining = granted + sum(credit_lot_movements.delta).';
@@ -440,7 +454,7 @@ BEGIN
   FOR v_drawn IN
     SELECT m.lot_id, -m.delta AS amount FROM public.credit_ledger c
     JOIN public.credit_lot_movements m ON m.ledger_id = c.id
-    WHERE c.job_id = p_job.id AND c.entry_type = 'charge' AND m.delta < 0
+    WHERE c.user_id = p_job.user_id AND c.job_id = p_job.id AND c.entry_type = 'charge' AND m.delta < 0
     ORDER BY m.id DESC
   LOOP
     v_give := least(v_drawn.amount, v_left);

@@ -5,7 +5,7 @@
 -- namespace; the Edge Function's path (charge_credits_with_limit[s]) can.
 BEGIN;
 \ir _helpers.psql
-SELECT plan(21);
+SELECT plan(23);
 
 SELECT tests.create_user('alice');
 SELECT tests.give('alice', 100);
@@ -20,6 +20,12 @@ SELECT is((SELECT allowed FROM creditgate.apply_rate_limit_at('a:b:c', 1, 60, 1,
 SELECT is((SELECT allowed FROM creditgate.check_rate_limit_at('c', 'a:b', 1, 60, :t0)), false, '(''c'', ''a:b'') again: refused by its own counter');
 SELECT is(creditgate.check_rate_limit_key('a', 'b:c'), 'creditgate:check:1:a:b:c', 'the stored key: reserved prefix, length-prefixed type');
 SELECT isnt(creditgate.check_rate_limit_key('a:b', 'c'), creditgate.check_rate_limit_key('a', 'b:c'), 'two pairs, two keys');
+-- check_rate_limit and check_rate_limit_at write the key out instead of calling check_rate_limit_key: the same key.
+SELECT is((SELECT count(*)::integer FROM public.rate_limits WHERE key = creditgate.check_rate_limit_key('a', 'b:c')), 1,
+  'check_rate_limit_at stores under check_rate_limit_key''s key');
+SELECT allowed AS ns_allowed FROM public.check_rate_limit('id-9', 'ns', 5, 60) \gset
+SELECT is(:'ns_allowed'::boolean AND EXISTS (SELECT FROM public.rate_limits WHERE key = creditgate.check_rate_limit_key('ns', 'id-9')), true,
+  'public.check_rate_limit stores under check_rate_limit_key''s key');
 
 -- The longest pair fits the stored key bound.
 SELECT is((SELECT allowed FROM creditgate.check_rate_limit_at(repeat('i', 190), repeat('t', 64), 1, 60, :t0)), true,

@@ -6,7 +6,7 @@
 -- key is still PT422 idempotency_key_reused within the scope.
 BEGIN;
 \ir _helpers.psql
-SELECT plan(47);
+SELECT plan(48);
 
 SELECT tests.create_user('alice'), tests.create_user('bob'), tests.create_user('carol');
 SELECT tests.give('alice', 100), tests.give('bob', 5);
@@ -153,6 +153,15 @@ SELECT is(tests.error_of(format($$SELECT public.grant_credits(%L, 10, 'r', 'evt_
   'user_not_found', 'a grant with that key is not: it goes on to the user (whom this session cannot see yet)');
 SELECT dblink_exec('first_request', 'ROLLBACK');
 SELECT dblink_disconnect('first_request');
+
+-- charge_checked writes creditgate.charge_request_hash out: the same fingerprint.
+SELECT tests.create_user('hana');
+SELECT tests.give('hana', 10);
+SELECT job_id FROM public.charge_credits(tests.id_of('hana'), 'image', 2, 'hash-1', '{"a": 1}', 600);
+SELECT is((SELECT k.request_hash FROM public.idempotency_keys k
+           WHERE k.user_id = tests.id_of('hana') AND k.operation = 'charge' AND k.key = 'hash-1'),
+          creditgate.charge_request_hash('image', 2, '{"a": 1}', 600),
+  'a charge stores creditgate.charge_request_hash''s fingerprint');
 
 SELECT is_empty($$SELECT * FROM public.verify_credit_ledger()$$, 'after all of it, the ledger reconciles');
 
