@@ -26,6 +26,7 @@ INSERT INTO not_per_user VALUES
   ('public.rate_limits', 'limit keys name subjects (users, IPs, API keys), not users: distributed by key if at all'),
   ('creditgate.rate_limit_blocks', 'blocked limit keys, as rate_limits'),
   ('creditgate.token_buckets', 'token buckets per key, as rate_limits'),
+  ('creditgate.webhook_queue', 'one row: when a webhook drain last ran (a reference table)'),
   ('public.credit_lot_movements', 'per-user data WITHOUT a user_id column (yet): belongs to its entry''s user; under Citus it gains user_id and composite keys');
 
 -- Keys of per-user tables that do not include user_id (yet), and why.
