@@ -10,7 +10,7 @@
 use super::http::{ApiRequest, ApiResponse, BODY_BYTES_MAX, HEADERS_READ};
 use super::stripe::{StripeApi, STRIPE_BODY_BYTES_MAX, STRIPE_HEADERS_READ};
 use super::Api;
-use crate::js_client::to_js_error;
+use crate::js_error::to_js_error;
 use js_sys::{Array, Function, Object, Promise, Reflect, Uint8Array};
 use std::cell::RefCell;
 use std::collections::BTreeMap;

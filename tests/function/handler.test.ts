@@ -4,7 +4,7 @@
 //
 //   deno test --allow-net --allow-read --allow-env --allow-run=psql tests/function
 //
-// Needs pkg/ (scripts/build-pkg.sh), psql, and a running stack (`cargo dev up`
+// Needs pkg-function/ (scripts/build-pkg.sh), psql, and a running stack (`cargo dev up`
 // or `cargo dev test`'s): CREDITGATE_URL, CREDITGATE_SERVICE_ROLE_KEY,
 // CREDITGATE_JWT_SECRET, CREDITGATE_DB_URL (defaults: the local stack's).
 // The generator here is a small HTTP server started by the test itself, so
@@ -12,7 +12,7 @@
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
 import { randomUUID } from "node:crypto";
-import { CreditError, createHandler } from "../../pkg/deno.js";
+import { CreditError, createHandler } from "../../pkg-function/deno.js";
 import { balanceOf, call, env, ledgerRows, makeUser, request, SERVICE_ROLE_KEY, sql, userToken } from "./helpers.ts";
 
 /** A generator that answers as told by the prompt, and counts its calls. */
