@@ -38,6 +38,8 @@ pub mod values;
 #[cfg(all(target_arch = "wasm32", feature = "client"))]
 mod js_client;
 #[cfg(target_arch = "wasm32")]
+mod fetch;
+#[cfg(target_arch = "wasm32")]
 mod js_error;
 
 pub use client::{Call, CreditClient, RunError, RunOutcome};

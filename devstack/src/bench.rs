@@ -17,6 +17,7 @@
 //! 2 threads). The HTTP level and the wasm figures are in [`http`].
 
 mod http;
+mod module;
 
 use crate::pg::Cluster;
 use crate::support::{free_ports, pg_prove, pgtap_files};
