@@ -11,14 +11,32 @@
 //! module (docs/design.md, "Performance"), so this sends the same request
 //! with one `fetch` call.
 
-use js_sys::{Object, Promise, Reflect};
+use js_sys::Promise;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
 
-#[wasm_bindgen]
+#[wasm_bindgen(module = "/src/js/http.js")]
 extern "C" {
-    #[wasm_bindgen(catch, js_name = fetch)]
-    fn global_fetch(url: &str, init: &Object) -> Result<Promise, JsValue>;
+    #[wasm_bindgen(catch, js_name = fetchText)]
+    fn fetch_text(method: &str, url: &str, headers: &str, body: Option<&str>, signal: &JsValue) -> Result<Promise, JsValue>;
+}
+
+/// Header pairs as the one string `src/js/http.js` splits: "name\nvalue\n...".
+/// A newline in a name or value (which no valid header has) is refused.
+pub(crate) fn header_list<'h>(headers: impl IntoIterator<Item = (&'h str, &'h str)>) -> Result<String, String> {
+    let mut list = String::new();
+    for (name, value) in headers {
+        if name.contains('\n') || value.contains('\n') {
+            return Err(format!("the {name} header holds a newline"));
+        }
+        if !list.is_empty() {
+            list.push('\n');
+        }
+        list.push_str(name);
+        list.push('\n');
+        list.push_str(value);
+    }
+    Ok(list)
 }
 
 /// Sends `request`; the status and the whole body, or why nothing came back.
@@ -42,34 +60,20 @@ pub async fn exchange(
     body: Option<&[u8]>,
     abortable: bool,
 ) -> Result<(u16, String), String> {
-    let init = Object::new();
-    let set = |name: &str, value: &JsValue| Reflect::set(&init, &JsValue::from_str(name), value).map(drop);
-    set("method", &JsValue::from_str(method)).map_err(describe)?;
-    let js_headers = web_sys::Headers::new().map_err(describe)?;
-    for (name, value) in headers {
-        js_headers.append(name, value).map_err(describe)?;
-    }
-    set("headers", &js_headers).map_err(describe)?;
-    if let Some(body) = body.filter(|body| !body.is_empty()) {
-        let body = match std::str::from_utf8(body) {
-            Ok(text) => JsValue::from_str(text),
-            Err(_) => js_sys::Uint8Array::from(body).into(),
-        };
-        set("body", &body).map_err(describe)?;
-    }
-    let _abort = if abortable {
-        let controller = web_sys::AbortController::new().map_err(describe)?;
-        set("signal", &controller.signal()).map_err(describe)?;
-        Some(AbortOnDrop(controller))
-    } else {
-        None
+    let headers = header_list(headers.iter().copied())?;
+    let body = match body.filter(|body| !body.is_empty()) {
+        Some(body) => Some(std::str::from_utf8(body).map_err(|_| "the request body is not UTF-8 text".to_owned())?),
+        None => None,
     };
-    let promise = global_fetch(url, &init).map_err(describe)?;
-    let response: web_sys::Response = JsFuture::from(promise).await.map_err(describe)?.unchecked_into();
-    let status = response.status();
-    let text = JsFuture::from(response.text().map_err(describe)?).await.map_err(describe)?;
-    let text = text.as_string().ok_or_else(|| "the answer's body is not text".to_owned())?;
-    Ok((status, text))
+    let abort = if abortable { Some(AbortOnDrop(web_sys::AbortController::new().map_err(describe)?)) } else { None };
+    let signal: JsValue = abort.as_ref().map_or(JsValue::UNDEFINED, |abort| abort.0.signal().into());
+    let promise = fetch_text(method, url, &headers, body, &signal).map_err(describe)?;
+    let answer = JsFuture::from(promise).await.map_err(describe)?;
+    drop(abort);
+    let answer = answer.as_string().ok_or_else(|| "the answer's body is not text".to_owned())?;
+    let (status, text) = answer.split_once('\n').ok_or_else(|| "fetch gave no status".to_owned())?;
+    let status = status.parse().map_err(|_| format!("fetch gave the status {status:?}"))?;
+    Ok((status, text.to_owned()))
 }
 
 /// Aborts its fetch when dropped (a no-op once the body has been read).

@@ -12,6 +12,7 @@
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
 import { randomUUID } from "node:crypto";
+import * as functionModule from "../../pkg-function/deno.js";
 import { CreditError, createHandler } from "../../pkg-function/deno.js";
 import { balanceOf, call, env, ledgerRows, makeUser, request, SERVICE_ROLE_KEY, sql, userToken } from "./helpers.ts";
 
@@ -34,6 +35,15 @@ function startGenerator() {
 
 /** An IP of its own per test, so the per-IP limit never couples tests. */
 const freshIp = () => `10.${[0, 0, 0].map(() => Math.floor(Math.random() * 250) + 1).join(".")}`;
+
+Deno.test("the functions' module is the handler only: the npm client is a separate build", () => {
+  for (const name of ["createHandler", "handle", "createStripeHandler", "CreditError"]) {
+    assert.equal(typeof (functionModule as Record<string, unknown>)[name], "function", name);
+  }
+  for (const name of ["CreditClient", "rateLimitHeaders"]) {
+    assert.equal((functionModule as Record<string, unknown>)[name], undefined, name);
+  }
+});
 
 Deno.test("a malformed configuration is refused at start-up, naming the variable", () => {
   const cases: Array<[Record<string, string>, string]> = [
