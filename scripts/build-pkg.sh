@@ -1,9 +1,18 @@
 #!/usr/bin/env bash
-# Builds pkg/: the npm package `creditgate`, one directory that works in
-# Node 20+ (`npm install ./pkg`, then `import`), Deno (what the Edge Function
-# imports) and browsers/bundlers, chosen by package.json "exports".
+# Builds the two wasm packages, each from the same crate with one feature:
 #
-#   scripts/build-pkg.sh        # release build, wasm-opt -Oz, sizes printed
+# - pkg/: the npm package `creditgate` (feature `client`: CreditClient,
+#   rateLimitHeaders, CreditError), one directory that works in Node 20+
+#   (`npm install ./pkg`, then `import`), Deno and browsers/bundlers, chosen
+#   by package.json "exports".
+# - pkg-function/: the Edge Functions' module (feature `handler`:
+#   createHandler, handle, createStripeHandler, CreditError), copied into
+#   supabase/functions/credits/pkg and supabase/functions/stripe-webhook/pkg.
+#
+# Neither carries the other's code: a module is compiled on every cold start
+# (the function's) or every import (the app's), so bytes are time.
+#
+#   scripts/build-pkg.sh        # release builds, wasm-opt -Oz, sizes printed
 #
 # Assumes the toolchain `cargo dev setup` installs: the wasm32 target,
 # wasm-pack, wasm-bindgen-cli equal to Cargo.lock's wasm-bindgen, and the
@@ -26,44 +35,42 @@ command -v wasm-bindgen >/dev/null || fail "wasm-bindgen is not on PATH (cargo i
 # paths; put the good one first so Debian's (or a GitHub download) never is.
 export PATH="$(dirname "$wasm_opt"):$PATH"
 
-# 1. Compile and generate the JS glue (--target web: ES modules, and an
-#    `initSync` any runtime can feed with the .wasm bytes). --no-pack: the
-#    package.json and README are ours, written below.
-rm -rf pkg
-wasm-pack build --release --target web --no-pack --out-dir pkg --out-name creditgate "$root"
+# build <features> <dir> <package name>: one package in <dir>.
+build() {
+  local features=$1 out=$2 name=$3
+  # 1. Compile and generate the JS glue (--target web: ES modules, and an
+  #    `initSync` any runtime can feed with the .wasm bytes). --no-pack: the
+  #    package.json and README are ours, written below.
+  rm -rf "$out"
+  wasm-pack build --release --target web --no-pack --out-dir "$out" --out-name creditgate "$root" \
+    -- --no-default-features --features "$features"
 
-# 2. Shrink. The module is loaded on every Edge Function cold start.
-#    (The target_features section stays, so wasm-opt accepts the bulk
-#    memory and other post-MVP operations rustc emits.)
-wasm="pkg/creditgate_bg.wasm"
-raw_bytes=$(stat -c %s "$wasm")
-"$wasm_opt" -Oz --strip-debug --strip-producers "$wasm" -o "$wasm.opt"
-mv "$wasm.opt" "$wasm"
+  # 2. Shrink. (The target_features section stays, so wasm-opt accepts the
+  #    bulk memory and other post-MVP operations rustc emits.)
+  local wasm="$out/creditgate_bg.wasm" raw_bytes
+  raw_bytes=$(stat -c %s "$wasm")
+  "$wasm_opt" -Oz --strip-debug --strip-producers "$wasm" -o "$wasm.opt"
+  mv "$wasm.opt" "$wasm"
 
-# 3. The entry points. The JS CreditError lives in a wasm-bindgen snippet
-#    whose directory name carries a hash; every entry re-exports that very
-#    module, so `instanceof CreditError` holds for what the glue throws.
-credit_error=$(cd pkg && ls snippets/*/src/js/credit_error.js)
-[ "$(printf '%s\n' "$credit_error" | wc -l)" = 1 ] || fail "expected one credit_error.js snippet, found: $credit_error"
-for entry in node.js deno.js web.js raw.js; do
-  sed "s#__CREDIT_ERROR__#${credit_error}#" "$templates/$entry" > "pkg/$entry"
-done
-cp "$templates/index.d.ts" "$templates/raw.d.ts" "$templates/README.md" pkg/
+  # 3. The entry points. The JS CreditError lives in a wasm-bindgen snippet
+  #    whose directory name carries a hash; every entry re-exports that very
+  #    module, so `instanceof CreditError` holds for what the glue throws.
+  local credit_error entry
+  credit_error=$(cd "$out" && ls snippets/*/src/js/credit_error.js)
+  [ "$(printf '%s\n' "$credit_error" | wc -l)" = 1 ] || fail "expected one credit_error.js snippet, found: $credit_error"
+  for entry in node.js deno.js web.js raw.js; do
+    sed "s#__CREDIT_ERROR__#${credit_error}#" "$templates/$entry" > "$out/$entry"
+  done
+  cp "$templates/index.d.ts" "$templates/raw.d.ts" "$templates/README.md" "$out/"
 
-# 4. package.json: version and metadata from Cargo.toml's [package].
-cargo_field() {
-  awk -v key="$1" '
-    /^\[/ { in_package = ($0 == "[package]") }
-    in_package && $1 == key { sub(/^[^=]*= *"/, ""); sub(/"$/, ""); print; exit }
-  ' Cargo.toml
-}
-VERSION=$(cargo_field version) DESCRIPTION=$(cargo_field description) \
-LICENSE=$(cargo_field license) REPOSITORY=$(cargo_field repository) \
-node --input-type=module - <<'EOF'
+  # 4. package.json: version and metadata from Cargo.toml's [package].
+  NAME=$name OUT=$out VERSION=$(cargo_field version) DESCRIPTION=$(cargo_field description) \
+  LICENSE=$(cargo_field license) REPOSITORY=$(cargo_field repository) \
+  node --input-type=module - <<'EOF'
 import { writeFileSync } from "node:fs";
 const env = process.env;
 const pkg = {
-  name: "creditgate",
+  name: env.NAME,
   version: env.VERSION,
   description: env.DESCRIPTION,
   license: env.LICENSE,
@@ -94,22 +101,36 @@ const pkg = {
   engines: { node: ">=20" },
   keywords: ["supabase", "credits", "rate-limit", "billing", "postgrest", "wasm"],
 };
-writeFileSync("pkg/package.json", JSON.stringify(pkg, null, 2) + "\n");
+// The Edge Functions' module is not published: it ships inside the functions.
+if (env.NAME !== "creditgate") pkg.private = true;
+writeFileSync(`${env.OUT}/package.json`, JSON.stringify(pkg, null, 2) + "\n");
 EOF
 
-# 5. What shipped.
-opt_bytes=$(stat -c %s "$wasm")
-gzip_bytes=$(gzip -9 -c "$wasm" | wc -c)
-echo "build-pkg: pkg/creditgate_bg.wasm ${opt_bytes} bytes (${raw_bytes} before wasm-opt), ${gzip_bytes} bytes gzipped"
+  # 5. What shipped.
+  local opt_bytes gzip_bytes
+  opt_bytes=$(stat -c %s "$wasm")
+  gzip_bytes=$(gzip -9 -c "$wasm" | wc -c)
+  echo "build-pkg: $wasm ${opt_bytes} bytes (${raw_bytes} before wasm-opt), ${gzip_bytes} bytes gzipped"
+}
 
-# 6. The Edge Function's copy (supabase/functions/credits/pkg, git-ignored):
+cargo_field() {
+  awk -v key="$1" '
+    /^\[/ { in_package = ($0 == "[package]") }
+    in_package && $1 == key { sub(/^[^=]*= *"/, ""); sub(/"$/, ""); print; exit }
+  ' Cargo.toml
+}
+
+build client pkg creditgate
+build handler pkg-function creditgate-function
+
+# 6. The Edge Functions' copies (supabase/functions/*/pkg, git-ignored):
 #    `supabase functions deploy` bundles only what is under supabase/functions
 #    (imports from outside it do not deploy), and supabase/config.toml ships
 #    the .wasm from there as a static file.
-#    The `stripe-webhook` function loads the same module: it gets a copy too.
+#    `credits` and `stripe-webhook` load the same module (pkg-function/).
 for function_pkg in supabase/functions/credits/pkg supabase/functions/stripe-webhook/pkg; do
   if [ -d "$(dirname "$function_pkg")" ]; then
     rm -rf "$function_pkg"
-    cp -r pkg "$function_pkg"
+    cp -r pkg-function "$function_pkg"
   fi
 done

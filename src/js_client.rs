@@ -7,8 +7,8 @@
 //! here panics on any input (a panic would kill the module instance for
 //! every later request).
 //!
-//! Room is left for an HTTP handler (`src/api/`, exported from there): it
-//! can reuse [`to_js_error`], [`to_js`] and [`from_js`].
+//! The JS `CreditError` and the JSON crossings it shares with the HTTP
+//! handler (`src/api/js_handler.rs`) are in `js_error.rs`.
 
 use crate::client::{CreditClient, RunError, RunOutcome};
 use crate::error::CreditError;
@@ -18,6 +18,7 @@ use crate::{
     GrantRequest, LimitKeyRequest, LimitRequest, PeekLimitRequest, PlanRequest, RateLimitResult, RefundRequest,
     RevokeLotRequest, RunOutput, SubscribeRequest, TokenBucketRequest, UsageRequest,
 };
+use crate::js_error::{to_js_error, SERIALIZER};
 use js_sys::{Function, Object, Promise, Reflect, JSON};
 use serde::Serialize;
 use serde_json::Value;
@@ -27,50 +28,6 @@ use wasm_bindgen_futures::{future_to_promise, JsFuture};
 
 #[wasm_bindgen(typescript_custom_section)]
 const TYPES: &'static str = r#"
-/** Any JSON value. */
-export type JsonValue = null | boolean | number | string | JsonValue[] | { [key: string]: JsonValue };
-
-/** Every `CreditError.code`. Codes are only ever added, never renamed. */
-export type CreditErrorCode =
-  | "invalid_argument"        // 400: a request failed validation (details.field names it)
-  | "unauthorized"            // 401: no or a bad key
-  | "forbidden"               // 403: the key's role may not call the function
-  | "insufficient_credits"    // 402: details { balance, needed }
-  | "user_not_found"          // 404
-  | "job_not_found"           // 404
-  | "lot_not_found"           // 404
-  | "plan_not_found"          // 404
-  | "idempotency_in_flight"   // 409: the same key is still being processed (retryable)
-  | "job_already_settled"     // 409: completed, refunded or expired already
-  | "idempotency_key_reused"  // 422: same key, different request
-  | "rate_limited"            // 429 (limit() returns denials as values; the HTTP API raises this)
-  | "concurrency_limited"     // 429 (the HTTP API: as many paid requests running as a concurrency limit allows)
-  | "blocked"                 // 403: a limit key is blocked (details { key, until, reason }); not retryable
-  | "upstream"                // 502: PostgREST/the database answered something unexpected
-  | "network";                // 503: no answer at all
-
-/** What every creditgate failure is thrown (or rejected) as. */
-export declare class CreditError extends Error {
-  constructor(init: {
-    code: CreditErrorCode;
-    message: string;
-    status: number;
-    details?: { [key: string]: JsonValue };
-    retryable?: boolean;
-    cause?: unknown;
-  });
-  readonly name: "CreditError";
-  /** Stable: branch on this, never on `message`. */
-  readonly code: CreditErrorCode;
-  /** The HTTP status of `code` (402 for insufficient_credits, ...). */
-  readonly status: number;
-  /** Machine-readable context: `{ balance, needed }`, `{ field }`, `{ sqlstate }`, ... */
-  readonly details: { [key: string]: JsonValue };
-  /** Whether the same request may succeed later, unchanged. */
-  readonly retryable: boolean;
-  toJSON(): { code: CreditErrorCode; message: string; status: number; details: { [key: string]: JsonValue }; retryable: boolean };
-}
-
 export interface CreditClientOptions {
   /** The project URL: `https://<ref>.supabase.co`, `http://127.0.0.1:54321`; with or without `/rest/v1`. */
   url: string;
@@ -403,48 +360,8 @@ export interface CreditClient {
 }
 "#;
 
-#[wasm_bindgen(module = "/src/js/credit_error.js")]
-extern "C" {
-    #[wasm_bindgen(js_name = CreditError)]
-    type JsCreditError;
-
-    #[wasm_bindgen(constructor, js_class = "CreditError")]
-    fn new(init: &JsValue) -> JsCreditError;
-}
-
-/// The one serializer configuration every export uses: plain objects for
-/// maps, `null` for `None`, numbers (not BigInts) for integers.
-const SERIALIZER: serde_wasm_bindgen::Serializer =
-    serde_wasm_bindgen::Serializer::json_compatible();
-
 /// JS input beyond this is refused before it is parsed: requests are small.
 const INPUT_BYTES_MAX: usize = 256 * 1024;
-
-#[derive(Serialize)]
-struct ErrorInit<'a> {
-    code: &'a str,
-    message: &'a str,
-    status: u16,
-    details: &'a serde_json::Map<String, Value>,
-    retryable: bool,
-}
-
-/// A [`CreditError`] as the JS `CreditError` it is thrown as.
-pub(crate) fn to_js_error(error: CreditError) -> JsValue {
-    let init = ErrorInit {
-        code: error.code().as_str(),
-        message: error.message(),
-        status: error.status(),
-        details: error.details(),
-        retryable: error.retryable(),
-    };
-    match init.serialize(&SERIALIZER) {
-        Ok(init) => JsCreditError::new(&init).into(),
-        // Serializing strings and JSON cannot fail; if it ever did, a plain
-        // Error still carries the message.
-        Err(_) => js_sys::Error::new(error.message()).into(),
-    }
-}
 
 /// A Rust value as a plain JS object.
 pub(crate) fn to_js<T: Serialize>(value: &T) -> Result<JsValue, JsValue> {
@@ -481,6 +398,7 @@ pub(crate) fn from_js(value: &JsValue, what: &str) -> Result<Value, CreditError>
     serde_json::from_str(&text)
         .map_err(|error| unusable(&format!("the argument is not valid JSON ({error})")))
 }
+
 
 /// Runs `body` as a JS promise, rejecting with a `CreditError` on failure.
 fn promise<F>(body: F) -> Promise
@@ -936,12 +854,12 @@ pub fn verify_webhook_signature(
         return Err(to_js_error(CreditError::invalid_argument("secrets", "secrets must be a non-empty string or array of strings")));
     }
     let tolerance = match tolerance_seconds.as_f64() {
-        None if tolerance_seconds.is_undefined() || tolerance_seconds.is_null() => crate::api::TOLERANCE_SECONDS,
+        None if tolerance_seconds.is_undefined() || tolerance_seconds.is_null() => crate::signature::TOLERANCE_SECONDS,
         Some(seconds) if seconds.is_finite() && seconds >= 0.0 => seconds as i64,
         _ => {
             return Err(to_js_error(CreditError::invalid_argument("toleranceSeconds", "toleranceSeconds must be a number of seconds, 0 or more")))
         }
     };
     let now_s = (js_sys::Date::now() / 1000.0) as i64;
-    Ok(crate::api::verify_signature_within(header.as_string().as_deref(), &body, &secrets, now_s, tolerance).is_ok())
+    Ok(crate::signature::verify_signature_within(header.as_string().as_deref(), &body, &secrets, now_s, tolerance).is_ok())
 }

@@ -14,8 +14,17 @@
 //! - [`client`]: the one transport (the `postgrest` crate), `run` and the settling steps.
 //! - [`answers`]: each answer decoded into a result or a [`CreditError`].
 //! - [`error`]: the one error type and its stable codes.
+//! - [`api`] (feature `handler`): the Edge Function's HTTP API.
+//! - [`signature`]: Stripe's webhook signature scheme (Stripe's events in, creditgate's webhooks out).
 //! - [`rate_limit_headers`]: IETF `RateLimit-Policy` / `RateLimit` / `Retry-After` values.
+//!
+//! Features: `client` (the npm package's `CreditClient`, `js_client.rs`) and
+//! `handler` (the Edge Function's `createHandler`/`handle`/
+//! `createStripeHandler`, `api/`), both on by default. scripts/build-pkg.sh
+//! builds each into its own package so that neither module carries the
+//! other's code.
 
+#[cfg(feature = "handler")]
 pub mod api;
 pub mod answers;
 pub mod calls;
@@ -25,10 +34,15 @@ pub mod error;
 pub mod rate_limit_headers;
 pub mod requests;
 pub mod results;
+pub mod signature;
 pub mod values;
 
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(target_arch = "wasm32", feature = "client"))]
 mod js_client;
+#[cfg(target_arch = "wasm32")]
+mod fetch;
+#[cfg(target_arch = "wasm32")]
+mod js_error;
 
 pub use client::{Call, CreditClient, RunError, RunOutcome};
 pub use error::{CreditError, ErrorCode};

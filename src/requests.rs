@@ -430,7 +430,9 @@ impl TokenBucketRequest {
             .ok_or_else(|| {
                 CreditError::invalid_argument(
                     "refillPerSecond",
-                    format!("refillPerSecond must be a number from {REFILL_PER_SECOND_MIN} to {REFILL_PER_SECOND_MAX}"),
+                    // Spelled out: formatting an f64 would pull float printing
+                    // (~14 KB) into the module (a unit test checks the text).
+                    "refillPerSecond must be a number from 0.00001 to 1000000",
                 )
             })?;
         let weight = Weight::new(fields.optional_integer("weight")?.unwrap_or(1))?;
@@ -1237,5 +1239,12 @@ mod tests {
             field_of(RunOutput::from_json(&json!({"resultUrl": 5}))),
             "resultUrl"
         );
+    }
+
+    #[test]
+    fn the_refill_range_message_names_the_bounds() {
+        let error = TokenBucketRequest::from_json(&serde_json::json!({"key": "k", "capacity": 5, "refillPerSecond": 0})).unwrap_err();
+        let bounds = format!("from {REFILL_PER_SECOND_MIN} to {REFILL_PER_SECOND_MAX}");
+        assert!(error.message().ends_with(&bounds), "{} vs {bounds}", error.message());
     }
 }

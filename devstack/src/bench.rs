@@ -27,6 +27,7 @@
 
 mod http;
 mod readme_table;
+mod module;
 
 use crate::pg::Cluster;
 use crate::support::{free_ports, pg_prove, pgtap_files};

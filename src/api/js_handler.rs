@@ -10,7 +10,7 @@
 use super::http::{ApiRequest, ApiResponse, BODY_BYTES_MAX, HEADERS_READ};
 use super::stripe::{StripeApi, STRIPE_BODY_BYTES_MAX, STRIPE_HEADERS_READ};
 use super::Api;
-use crate::js_client::to_js_error;
+use crate::js_error::to_js_error;
 use js_sys::{Array, Function, Object, Promise, Reflect, Uint8Array};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -25,6 +25,14 @@ const TYPES: &'static str = r#"
 /** The function's environment: `Deno.env.toObject()`. See the README for the variables read. */
 export type CreditsEnv = { [name: string]: string | undefined };
 "#;
+
+#[wasm_bindgen(module = "/src/js/http.js")]
+extern "C" {
+    #[wasm_bindgen(js_name = requestHead)]
+    fn request_head(request: &web_sys::Request, names: &str) -> String;
+    #[wasm_bindgen(catch, js_name = makeResponse)]
+    fn make_response(status: u16, headers: &str, body: Option<&str>) -> Result<JsValue, JsValue>;
+}
 
 #[wasm_bindgen]
 extern "C" {
@@ -153,11 +161,14 @@ fn env_map(env: &JsValue) -> BTreeMap<String, String> {
 /// streamed body without a length is never buffered whole. All of this
 /// happens before any token check or database call.
 async fn read_request(request: &web_sys::Request, headers_read: &[&str], body_bytes_max: usize) -> Result<ApiRequest, ApiResponse> {
-    let mut api_request = ApiRequest::new(&request.method(), &request.url());
-    let headers = request.headers();
-    for name in headers_read.iter().copied() {
-        if let Ok(Some(value)) = headers.get(name) {
-            api_request = api_request.with_header(name, &value);
+    // Method, URL and the headers read, in one crossing (src/js/http.js).
+    let head = request_head(request, &headers_read.join("\n"));
+    let mut lines = head.split('\n');
+    let (verb, url) = (lines.next().unwrap_or_default(), lines.next().unwrap_or_default());
+    let mut api_request = ApiRequest::new(verb, url);
+    for (name, line) in headers_read.iter().copied().zip(lines) {
+        if let Some(value) = line.strip_prefix('+') {
+            api_request = api_request.with_header(name, value);
         }
     }
     let too_large = || super::ApiError::payload_too_large(body_bytes_max).into_response();
@@ -170,6 +181,17 @@ async fn read_request(request: &web_sys::Request, headers_read: &[&str], body_by
     }
     let Some(stream) = request.body() else { return Ok(api_request) };
     let unreadable = || super::ApiError::invalid("body", "the request body could not be read").into_response();
+    if declared.is_some() {
+        // A declared length within the bound (the runtime's HTTP server
+        // holds the body to it): one read of the whole body, not a loop of
+        // reader promises. The stream is the path for a body of no length.
+        let buffer = JsFuture::from(request.array_buffer().map_err(|_| unreadable())?).await.map_err(|_| unreadable())?;
+        let bytes = Uint8Array::new(&buffer);
+        if bytes.length() as usize > body_bytes_max {
+            return Err(too_large());
+        }
+        return Ok(api_request.with_body(bytes.to_vec()));
+    }
     let reader: Object = stream.get_reader().dyn_into().map_err(|_| unreadable())?;
     let read = method(&reader, "read").ok_or_else(unreadable)?;
     let mut body: Vec<u8> = Vec::new();
@@ -198,15 +220,11 @@ fn method(object: &Object, name: &str) -> Option<Function> {
 }
 
 fn to_response(response: &ApiResponse) -> Result<JsValue, JsValue> {
-    let headers = web_sys::Headers::new()?;
-    for (name, value) in &response.headers {
-        headers.append(name, value)?;
-    }
-    let init = web_sys::ResponseInit::new();
-    init.set_status(response.status);
-    init.set_headers(&headers);
+    // The headers cross as one string (src/js/http.js).
+    let headers = crate::fetch::header_list(response.headers.iter().map(|(name, value)| (name.as_str(), value.as_str())))
+        .map_err(|why| JsValue::from(js_sys::Error::new(&why)))?;
     let body = (!response.body.is_empty() && response.status != 204).then_some(response.body.as_str());
-    Ok(web_sys::Response::new_with_opt_str_and_init(body, &init)?.into())
+    make_response(response.status, &headers, body)
 }
 
 /// A JS timer that is cleared when dropped, so a finished race leaves no

@@ -257,7 +257,6 @@ mod webcrypto {
     use super::{Algorithm, PublicKey};
     use js_sys::{Array, Promise, JSON};
     use std::cell::RefCell;
-    use std::collections::BTreeMap;
     use wasm_bindgen::prelude::*;
     use wasm_bindgen_futures::JsFuture;
 
@@ -280,19 +279,30 @@ mod webcrypto {
             -> Result<Promise, JsValue>;
     }
 
-    /// Imported keys by their JWK text: an import is done once per key.
+    /// Imported keys with their JWK: an import is done once per key, and a
+    /// request finds its key by comparing JWKs (no serialization per request).
     const IMPORTED_MAX: usize = 64;
     thread_local! {
-        static IMPORTED: RefCell<BTreeMap<String, JsValue>> = const { RefCell::new(BTreeMap::new()) };
+        static IMPORTED: RefCell<Vec<(serde_json::Value, JsValue)>> = const { RefCell::new(Vec::new()) };
+        /// The WebCrypto parameters of ES256 and RS256, built once.
+        static PARAMS: RefCell<[Option<JsValue>; 2]> = const { RefCell::new([None, None]) };
     }
 
     fn algorithm(key: &PublicKey) -> Result<JsValue, String> {
-        let params = match key.algorithm {
-            Algorithm::Es256 => r#"{"name":"ECDSA","namedCurve":"P-256","hash":"SHA-256"}"#,
-            Algorithm::Rs256 => r#"{"name":"RSASSA-PKCS1-v1_5","hash":"SHA-256"}"#,
+        let (slot, params) = match key.algorithm {
+            Algorithm::Es256 => (0, r#"{"name":"ECDSA","namedCurve":"P-256","hash":"SHA-256"}"#),
+            Algorithm::Rs256 => (1, r#"{"name":"RSASSA-PKCS1-v1_5","hash":"SHA-256"}"#),
             Algorithm::Hs256 => return Err("HS256 is not a public-key algorithm".into()),
         };
-        JSON::parse(params).map_err(|_| "algorithm".to_owned())
+        PARAMS.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            if let Some(params) = &cache[slot] {
+                return Ok(params.clone());
+            }
+            let parsed = JSON::parse(params).map_err(|_| "algorithm".to_owned())?;
+            cache[slot] = Some(parsed.clone());
+            Ok(parsed)
+        })
     }
 
     fn message(error: JsValue) -> String {
@@ -300,8 +310,8 @@ mod webcrypto {
     }
 
     async fn import(key: &PublicKey) -> Result<JsValue, String> {
-        let text = key.jwk.to_string();
-        if let Some(imported) = IMPORTED.with(|cache| cache.borrow().get(&text).cloned()) {
+        let cached = IMPORTED.with(|cache| cache.borrow().iter().find(|(jwk, _)| *jwk == key.jwk).map(|(_, imported)| imported.clone()));
+        if let Some(imported) = cached {
             return Ok(imported);
         }
         // Only the public members: WebCrypto checks `key_ops`/`use` against
@@ -323,7 +333,7 @@ mod webcrypto {
             if cache.len() >= IMPORTED_MAX {
                 cache.clear();
             }
-            cache.insert(text, imported.clone());
+            cache.push((key.jwk.clone(), imported.clone()));
         });
         Ok(imported)
     }

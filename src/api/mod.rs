@@ -45,7 +45,8 @@ pub use http::{ApiRequest, ApiResponse, BODY_BYTES_MAX, HEADERS_READ};
 pub use input::PROMPT_CHARS_MAX;
 pub use routes::{route, Route};
 pub use keys::{parse_jwks, Algorithm, KeyStore, PublicKey};
-pub use stripe::{action as stripe_action, signature_header, stripe_signature, verify_signature, verify_signature_within, PriceCredits, SignatureError, StripeApi, StripeSettings, STRIPE_BODY_BYTES_MAX, STRIPE_HEADERS_READ, TOLERANCE_SECONDS};
+pub use crate::signature::{signature_header, stripe_signature, verify_signature, verify_signature_within, SignatureError, TOLERANCE_SECONDS};
+pub use stripe::{action as stripe_action, PriceCredits, StripeApi, StripeSettings, STRIPE_BODY_BYTES_MAX, STRIPE_HEADERS_READ};
 pub use webhooks::{delivery_body, DELIVERY_BATCH, SIGNATURE_HEADER};
 pub use settings::{policy_names, GeneratorSettings, WebhookSettings, LimitPolicy, NamedPolicy, PolicyKind, Secret, Settings};
 

@@ -4,12 +4,14 @@
 //!
 //! As in `calls.rs`, each call is built as plain data first ([`HttpCall`])
 //! and sent separately, so what goes on the wire is unit-tested with no
-//! network. Sending uses reqwest: hyper natively, the global `fetch` on
-//! wasm32 (aborted when the future is dropped, which is how a timed-out
-//! generation is cancelled there), with a timeout.
+//! network. Sending uses reqwest natively and the global `fetch` on wasm32
+//! (`src/fetch.rs`: aborted when the future is dropped, which is how a
+//! timed-out generation is cancelled there), with a timeout.
 
 use super::settings::GeneratorSettings;
-use crate::error::{CreditError, ErrorCode};
+use crate::error::CreditError;
+#[cfg(not(target_arch = "wasm32"))]
+use crate::error::ErrorCode;
 use crate::JobId;
 use serde_json::{json, Value};
 
@@ -88,10 +90,12 @@ pub fn generated(answer: Result<HttpAnswer, SendFailure>) -> Generated {
 /// Sends calls. One per API instance; cheap to share.
 #[derive(Clone, Debug)]
 pub struct Sender {
+    #[cfg(not(target_arch = "wasm32"))]
     client: reqwest::Client,
 }
 
 impl Sender {
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn new() -> Result<Sender, CreditError> {
         reqwest::Client::builder()
             .build()
@@ -99,7 +103,33 @@ impl Sender {
             .map_err(|error| CreditError::new(ErrorCode::Network, format!("could not build an HTTP client: {error}")))
     }
 
+    #[cfg(target_arch = "wasm32")]
+    pub fn new() -> Result<Sender, CreditError> {
+        Ok(Sender {})
+    }
+
     /// Sends `call`; with `timeout_ms`, gives up (and cancels it) after that long.
+    #[cfg(target_arch = "wasm32")]
+    pub async fn send(&self, call: &HttpCall, timeout_ms: Option<u32>) -> Result<HttpAnswer, SendFailure> {
+        let headers: Vec<(&str, &str)> = call.headers.iter().map(|(name, value)| (*name, value.as_str())).collect();
+        let body = call.body.as_deref().map(str::as_bytes);
+        let exchange = async {
+            let (status, body) = crate::fetch::exchange(call.method, &call.url, &headers, body, timeout_ms.is_some())
+                .await
+                .map_err(SendFailure::Network)?;
+            if body.len() > ANSWER_BYTES_MAX {
+                return Err(SendFailure::Network(format!("the answer is larger than {ANSWER_BYTES_MAX} bytes")));
+            }
+            Ok(HttpAnswer { status, body })
+        };
+        match timeout_ms {
+            Some(ms) => super::js_handler::with_timeout(exchange, ms).await.unwrap_or(Err(SendFailure::Timeout)),
+            None => exchange.await,
+        }
+    }
+
+    /// Sends `call`; with `timeout_ms`, gives up (and cancels it) after that long.
+    #[cfg(not(target_arch = "wasm32"))]
     pub async fn send(&self, call: &HttpCall, timeout_ms: Option<u32>) -> Result<HttpAnswer, SendFailure> {
         let method = if call.method == "POST" { reqwest::Method::POST } else { reqwest::Method::GET };
         let mut builder = self.client.request(method, &call.url);
@@ -109,7 +139,6 @@ impl Sender {
         if let Some(body) = &call.body {
             builder = builder.body(body.clone());
         }
-        #[cfg(not(target_arch = "wasm32"))]
         if let Some(ms) = timeout_ms {
             builder = builder.timeout(std::time::Duration::from_millis(u64::from(ms)));
         }
@@ -122,21 +151,12 @@ impl Sender {
             }
             Ok(HttpAnswer { status, body })
         };
-        #[cfg(target_arch = "wasm32")]
-        if let Some(ms) = timeout_ms {
-            return match super::js_handler::with_timeout(exchange, ms).await {
-                Some(result) => result,
-                None => Err(SendFailure::Timeout),
-            };
-        }
-        #[cfg(not(target_arch = "wasm32"))]
-        let _ = timeout_ms;
         exchange.await
     }
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 fn failure(error: reqwest::Error) -> SendFailure {
-    #[cfg(not(target_arch = "wasm32"))]
     if error.is_timeout() {
         return SendFailure::Timeout;
     }

@@ -24,7 +24,7 @@ use super::http::{ApiRequest, ApiResponse};
 use super::input;
 use super::outbound::{HttpCall, Sender, SendFailure};
 use super::settings::WebhookSettings;
-use super::stripe::signature_header;
+use crate::signature::signature_header;
 use crate::answers;
 use crate::calls::Rpc;
 use crate::client::{Call, CreditClient};

@@ -4,7 +4,7 @@
 //
 //   deno test --allow-net --allow-read --allow-env --allow-run=psql tests/function
 //
-// Needs pkg/ (scripts/build-pkg.sh), psql, and a running stack (`cargo dev up`
+// Needs pkg-function/ (scripts/build-pkg.sh), psql, and a running stack (`cargo dev up`
 // or `cargo dev test`'s): CREDITGATE_URL, CREDITGATE_SERVICE_ROLE_KEY,
 // CREDITGATE_JWT_SECRET, CREDITGATE_DB_URL (defaults: the local stack's).
 // The generator here is a small HTTP server started by the test itself, so
@@ -12,7 +12,8 @@
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
 import { randomUUID } from "node:crypto";
-import { CreditError, createHandler } from "../../pkg/deno.js";
+import * as functionModule from "../../pkg-function/deno.js";
+import { CreditError, createHandler } from "../../pkg-function/deno.js";
 import { balanceOf, call, env, ledgerRows, makeUser, request, SERVICE_ROLE_KEY, sql, userToken } from "./helpers.ts";
 
 /** A generator that answers as told by the prompt, and counts its calls. */
@@ -34,6 +35,15 @@ function startGenerator() {
 
 /** An IP of its own per test, so the per-IP limit never couples tests. */
 const freshIp = () => `10.${[0, 0, 0].map(() => Math.floor(Math.random() * 250) + 1).join(".")}`;
+
+Deno.test("the functions' module is the handler only: the npm client is a separate build", () => {
+  for (const name of ["createHandler", "handle", "createStripeHandler", "CreditError"]) {
+    assert.equal(typeof (functionModule as Record<string, unknown>)[name], "function", name);
+  }
+  for (const name of ["CreditClient", "rateLimitHeaders"]) {
+    assert.equal((functionModule as Record<string, unknown>)[name], undefined, name);
+  }
+});
 
 Deno.test("a malformed configuration is refused at start-up, naming the variable", () => {
   const cases: Array<[Record<string, string>, string]> = [

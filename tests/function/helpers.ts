@@ -1,6 +1,6 @@
 // Shared by the Edge Function's Deno suites: the stack they run against,
 // users made in its database, and requests to a handler built from the
-// package (pkg/deno.js, what supabase/functions/credits/index.ts imports).
+// package (pkg-function/deno.js, what supabase/functions/credits/index.ts imports).
 import { createHmac, randomUUID } from "node:crypto";
 import { Buffer } from "node:buffer";
 

@@ -4,7 +4,7 @@
 // role's tools (/limits/peek, /limits/reset, /limits/usage, /limits/block,
 // /limits/unblock).
 import assert from "node:assert/strict";
-import { CreditError, createHandler } from "../../pkg/deno.js";
+import { CreditError, createHandler } from "../../pkg-function/deno.js";
 import { balanceOf, call, env, ledgerRows, makeUser, request, SERVICE_ROLE_KEY, userToken } from "./helpers.ts";
 
 const freshIp = () => `10.${[0, 0, 0].map(() => Math.floor(Math.random() * 250) + 1).join(".")}`;

@@ -4,7 +4,7 @@
 // events a user reads, against the running stack's database (helpers.ts).
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
-import { createHandler } from "../../pkg/deno.js";
+import { createHandler } from "../../pkg-function/deno.js";
 import { balanceOf, call, env, makeUser, request, SERVICE_ROLE_KEY, sql, userToken } from "./helpers.ts";
 
 const handler = () => createHandler(env({ CREDITGATE_USER_LIMIT: "off", CREDITGATE_IP_LIMIT: "off", CREDITGATE_PRICES: '{"image": 10}' }));

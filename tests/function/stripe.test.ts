@@ -5,7 +5,7 @@
 // beyond the local stack.
 import assert from "node:assert/strict";
 import { createHmac, randomUUID } from "node:crypto";
-import { createStripeHandler } from "../../pkg/deno.js";
+import { createStripeHandler } from "../../pkg-function/deno.js";
 import { balanceOf, env, makeUser, now, sql } from "./helpers.ts";
 
 const SECRET = "whsec_test_current";

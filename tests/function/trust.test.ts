@@ -7,7 +7,7 @@
 // away); the database is the running stack's (see helpers.ts).
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
-import { createHandler } from "../../pkg/deno.js";
+import { createHandler } from "../../pkg-function/deno.js";
 import {
   b64,
   balanceOf,

@@ -1,13 +1,14 @@
 // Webhooks out (src/api/webhooks.rs, migration 0800): the credits handler's
-// POST /webhooks/deliver, through the built package under Deno, against the
-// running stack's database, delivering to a receiver served here on
-// 127.0.0.1 that verifies every delivery with the package's own
+// POST /webhooks/deliver, through the functions' module under Deno, against
+// the running stack's database, delivering to a receiver served here on
+// 127.0.0.1 that verifies every delivery with the npm package's
 // verifyWebhookSignature. The receiver fails (500), then hangs past the
 // function's timeout, then recovers; the backoff's wait is skipped by moving
 // next_attempt_at (the schedule itself is pgTAP's, 24-webhooks). No network
 // beyond localhost.
 import assert from "node:assert/strict";
-import { createHandler, verifyWebhookSignature } from "../../pkg/deno.js";
+import { createHandler } from "../../pkg-function/deno.js";
+import { verifyWebhookSignature } from "../../pkg/deno.js";
 import { call, env, makeUser, request, SERVICE_ROLE_KEY, sql, userToken } from "./helpers.ts";
 
 const SECRET = "whsec_creditgate_function_test";

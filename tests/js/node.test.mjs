@@ -10,6 +10,14 @@ test("the package resolves to its Node entry point", () => {
   assert.match(import.meta.resolve("creditgate"), /\/node_modules\/creditgate\/node\.js$/);
 });
 
+test("the package is the client only: the Edge Functions' handler is a separate build", () => {
+  assert.equal(typeof creditgate.CreditClient, "function");
+  assert.equal(typeof creditgate.rateLimitHeaders, "function");
+  for (const handlerExport of ["createHandler", "handle", "createStripeHandler", "CreditsHandler", "StripeHandler"]) {
+    assert.equal(creditgate[handlerExport], undefined, handlerExport);
+  }
+});
+
 for (const [name, scenario] of scenarios) {
   test(name, () => scenario(creditgate));
 }

@@ -1,8 +1,8 @@
 //! The HTTP and wasm figures of `cargo dev bench`.
 //!
-//! - The `.wasm` module: bytes raw and gzipped (-9), and in Deno the first
-//!   import of the package (read, compile, instantiate, glue: a cold start),
-//!   compile time and instantiation time (bench/http/instantiate.ts).
+//! - The two `.wasm` modules (npm client and Edge Functions): bytes raw and
+//!   gzipped, first import, compile and instantiation times in Deno
+//!   ([`super::module`]).
 //! - `POST /charge` end to end: a local stack of its own (PostgreSQL, the
 //!   gateway, the front proxy), and one Deno process serving two functions
 //!   side by side: the real `credits` (the wasm handler) and
@@ -13,6 +13,7 @@
 //!   cost of wasm. Also the real function through the front proxy, as an
 //!   app reaches it (`/functions/v1/credits/charge`, JWT checked there too).
 
+use super::module::Module;
 use super::{median, Options};
 use crate::stack::{Options as StackOptions, Stack};
 use crate::support::{build_package_retrying, die_with_parent, free_ports, terminate, wait_for_port, ServedStack};
@@ -32,17 +33,11 @@ use std::time::{Duration, Instant};
 const CONNECTIONS: usize = 16;
 /// Users the requests spread over (each with a billion credits).
 const USERS: usize = 200;
-/// Fresh Deno processes timed for the first import.
-const COLD_STARTS: usize = 5;
 const WARM_UP: Duration = Duration::from_secs(2);
 
 #[derive(Serialize)]
 pub struct Figures {
-    wasm_bytes: u64,
-    wasm_gzip_bytes: u64,
-    first_import_ms: f64,
-    compile_ms: f64,
-    instantiate_ms: f64,
+    modules: Vec<Module>,
     series: Vec<Series>,
     /// wasm rps / TypeScript rps (target: within 5%, so >= 0.95).
     wasm_vs_ts: f64,
@@ -71,10 +66,7 @@ struct Series {
 
 impl Figures {
     pub fn print(&self) {
-        println!(
-            "\nwasm module: {} bytes raw, {} gzipped; in Deno: first import {:.1} ms (cold), compile {:.1} ms, instantiate {:.2} ms",
-            self.wasm_bytes, self.wasm_gzip_bytes, self.first_import_ms, self.compile_ms, self.instantiate_ms
-        );
+        Module::print(&self.modules);
         println!(
             "POST /charge over HTTP, {CONNECTIONS} connections, medians of runs:\n{:<40} {:>9} {:>9} {:>9} {:>7}",
             "client", "req/s", "p50 ms", "p99 ms", "errors"
@@ -99,12 +91,7 @@ pub fn measure(root: &Path, options: &Options) -> Result<Figures> {
     }
     crate::setup::ensure(crate::setup::Need::Stack)?;
     build_package_retrying()?;
-    let package = root.join("supabase/functions/credits/pkg");
-    let package = if package.join("creditgate_bg.wasm").exists() { package } else { root.join("pkg") };
-    let wasm = package.join("creditgate_bg.wasm");
-    let wasm_bytes = std::fs::metadata(&wasm).with_context(|| format!("{}", wasm.display()))?.len();
-    let gzip = Command::new("gzip").args(["-9", "-c"]).arg(&wasm).output().context("gzip")?;
-    let (first_import_ms, compile_ms, instantiate_ms) = instantiation(root, &package)?;
+    let modules = super::module::measure(root)?;
 
     // The functions read these at start: no limit gets in the way of the load.
     let limits = [("CREDITGATE_USER_LIMIT", "1000000/60"), ("CREDITGATE_IP_LIMIT", "off")];
@@ -132,11 +119,7 @@ pub fn measure(root: &Path, options: &Options) -> Result<Figures> {
     let series = outcome?;
     let wasm_vs_ts = if series[1].rps > 0.0 { series[0].rps / series[1].rps } else { 0.0 };
     Ok(Figures {
-        wasm_bytes,
-        wasm_gzip_bytes: gzip.stdout.len() as u64,
-        first_import_ms,
-        compile_ms,
-        instantiate_ms,
+        modules,
         series,
         wasm_vs_ts,
         met: wasm_vs_ts >= 0.95,
@@ -203,32 +186,6 @@ fn summarize(label: &str, url: &str, runs: Vec<Run>) -> Series {
         errors: runs.iter().map(|run| run.errors).sum(),
         runs,
     }
-}
-
-/// Medians over fresh Deno processes of bench/http/instantiate.ts.
-fn instantiation(root: &Path, package: &Path) -> Result<(f64, f64, f64)> {
-    let mut first = Vec::new();
-    let mut compile = Vec::new();
-    let mut instantiate = Vec::new();
-    for _ in 0..COLD_STARTS {
-        let output = Command::new(crate::setup::deno())
-            .args(["run", "--allow-read", "--no-prompt"])
-            .arg(root.join("bench/http/instantiate.ts"))
-            .arg(package)
-            .arg("10")
-            .env_remove("LD_LIBRARY_PATH")
-            .output()
-            .context("run deno")?;
-        if !output.status.success() {
-            bail!("bench/http/instantiate.ts: {}", String::from_utf8_lossy(&output.stderr));
-        }
-        let figures: serde_json::Value = serde_json::from_slice(&output.stdout)?;
-        let number = |name: &str| figures[name].as_f64().with_context(|| format!("{name} in {figures}"));
-        first.push(number("first_import_ms")?);
-        compile.push(number("compile_ms_median")?);
-        instantiate.push(number("instantiate_ms_median")?);
-    }
-    Ok((median(first), median(compile), median(instantiate)))
 }
 
 /// Bench users in the stack's database, each with a billion credits, and a
