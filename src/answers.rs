@@ -265,14 +265,31 @@ pub fn charge_with_limit(request: &LimitRequest, response: &Answer) -> Result<Ch
     })
 }
 
+/// A row of `charge_credits_with_limits`, its limits read as `L`.
 #[derive(Deserialize)]
-struct ChargeWithLimitsRow {
+struct ChargeWithLimitsRow<L> {
     allowed: bool,
     job_id: Option<String>,
     new_balance: Option<i64>,
     replayed: Option<bool>,
     expires_at: Option<String>,
-    limits: Vec<LimitRow>,
+    limits: Vec<L>,
+}
+
+impl<L> ChargeWithLimitsRow<L> {
+    /// The charge when the row is allowed (then it must carry one), else None.
+    fn charge(&mut self, function: &str) -> Result<Option<ChargeResult>, CreditError> {
+        match (self.allowed, self.job_id.take(), self.new_balance) {
+            (false, _, _) => Ok(None),
+            (true, Some(id), Some(balance)) => Ok(Some(ChargeResult {
+                job_id: job_id(function, &id)?,
+                balance,
+                replayed: self.replayed.unwrap_or(false),
+                expires_at: self.expires_at.take(),
+            })),
+            (true, _, _) => Err(unexpected(function, "allowed but no job_id or new_balance")),
+        }
+    }
 }
 
 /// `charge_credits_with_limits`.
@@ -281,25 +298,16 @@ pub fn charge_with_limits(
     response: &Answer,
 ) -> Result<ChargeWithLimitsResult, CreditError> {
     let function = "charge_credits_with_limits";
-    let row: ChargeWithLimitsRow = response.row(function)?;
+    let mut row: ChargeWithLimitsRow<LimitRow> = response.row(function)?;
     if row.limits.len() != requests.len() {
         return Err(unexpected(function, &format!("{} limits for {} asked", row.limits.len(), requests.len())));
     }
+    let charge = row.charge(function)?;
     let limits: Vec<RateLimitResult> =
         row.limits.into_iter().zip(requests).map(|(limit, request)| limit.into_result(request)).collect();
     if row.allowed != limits.iter().all(|limit| limit.success) {
         return Err(unexpected(function, "allowed disagrees with the limits"));
     }
-    let charge = match (row.allowed, row.job_id, row.new_balance) {
-        (false, _, _) => None,
-        (true, Some(id), Some(balance)) => Some(ChargeResult {
-            job_id: job_id(function, &id)?,
-            balance,
-            replayed: row.replayed.unwrap_or(false),
-            expires_at: row.expires_at,
-        }),
-        (true, _, _) => return Err(unexpected(function, "allowed but no job_id or new_balance")),
-    };
     Ok(ChargeWithLimitsResult { charge, limits })
 }
 
@@ -322,21 +330,12 @@ struct OutcomeRow {
     open: Option<u32>,
 }
 
-#[derive(Deserialize)]
-struct ChargeWithEntriesRow {
-    allowed: bool,
-    job_id: Option<String>,
-    new_balance: Option<i64>,
-    replayed: Option<bool>,
-    expires_at: Option<String>,
-    limits: Vec<OutcomeRow>,
-}
-
 /// `charge_credits_with_limits` called with [`crate::LimitEntry`]s: the
 /// limits as resolved, each describing itself.
 pub fn charge_with_entries(response: &Answer) -> Result<ChargeWithEntriesResult, CreditError> {
     let function = "charge_credits_with_limits";
-    let row: ChargeWithEntriesRow = response.row(function)?;
+    let mut row: ChargeWithLimitsRow<OutcomeRow> = response.row(function)?;
+    let charge = row.charge(function)?;
     let limits: Vec<LimitOutcome> = row
         .limits
         .into_iter()
@@ -353,16 +352,6 @@ pub fn charge_with_entries(response: &Answer) -> Result<ChargeWithEntriesResult,
     if row.allowed != limits.iter().all(|limit| limit.result.success) && !row.replayed.unwrap_or(false) {
         return Err(unexpected(function, "allowed disagrees with the limits"));
     }
-    let charge = match (row.allowed, row.job_id, row.new_balance) {
-        (false, _, _) => None,
-        (true, Some(id), Some(balance)) => Some(ChargeResult {
-            job_id: job_id(function, &id)?,
-            balance,
-            replayed: row.replayed.unwrap_or(false),
-            expires_at: row.expires_at,
-        }),
-        (true, _, _) => return Err(unexpected(function, "allowed but no job_id or new_balance")),
-    };
     Ok(ChargeWithEntriesResult { charge, limits })
 }
 
