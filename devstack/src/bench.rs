@@ -828,6 +828,9 @@ impl Report {
                 "**no**".to_string()
             };
         }
+        if let Some(http) = &self.http {
+            rows.extend(http.readme_rows());
+        }
         rows
     }
 

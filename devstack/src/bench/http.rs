@@ -85,6 +85,31 @@ impl Figures {
     }
 }
 
+impl Figures {
+    /// The README table's rows: `POST /charge` through the wasm handler
+    /// against the TypeScript twin (rates, p50, p99), then each module.
+    pub fn readme_rows(&self) -> Vec<super::readme_table::Row> {
+        let mut rows = Vec::new();
+        if let [wasm, ts, ..] = self.series.as_slice() {
+            rows.push(super::readme_table::Row {
+                figure: "POST /charge over HTTP".to_string(),
+                versus: "wasm handler vs TypeScript twin".to_string(),
+                target: ">=0.95x".to_string(),
+                regimes: [
+                    format!(
+                        "{:.2}x ({:.0} / {:.0} req/s; p50 {:.1} / {:.1} ms, p99 {:.1} / {:.1} ms)",
+                        self.wasm_vs_ts, wasm.rps, ts.rps, wasm.p50_ms, ts.p50_ms, wasm.p99_ms, ts.p99_ms
+                    ),
+                    "-".to_string(),
+                ],
+                met: if self.met { "yes" } else { "**no**" }.to_string(),
+            });
+        }
+        rows.extend(self.modules.iter().map(Module::readme_row));
+        rows
+    }
+}
+
 pub fn measure(root: &Path, options: &Options) -> Result<Figures> {
     if !root.join("supabase/functions/credits/index.ts").exists() {
         bail!("no Edge Function at supabase/functions/credits/index.ts");

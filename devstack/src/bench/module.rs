@@ -60,6 +60,27 @@ impl Module {
             );
         }
     }
+
+    /// The README table's row of this module: gzipped size against its
+    /// budget, with the raw size and the Deno times beside it (no regimes).
+    pub fn readme_row(&self) -> super::readme_table::Row {
+        super::readme_table::Row {
+            figure: format!("wasm, {}", self.label),
+            versus: "size budget (gzipped)".to_string(),
+            target: format!("<={} KB", self.gzip_budget / 1024),
+            regimes: [
+                format!(
+                    "{} KB ({} KB raw; compile {:.1} ms, instantiate {:.2} ms in Deno)",
+                    self.gzip_bytes / 1024,
+                    self.bytes / 1024,
+                    self.compile_ms,
+                    self.instantiate_ms
+                ),
+                "-".to_string(),
+            ],
+            met: if self.gzip_bytes <= self.gzip_budget { "yes" } else { "**no**" }.to_string(),
+        }
+    }
 }
 
 /// Both packages, as built (the caller builds them first).
@@ -104,4 +125,27 @@ fn measure_one(root: &Path, label: &str, package: &Path, gzip_budget: u64) -> Re
         compile_ms: median(compile),
         instantiate_ms: median(instantiate),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_module_row_says_whether_it_is_within_budget() {
+        let module = |gzip_bytes| Module {
+            label: "npm client (pkg/)".into(),
+            bytes: 400 * 1024,
+            gzip_bytes,
+            gzip_budget: 120 * 1024,
+            first_import_ms: 8.0,
+            compile_ms: 2.5,
+            instantiate_ms: 0.2,
+        };
+        let over = module(181 * 1024).readme_row();
+        assert_eq!(over.target, "<=120 KB");
+        assert_eq!(over.met, "**no**");
+        assert!(over.regimes[0].starts_with("181 KB (400 KB raw;"), "{}", over.regimes[0]);
+        assert_eq!(module(120 * 1024).readme_row().met, "yes");
+    }
 }

@@ -32,7 +32,9 @@ pub fn render(rows: &[Row], note: &str) -> String {
             row.figure, row.versus, row.target, row.regimes[0], row.regimes[1], row.met
         ));
     }
-    text.push_str(&format!("\nRatio (creditgate tps / baseline tps). {note}.\n"));
+    text.push_str(&format!(
+        "\nRatio: creditgate / baseline (tps; req/s over HTTP). The HTTP and module rows have no disk regime. {note}.\n"
+    ));
     text.push_str(END);
     text
 }
