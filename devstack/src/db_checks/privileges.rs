@@ -80,25 +80,8 @@ const TABLES: &[&str] = &[
 const READABLE: &[(&str, &[&str])] = &[
     ("anon", &[]),
     ("authenticated", &["users", "generation_jobs", "credit_ledger", "credit_lots", "credit_events"]),
-    (
-        "service_role",
-        &[
-            "users",
-            "generation_jobs",
-            "credit_ledger",
-            "idempotency_keys",
-            "rate_limits",
-            "credit_settings",
-            "credit_user_settings",
-            "credit_plans",
-            "credit_lots",
-            "credit_lot_movements",
-            "credit_plan_subscriptions",
-            "credit_events",
-            "stripe_events",
-            "credit_webhook_deliveries",
-        ],
-    ),
+    // The service role reads every table.
+    ("service_role", TABLES),
 ];
 
 async fn sweep(url: &str) -> Result<()> {
